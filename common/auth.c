@@ -1,0 +1,2 @@
+/* placeholder: auth module, being written */
+#include "auth.h"

@@ -1,0 +1,2 @@
+/* placeholder: cache module, being written */
+#include "cache.h"

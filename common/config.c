@@ -1,0 +1,2 @@
+/* placeholder: config module, being written */
+#include "config.h"

@@ -1,0 +1,113 @@
+/*
+ * config: kaleidod's settings, from defaults, an INI file, the environment
+ * and the command line, in that order of increasing precedence.
+ *
+ * Every key lives in one static table {section, key, type, default,
+ * validator} in config.c.  Loading never prints: errors come back as text
+ * naming "file:line" and the key.  The result is a plain read-only record
+ * (struct config) that the rest of the daemon reads after config_finish().
+ *
+ * Secrets: the client secret may come from KALEIDOSCOPE_API_CLIENT_SECRET,
+ * $CREDENTIALS_DIRECTORY/client_secret, the file named by client_secret_file,
+ * or (discouraged) client_secret in the file; never from argv.
+ */
+#ifndef KD_CONFIG_H
+#define KD_CONFIG_H
+
+#include <stddef.h>
+#include <stdio.h>
+
+#define CONFIG_MAX_FAMILIES 16
+#define CONFIG_MAX_PREFIXES 8
+#define CONFIG_MAX_HEADERS 16
+
+enum config_auth_header {
+	CONFIG_AUTH_BOTH = 0,        /* Authorization and X-Kal-Authorization */
+	CONFIG_AUTH_AUTHORIZATION,   /* Authorization only (kalpy) */
+	CONFIG_AUTH_X_KAL,           /* X-Kal-Authorization only (kalbio) */
+};
+
+struct config_family {
+	char *name;                              /* "programs" */
+	char *paths[CONFIG_MAX_PREFIXES];        /* path prefixes, no trailing '/' */
+	int npaths;
+	char *invalidated_by[CONFIG_MAX_PREFIXES]; /* other prefixes whose writes invalidate it */
+	int ninvalidated_by;
+	unsigned ttl;                            /* seconds; 0 disables caching */
+};
+
+struct config {
+	/* [upstream] */
+	char *upstream_url;          /* no trailing '/' */
+	char *client_id;
+	char *client_secret;         /* resolved secret; never printed */
+	char *client_secret_source;  /* where it came from, for --check-config */
+	char *client_secret_file;
+	enum config_auth_header auth_header;
+	char *headers[CONFIG_MAX_HEADERS]; /* extra upstream headers, "Name: value" */
+	int nheaders;
+	unsigned connect_timeout;    /* s */
+	unsigned timeout;            /* s until the response headers arrive; else 504 */
+	unsigned auth_retry_min;     /* s, first backoff step */
+	unsigned auth_retry_max;     /* s, backoff cap */
+
+	/* [server] */
+	char *listen;                /* "ADDR:PORT", "[v6]:PORT" */
+	unsigned max_connections;
+	unsigned connection_timeout; /* s idle before a client is dropped */
+	unsigned threads;            /* 0: one per core */
+	unsigned token_lifetime;     /* s, local tokens' expires_in */
+	size_t max_buffered_body;    /* bytes; request bodies up to this are buffered (replayable) */
+
+	/* [cache] */
+	char *cache_file;
+	size_t max_entry_size;       /* bytes; larger answers are forwarded, not stored */
+
+	/* [log] */
+	char *log_level;             /* "error|warn|info|debug" */
+
+	/* [family.NAME] sections, the three defaults first */
+	struct config_family families[CONFIG_MAX_FAMILIES];
+	int nfamilies;
+
+	char *config_file;           /* the file read, or NULL */
+};
+
+/* A config holding every default (the three families included). NULL on ENOMEM. */
+struct config *config_new(void);
+void config_free(struct config **cfg);
+
+/*
+ * Reads an INI file over the current values.  Unknown sections or keys, bad
+ * values, and unreadable files fail with a message "FILE:LINE: [section] key:
+ * why" in err.  Returns 0 or -1.
+ */
+int config_load_file(struct config *cfg, const char *path, char *err, size_t errlen);
+
+/*
+ * Sets one key as if read from a file; "origin" names where it came from
+ * ("--listen", "KALEIDOSCOPE_API_URL") for the error text.  0 or -1.
+ */
+int config_set(struct config *cfg, const char *section, const char *key, const char *value,
+	       const char *origin, char *err, size_t errlen);
+
+/* Applies KALEIDOSCOPE_API_URL, _CLIENT_ID, _CLIENT_SECRET and
+ * $CREDENTIALS_DIRECTORY/client_secret.  0 or -1. */
+int config_apply_env(struct config *cfg, char *err, size_t errlen);
+
+/*
+ * The one validation pass, after every source: reads client_secret_file when
+ * no higher source gave a secret, picks the default cache file
+ * ($STATE_DIRECTORY/cache.db, /var/lib/kaleidod/cache.db as root, else
+ * $XDG_STATE_HOME/kaleidod/cache.db or ~/.local/state/kaleidod/cache.db),
+ * and checks cross-key rules.  0 or -1.
+ */
+int config_finish(struct config *cfg, char *err, size_t errlen);
+
+/* Writes the effective configuration as INI, the secret masked. */
+void config_print(const struct config *cfg, FILE *out);
+
+/* Parses "ADDR:PORT" / "[ADDR]:PORT"; host is written into host (hostlen).  0 or -1. */
+int config_parse_listen(const char *spec, char *host, size_t hostlen, unsigned *port);
+
+#endif

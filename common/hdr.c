@@ -1,0 +1,2 @@
+/* placeholder: hdr module, being written */
+#include "hdr.h"

@@ -1,0 +1,2 @@
+/* placeholder: localtoken module, being written */
+#include "localtoken.h"

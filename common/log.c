@@ -1,0 +1,2 @@
+/* placeholder: log module, being written */
+#include "log.h"

@@ -1,0 +1,2 @@
+/* placeholder: policy module, being written */
+#include "policy.h"

@@ -1,0 +1,2 @@
+/* placeholder: stats module, being written */
+#include "stats.h"

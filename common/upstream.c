@@ -1,0 +1,2 @@
+/* placeholder: upstream module, being written */
+#include "upstream.h"
