@@ -1,2 +1,1282 @@
-/* placeholder: upstream module, being written */
+/*
+ * upstream: the worker thread, its curl multi handle, the token, and every
+ * transfer to the Kaleidoscope API.
+ *
+ * Ownership.  A transfer (struct up_xfer) is shared by the front, which holds
+ * it from upstream_start() to upstream_xfer_release(), and the worker, which
+ * holds it while it is queued, waiting for a token or running in the multi
+ * handle.  Each command queued for the worker holds a reference too, so a
+ * transfer is freed by whichever side lets go last.
+ *
+ * Locking.  u->qlock guards the command queue; x->lock guards the fields the
+ * two sides share (state, buffers, pause and park flags).  curl is touched on
+ * the worker only, and never while holding x->lock, since curl_easy_pause()
+ * may call the write callback, which takes it.
+ */
 #include "upstream.h"
+
+#include <curl/curl.h>
+#include <errno.h>
+#include <stdarg.h>
+#include <pthread.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "auth.h"
+#include "config.h"
+#include "hdr.h"
+#include "kdbuild.h"
+#include "log.h"
+
+#define RING_CAP (256 * 1024)     /* per direction, per transfer */
+#define TOKEN_BODY_MAX (64 * 1024)
+#define TOKEN_PATH "/auth/oauth/token"
+
+struct ring {
+	char *buf;
+	size_t head, len;
+};
+
+enum phase { PH_NEW = 0, PH_WAITING, PH_RUNNING, PH_DONE };
+
+struct up_xfer {
+	pthread_mutex_t lock;
+	int refs;
+	struct upstream *u;
+	struct up_hooks hooks;
+
+	/* The request, owned copies; read-only after upstream_start(). */
+	char *method;
+	char *url;
+	struct curl_slist *fwd_headers; /* client fields, Expect suppressed */
+	enum up_body_mode body_mode;
+	char *body;
+	size_t body_size;
+	long long body_len;
+	int identity;
+	size_t collect_max;
+
+	/* Worker-only. */
+	CURL *easy;
+	struct curl_slist *sent_headers;
+	enum phase phase;
+	int replayed;
+	int discard;               /* a 401 to be replayed: drop what comes */
+	unsigned token_gen;
+	size_t body_off;
+	double started, last_progress;
+	int cl_framed, chunk_framed, decoded;
+	struct hdr *building;
+	char errbuf[CURL_ERROR_SIZE];
+	struct up_xfer *wnext;     /* worker's lists: waiting or running */
+
+	/* Shared, under lock. */
+	enum up_state state;
+	long status;
+	struct hdr *headers;
+	long long length;
+	enum up_error err;
+	char detail[512];
+	struct ring down, up;
+	int down_eof, down_broken;
+	int up_end;                /* the front wrote the last body byte */
+	int parked;
+	int paused_recv, paused_send, unpause_queued;
+	int released;
+	int worker_ref;            /* the worker still holds its reference */
+	char *collect;
+	size_t collect_len, collect_cap;
+	int collect_over;
+};
+
+enum cmd_kind { CMD_START, CMD_UNPAUSE, CMD_RELEASE };
+
+struct cmd {
+	enum cmd_kind kind;
+	struct up_xfer *x;
+};
+
+struct upstream {
+	const struct config *cfg;
+	char *url;
+	char *client_id;
+	CURLM *multi;
+	pthread_t thread;
+	int thread_started;
+	struct auth *auth;
+	struct up_events events;
+
+	pthread_mutex_t qlock;
+	struct cmd *q;
+	size_t qlen, qcap;
+	int stopping;              /* under qlock */
+	int dead;                  /* worker exited; under qlock */
+
+	/* Worker-only. */
+	struct up_xfer *waiting;   /* transfers waiting for a token */
+	struct up_xfer *running;   /* transfers in the multi handle */
+	CURL *tok_easy;
+	char *tok_form;
+	char *tok_body;
+	size_t tok_len;
+	int tok_overflow;
+	char tok_err[CURL_ERROR_SIZE];
+	int force_auth;
+	int draining;              /* stopping: queued starts fail */
+	unsigned logged_gen;
+	enum auth_state reported;
+
+	pthread_mutex_t clock;     /* counters */
+	struct upstream_counters counters;
+};
+
+/* ---- time ---- */
+
+static double mono_now(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+/* ---- ring buffers ---- */
+
+static int ring_alloc(struct ring *r)
+{
+	if (r->buf == NULL && (r->buf = malloc(RING_CAP)) == NULL)
+		return -1;
+	return 0;
+}
+
+static size_t ring_free(const struct ring *r)
+{
+	return RING_CAP - r->len;
+}
+
+static size_t ring_put(struct ring *r, const char *data, size_t len)
+{
+	size_t n = len < ring_free(r) ? len : ring_free(r);
+	size_t tail = (r->head + r->len) % RING_CAP;
+	size_t first = RING_CAP - tail < n ? RING_CAP - tail : n;
+
+	memcpy(r->buf + tail, data, first);
+	memcpy(r->buf, data + first, n - first);
+	r->len += n;
+	return n;
+}
+
+static size_t ring_get(struct ring *r, char *out, size_t max)
+{
+	size_t n = max < r->len ? max : r->len;
+	size_t first = RING_CAP - r->head < n ? RING_CAP - r->head : n;
+
+	memcpy(out, r->buf + r->head, first);
+	memcpy(out + first, r->buf, n - first);
+	r->head = (r->head + n) % RING_CAP;
+	r->len -= n;
+	if (r->len == 0)
+		r->head = 0;
+	return n;
+}
+
+/* ---- references and the command queue ---- */
+
+static void xfer_free(struct up_xfer *x)
+{
+	if (x->easy != NULL)
+		curl_easy_cleanup(x->easy);
+	curl_slist_free_all(x->fwd_headers);
+	curl_slist_free_all(x->sent_headers);
+	if (x->hooks.complete_free != NULL)
+		x->hooks.complete_free(x->hooks.complete_arg);
+	hdr_free(&x->building);
+	hdr_free(&x->headers);
+	free(x->method);
+	free(x->url);
+	free(x->body);
+	free(x->down.buf);
+	free(x->up.buf);
+	free(x->collect);
+	pthread_mutex_destroy(&x->lock);
+	free(x);
+}
+
+static void xfer_unref(struct up_xfer *x)
+{
+	int left;
+
+	pthread_mutex_lock(&x->lock);
+	left = --x->refs;
+	pthread_mutex_unlock(&x->lock);
+	if (left == 0)
+		xfer_free(x);
+}
+
+/*
+ * Queues a command for the worker, taking a reference for it.  Returns -1
+ * when the worker is gone, in which case nothing was queued.
+ */
+static int cmd_push(struct upstream *u, enum cmd_kind kind, struct up_xfer *x)
+{
+	int rc = -1;
+
+	pthread_mutex_lock(&u->qlock);
+	if (u->dead)
+		goto out;
+	if (u->qlen == u->qcap) {
+		size_t ncap = u->qcap ? u->qcap * 2 : 64;
+		struct cmd *nq = realloc(u->q, ncap * sizeof(*nq));
+
+		if (nq == NULL)
+			goto out;
+		u->q = nq;
+		u->qcap = ncap;
+	}
+	pthread_mutex_lock(&x->lock);
+	x->refs++;
+	pthread_mutex_unlock(&x->lock);
+	u->q[u->qlen].kind = kind;
+	u->q[u->qlen].x = x;
+	u->qlen++;
+	rc = 0;
+out:
+	pthread_mutex_unlock(&u->qlock);
+	if (rc == 0)
+		curl_multi_wakeup(u->multi);
+	return rc;
+}
+
+/* Called with x->lock held: asks the worker to resume a paused transfer. */
+static void want_unpause_locked(struct up_xfer *x, int *queue)
+{
+	if ((x->paused_recv || x->paused_send) && !x->unpause_queued) {
+		x->unpause_queued = 1;
+		*queue = 1;
+	}
+}
+
+/* Called with x->lock held: clears the park flag; the caller unparks unlocked. */
+static int take_park_locked(struct up_xfer *x)
+{
+	int was = x->parked;
+
+	x->parked = 0;
+	return was;
+}
+
+static void unpark(struct up_xfer *x, int do_it)
+{
+	if (do_it && x->hooks.unpark != NULL)
+		x->hooks.unpark(x->hooks.arg);
+}
+
+/* ---- curl callbacks (worker thread) ---- */
+
+static size_t on_header(char *line, size_t size, size_t nitems, void *arg)
+{
+	struct up_xfer *x = arg;
+	size_t len = size * nitems;
+	long status = 0;
+	int wake;
+
+	x->last_progress = mono_now();
+	if (len >= 5 && memcmp(line, "HTTP/", 5) == 0) {
+		/* A new status line: a 1xx before it, or a replay, is forgotten. */
+		hdr_clear(x->building);
+		x->cl_framed = x->chunk_framed = 0;
+		return len;
+	}
+	if (len > 2 || (len >= 1 && line[0] != '\r' && line[0] != '\n')) {
+		if (hdr_add_line(x->building, line, len) < 0)
+			return len; /* tolerate what we cannot parse: it is dropped */
+		return len;
+	}
+	curl_easy_getinfo(x->easy, CURLINFO_RESPONSE_CODE, &status);
+	if (status < 200)
+		return len;
+	if (status == 401 && !x->replayed && x->body_mode != UP_BODY_STREAM) {
+		x->discard = 1;
+		return len;
+	}
+	{
+		const char *cl = hdr_get(x->building, "Content-Length");
+		const char *te = hdr_get(x->building, "Transfer-Encoding");
+		const char *ce = hdr_get(x->building, "Content-Encoding");
+
+		x->cl_framed = cl != NULL;
+		x->chunk_framed = te != NULL && strstr(te, "chunked") != NULL;
+		x->decoded = x->identity && ce != NULL && strcasecmp(ce, "identity") != 0;
+		pthread_mutex_lock(&x->lock);
+		x->status = status;
+		hdr_free(&x->headers);
+		x->headers = x->building;
+		x->building = hdr_new();
+		x->length = (cl != NULL && !x->decoded) ? strtoll(cl, NULL, 10) : -1;
+		if (x->decoded) {
+			hdr_remove(x->headers, "Content-Encoding");
+			hdr_remove(x->headers, "Content-Length");
+		}
+		x->state = UP_HEADERS;
+		wake = take_park_locked(x);
+		pthread_mutex_unlock(&x->lock);
+		unpark(x, wake);
+	}
+	return x->building != NULL ? len : 0;
+}
+
+static size_t on_write(char *data, size_t size, size_t nmemb, void *arg)
+{
+	struct up_xfer *x = arg;
+	size_t len = size * nmemb;
+	int wake;
+
+	x->last_progress = mono_now();
+	if (x->discard)
+		return len;
+	pthread_mutex_lock(&x->lock);
+	if (x->released) {
+		pthread_mutex_unlock(&x->lock);
+		return 0; /* aborts the transfer */
+	}
+	if (ring_alloc(&x->down) < 0) {
+		pthread_mutex_unlock(&x->lock);
+		return 0;
+	}
+	if (ring_free(&x->down) < len) {
+		x->paused_recv = 1;
+		pthread_mutex_unlock(&x->lock);
+		return CURL_WRITEFUNC_PAUSE;
+	}
+	ring_put(&x->down, data, len);
+	if (x->collect_max > 0 && !x->collect_over) {
+		if (x->collect_len + len > x->collect_max) {
+			x->collect_over = 1;
+			free(x->collect);
+			x->collect = NULL;
+			x->collect_len = x->collect_cap = 0;
+		} else {
+			if (x->collect_len + len > x->collect_cap) {
+				size_t ncap = x->collect_cap ? x->collect_cap : 64 * 1024;
+				char *n;
+
+				while (ncap < x->collect_len + len)
+					ncap *= 2;
+				if ((n = realloc(x->collect, ncap)) == NULL) {
+					x->collect_over = 1;
+					goto stored;
+				}
+				x->collect = n;
+				x->collect_cap = ncap;
+			}
+			memcpy(x->collect + x->collect_len, data, len);
+			x->collect_len += len;
+		}
+	}
+stored:
+	wake = take_park_locked(x);
+	pthread_mutex_unlock(&x->lock);
+	unpark(x, wake);
+	return len;
+}
+
+static size_t on_read(char *buf, size_t size, size_t nitems, void *arg)
+{
+	struct up_xfer *x = arg;
+	size_t max = size * nitems, n;
+	int wake = 0;
+
+	x->last_progress = mono_now();
+	if (x->body_mode == UP_BODY_BUFFERED) {
+		n = x->body_size - x->body_off < max ? x->body_size - x->body_off : max;
+		memcpy(buf, x->body + x->body_off, n);
+		x->body_off += n;
+		return n;
+	}
+	pthread_mutex_lock(&x->lock);
+	if (x->up.len == 0) {
+		if (x->up_end) {
+			pthread_mutex_unlock(&x->lock);
+			return 0;
+		}
+		x->paused_send = 1;
+		wake = take_park_locked(x);
+		pthread_mutex_unlock(&x->lock);
+		unpark(x, wake);
+		return CURL_READFUNC_PAUSE;
+	}
+	n = ring_get(&x->up, buf, max);
+	wake = take_park_locked(x);
+	pthread_mutex_unlock(&x->lock);
+	unpark(x, wake);
+	return n;
+}
+
+/* ---- token requests ---- */
+
+static size_t on_token_write(char *data, size_t size, size_t nmemb, void *arg)
+{
+	struct upstream *u = arg;
+	size_t len = size * nmemb;
+	char *n;
+
+	if (u->tok_len + len > TOKEN_BODY_MAX) {
+		u->tok_overflow = 1;
+		return len;
+	}
+	if ((n = realloc(u->tok_body, u->tok_len + len + 1)) == NULL)
+		return 0;
+	u->tok_body = n;
+	memcpy(u->tok_body + u->tok_len, data, len);
+	u->tok_len += len;
+	u->tok_body[u->tok_len] = '\0';
+	return len;
+}
+
+static void report_auth(struct upstream *u, double now)
+{
+	struct auth_status st;
+	unsigned gen;
+	const char *tok = auth_token(u->auth, now, &gen);
+
+	/* A new token becomes a secret the log must never print. */
+	if (tok != NULL && gen != u->logged_gen) {
+		log_add_secret(tok);
+		u->logged_gen = gen;
+	}
+	if (u->events.auth_changed == NULL)
+		return;
+	auth_status(u->auth, &st);
+	u->events.auth_changed(u->events.arg, &st, auth_next_due(u->auth, now));
+	u->reported = st.state;
+}
+
+static void token_start(struct upstream *u, double now)
+{
+	char *form = NULL;
+	char url[2048];
+	struct curl_slist *h = NULL;
+
+	if (!auth_begin(u->auth, now, u->force_auth, &form))
+		return;
+	u->force_auth = 0;
+	snprintf(url, sizeof(url), "%s%s", u->url, TOKEN_PATH);
+	u->tok_easy = curl_easy_init();
+	if (u->tok_easy == NULL) {
+		auth_finish(u->auth, now, 0, NULL, 0, "out of memory");
+		free(form);
+		return;
+	}
+	u->tok_form = form;
+	u->tok_len = 0;
+	u->tok_overflow = 0;
+	u->tok_err[0] = '\0';
+	h = curl_slist_append(h, "Content-Type: application/x-www-form-urlencoded");
+	h = curl_slist_append(h, "Accept: application/json");
+	h = curl_slist_append(h, "Expect:");
+	curl_easy_setopt(u->tok_easy, CURLOPT_URL, url);
+	curl_easy_setopt(u->tok_easy, CURLOPT_POSTFIELDS, form);
+	curl_easy_setopt(u->tok_easy, CURLOPT_HTTPHEADER, h);
+	curl_easy_setopt(u->tok_easy, CURLOPT_PRIVATE, h);
+	curl_easy_setopt(u->tok_easy, CURLOPT_WRITEFUNCTION, on_token_write);
+	curl_easy_setopt(u->tok_easy, CURLOPT_WRITEDATA, u);
+	curl_easy_setopt(u->tok_easy, CURLOPT_ERRORBUFFER, u->tok_err);
+	curl_easy_setopt(u->tok_easy, CURLOPT_HTTP_VERSION, (long)CURL_HTTP_VERSION_1_1);
+	curl_easy_setopt(u->tok_easy, CURLOPT_CONNECTTIMEOUT, (long)u->cfg->connect_timeout);
+	curl_easy_setopt(u->tok_easy, CURLOPT_TIMEOUT, (long)u->cfg->timeout);
+	curl_easy_setopt(u->tok_easy, CURLOPT_NOSIGNAL, 1L);
+	curl_easy_setopt(u->tok_easy, CURLOPT_USERAGENT, "kaleidod/" PACKAGE_VERSION);
+	curl_multi_add_handle(u->multi, u->tok_easy);
+}
+
+static void token_done(struct upstream *u, CURLcode rc, double now)
+{
+	long status = 0;
+	char why[CURL_ERROR_SIZE + 64];
+	struct curl_slist *h = NULL;
+
+	curl_easy_getinfo(u->tok_easy, CURLINFO_PRIVATE, (char **)&h);
+	curl_easy_getinfo(u->tok_easy, CURLINFO_RESPONSE_CODE, &status);
+	curl_multi_remove_handle(u->multi, u->tok_easy);
+	curl_easy_cleanup(u->tok_easy);
+	curl_slist_free_all(h);
+	u->tok_easy = NULL;
+	if (u->tok_form != NULL) {
+		explicit_bzero(u->tok_form, strlen(u->tok_form));
+		free(u->tok_form);
+		u->tok_form = NULL;
+	}
+	if (rc != CURLE_OK) {
+		snprintf(why, sizeof(why), "%s: %s", curl_easy_strerror(rc),
+			 u->tok_err[0] ? u->tok_err : "no detail");
+		auth_finish(u->auth, now, 0, NULL, 0, why);
+	} else if (u->tok_overflow) {
+		auth_finish(u->auth, now, 0, NULL, 0, "token answer larger than 64 KiB");
+	} else {
+		auth_finish(u->auth, now, status, u->tok_body, u->tok_len, NULL);
+	}
+	if (u->tok_body != NULL) {
+		explicit_bzero(u->tok_body, u->tok_len);
+		free(u->tok_body);
+		u->tok_body = NULL;
+	}
+	u->tok_len = 0;
+	if (auth_token(u->auth, now, NULL) != NULL)
+		u->force_auth = 0;
+	report_auth(u, now);
+}
+
+/* ---- transfers (worker thread) ---- */
+
+static void list_remove(struct up_xfer **head, struct up_xfer *x)
+{
+	for (struct up_xfer **p = head; *p != NULL; p = &(*p)->wnext) {
+		if (*p == x) {
+			*p = x->wnext;
+			x->wnext = NULL;
+			return;
+		}
+	}
+}
+
+/* Drops the worker's reference; the transfer is no longer the worker's. */
+static void xfer_retire(struct upstream *u, struct up_xfer *x)
+{
+	if (x->phase == PH_RUNNING) {
+		curl_multi_remove_handle(u->multi, x->easy);
+		list_remove(&u->running, x);
+	} else if (x->phase == PH_WAITING) {
+		list_remove(&u->waiting, x);
+	}
+	x->phase = PH_DONE;
+	pthread_mutex_lock(&u->clock);
+	u->counters.active--;
+	pthread_mutex_unlock(&u->clock);
+	pthread_mutex_lock(&x->lock);
+	x->worker_ref = 0;
+	pthread_mutex_unlock(&x->lock);
+	xfer_unref(x);
+}
+
+/* Ends a transfer that never got its headers, or breaks one that did. */
+static void xfer_fail(struct upstream *u, struct up_xfer *x, enum up_error e, const char *fmt,
+		      ...) __attribute__((format(printf, 4, 5)));
+static void xfer_fail(struct upstream *u, struct up_xfer *x, enum up_error e, const char *fmt,
+		      ...)
+{
+	va_list ap;
+	int wake;
+
+	pthread_mutex_lock(&x->lock);
+	if (x->state == UP_PENDING) {
+		x->state = UP_FAILED;
+		x->err = e;
+		va_start(ap, fmt);
+		vsnprintf(x->detail, sizeof(x->detail), fmt, ap);
+		va_end(ap);
+	} else {
+		x->down_broken = 1;
+	}
+	wake = take_park_locked(x);
+	pthread_mutex_unlock(&x->lock);
+	unpark(x, wake);
+	pthread_mutex_lock(&u->clock);
+	u->counters.failed++;
+	pthread_mutex_unlock(&u->clock);
+	xfer_retire(u, x);
+}
+
+static void add_auth_headers(struct upstream *u, struct up_xfer *x, const char *token)
+{
+	char line[4096];
+
+	curl_slist_free_all(x->sent_headers);
+	x->sent_headers = NULL;
+	for (struct curl_slist *s = x->fwd_headers; s != NULL; s = s->next)
+		x->sent_headers = curl_slist_append(x->sent_headers, s->data);
+	for (int i = 0; i < u->cfg->nheaders; i++)
+		x->sent_headers = curl_slist_append(x->sent_headers, u->cfg->headers[i]);
+	if (u->cfg->auth_header != CONFIG_AUTH_X_KAL) {
+		snprintf(line, sizeof(line), "Authorization: Bearer %s", token);
+		x->sent_headers = curl_slist_append(x->sent_headers, line);
+	}
+	if (u->cfg->auth_header != CONFIG_AUTH_AUTHORIZATION) {
+		snprintf(line, sizeof(line), "X-Kal-Authorization: Bearer %s", token);
+		x->sent_headers = curl_slist_append(x->sent_headers, line);
+	}
+	explicit_bzero(line, sizeof(line));
+}
+
+static int xfer_setup_easy(struct upstream *u, struct up_xfer *x)
+{
+	CURL *e;
+
+	if (x->easy == NULL && (x->easy = curl_easy_init()) == NULL)
+		return -1;
+	e = x->easy;
+	curl_easy_setopt(e, CURLOPT_URL, x->url);
+	curl_easy_setopt(e, CURLOPT_PATH_AS_IS, 1L);
+	curl_easy_setopt(e, CURLOPT_PRIVATE, x);
+	curl_easy_setopt(e, CURLOPT_HTTP_VERSION, (long)CURL_HTTP_VERSION_1_1);
+	curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
+	curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT, (long)u->cfg->connect_timeout);
+	curl_easy_setopt(e, CURLOPT_ERRORBUFFER, x->errbuf);
+	curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, on_header);
+	curl_easy_setopt(e, CURLOPT_HEADERDATA, x);
+	curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, on_write);
+	curl_easy_setopt(e, CURLOPT_WRITEDATA, x);
+	if (x->identity) {
+		/* Cached answers are kept decoded: curl asks for what it can
+		 * decode and hands us identity bytes. */
+		curl_easy_setopt(e, CURLOPT_ACCEPT_ENCODING, "");
+	} else {
+		curl_easy_setopt(e, CURLOPT_HTTP_CONTENT_DECODING, 0L);
+		curl_easy_setopt(e, CURLOPT_HTTP_TRANSFER_DECODING, 1L);
+	}
+	if (strcmp(x->method, "HEAD") == 0) {
+		curl_easy_setopt(e, CURLOPT_NOBODY, 1L);
+	} else if (strcmp(x->method, "GET") != 0) {
+		curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, x->method);
+	}
+	if (x->body_mode != UP_BODY_NONE) {
+		curl_off_t len = x->body_mode == UP_BODY_BUFFERED ? (curl_off_t)x->body_size
+								  : (curl_off_t)x->body_len;
+
+		curl_easy_setopt(e, CURLOPT_UPLOAD, 1L);
+		curl_easy_setopt(e, CURLOPT_INFILESIZE_LARGE, len);
+		curl_easy_setopt(e, CURLOPT_READFUNCTION, on_read);
+		curl_easy_setopt(e, CURLOPT_READDATA, x);
+	}
+	curl_easy_setopt(e, CURLOPT_HTTPHEADER, x->sent_headers);
+	return 0;
+}
+
+/* Starts a transfer that has a token available. */
+static void xfer_launch(struct upstream *u, struct up_xfer *x, const char *token, unsigned gen)
+{
+	double now = mono_now();
+
+	add_auth_headers(u, x, token);
+	x->token_gen = gen;
+	x->discard = 0;
+	x->body_off = 0;
+	x->started = x->last_progress = now;
+	if (x->sent_headers == NULL || xfer_setup_easy(u, x) < 0) {
+		xfer_fail(u, x, UP_ERR_INTERNAL, "out of memory starting the upstream request");
+		return;
+	}
+	if (curl_multi_add_handle(u->multi, x->easy) != CURLM_OK) {
+		xfer_fail(u, x, UP_ERR_INTERNAL, "curl refused the transfer");
+		return;
+	}
+	x->phase = PH_RUNNING;
+	x->wnext = u->running;
+	u->running = x;
+}
+
+static void auth_failure_detail(struct upstream *u, char *out, size_t len)
+{
+	struct auth_status st;
+
+	auth_status(u->auth, &st);
+	snprintf(out, len, "kaleidod cannot authenticate to %s: %s", u->url,
+		 st.last_error[0] ? st.last_error : "no token yet");
+}
+
+/* A transfer needs a token: launch it now, park it, or fail it fast. */
+static void xfer_dispatch(struct upstream *u, struct up_xfer *x, double now)
+{
+	unsigned gen;
+	const char *tok = auth_token(u->auth, now, &gen);
+	char why[512];
+
+	if (tok != NULL) {
+		xfer_launch(u, x, tok, gen);
+		return;
+	}
+	if (auth_in_backoff(u->auth, now) && !auth_busy(u->auth)) {
+		auth_failure_detail(u, why, sizeof(why));
+		xfer_fail(u, x, UP_ERR_AUTH, "%s", why);
+		return;
+	}
+	x->phase = PH_WAITING;
+	x->wnext = u->waiting;
+	u->waiting = x;
+}
+
+/* After a token answer: launch or fail everything that waited for it. */
+static void drain_waiting(struct upstream *u, double now)
+{
+	struct up_xfer *list = u->waiting;
+	unsigned gen;
+	const char *tok = auth_token(u->auth, now, &gen);
+	char why[512];
+
+	if (tok == NULL && auth_busy(u->auth))
+		return;
+	if (tok == NULL && !auth_in_backoff(u->auth, now))
+		return; /* a new attempt is due at once: keep waiting for it */
+	u->waiting = NULL;
+	while (list != NULL) {
+		struct up_xfer *x = list;
+
+		list = x->wnext;
+		x->wnext = NULL;
+		x->phase = PH_NEW;
+		if (tok != NULL) {
+			xfer_launch(u, x, tok, gen);
+		} else {
+			auth_failure_detail(u, why, sizeof(why));
+			xfer_fail(u, x, UP_ERR_AUTH, "%s", why);
+		}
+	}
+}
+
+static enum up_error classify(CURLcode rc)
+{
+	switch (rc) {
+	case CURLE_OPERATION_TIMEDOUT:
+		return UP_ERR_TIMEOUT;
+	case CURLE_WEIRD_SERVER_REPLY:
+	case CURLE_UNSUPPORTED_PROTOCOL:
+		return UP_ERR_PROTOCOL;
+	case CURLE_OUT_OF_MEMORY:
+		return UP_ERR_INTERNAL;
+	default:
+		return UP_ERR_CONNECT;
+	}
+}
+
+static void xfer_done(struct upstream *u, struct up_xfer *x, CURLcode rc, double now)
+{
+	int wake, whole;
+
+	if (x->discard && rc == CURLE_OK) {
+		/* 401: a fresh token, then the same request once more. */
+		curl_multi_remove_handle(u->multi, x->easy);
+		list_remove(&u->running, x);
+		x->phase = PH_NEW;
+		x->replayed = 1;
+		auth_invalidate(u->auth, x->token_gen);
+		u->force_auth = 1;
+		pthread_mutex_lock(&u->clock);
+		u->counters.replayed_401++;
+		pthread_mutex_unlock(&u->clock);
+		token_start(u, now);
+		xfer_dispatch(u, x, now);
+		return;
+	}
+	if (rc != CURLE_OK) {
+		xfer_fail(u, x, classify(rc), "%s: %s", curl_easy_strerror(rc),
+			  x->errbuf[0] ? x->errbuf : "no detail");
+		return;
+	}
+	/* A close-delimited body cut short still ends CURLE_OK: only framed
+	 * bodies are whole for sure. */
+	whole = x->cl_framed || x->chunk_framed || x->decoded;
+	if (x->hooks.complete != NULL && x->collect_max > 0 && whole && !x->collect_over &&
+	    x->state == UP_HEADERS)
+		x->hooks.complete(x->hooks.complete_arg, x);
+	pthread_mutex_lock(&x->lock);
+	if (x->state == UP_PENDING) {
+		x->state = UP_FAILED;
+		x->err = UP_ERR_PROTOCOL;
+		snprintf(x->detail, sizeof(x->detail), "the API closed without a complete answer");
+	}
+	x->down_eof = 1;
+	wake = take_park_locked(x);
+	pthread_mutex_unlock(&x->lock);
+	unpark(x, wake);
+	xfer_retire(u, x);
+}
+
+/*
+ * Deadlines the multi handle does not know: no answer within cfg->timeout
+ * of the last byte sent (504), or a body that stalls for longer than that
+ * while we are not the ones holding it back.  Returns seconds to the next one.
+ */
+static double check_deadlines(struct upstream *u, double now)
+{
+	double next = 1.0;
+	struct up_xfer *x, *nx;
+
+	for (x = u->running; x != NULL; x = nx) {
+		int pending, client_slow, client_sending;
+		double limit, left;
+
+		nx = x->wnext;
+		pthread_mutex_lock(&x->lock);
+		pending = x->state == UP_PENDING;
+		client_slow = x->paused_recv;
+		client_sending = x->paused_send && !x->up_end;
+		pthread_mutex_unlock(&x->lock);
+		/* Waiting on our own client is not the API's fault. */
+		if ((pending && client_sending) || (!pending && client_slow))
+			continue;
+		limit = (double)u->cfg->timeout;
+		if (!pending && limit < 60)
+			limit = 60;
+		left = x->last_progress + limit - now;
+		if (left <= 0) {
+			xfer_fail(u, x, UP_ERR_TIMEOUT, "no answer from %s within %u s", u->url,
+				  (unsigned)limit);
+			continue;
+		}
+		if (left < next)
+			next = left;
+	}
+	return next;
+}
+
+static void run_commands(struct upstream *u, double now)
+{
+	struct cmd *q;
+	size_t n;
+
+	pthread_mutex_lock(&u->qlock);
+	q = u->q;
+	n = u->qlen;
+	u->q = NULL;
+	u->qlen = u->qcap = 0;
+	pthread_mutex_unlock(&u->qlock);
+
+	for (size_t i = 0; i < n; i++) {
+		struct up_xfer *x = q[i].x;
+		int released;
+
+		pthread_mutex_lock(&x->lock);
+		released = x->released;
+		pthread_mutex_unlock(&x->lock);
+		switch (q[i].kind) {
+		case CMD_START:
+			if (u->draining && x->phase == PH_NEW)
+				xfer_fail(u, x, UP_ERR_SHUTDOWN, "kaleidod is shutting down");
+			else if (!released && x->phase == PH_NEW)
+				xfer_dispatch(u, x, now);
+			else if (x->phase == PH_NEW)
+				xfer_retire(u, x);
+			break;
+		case CMD_UNPAUSE:
+			pthread_mutex_lock(&x->lock);
+			x->unpause_queued = 0;
+			x->paused_recv = x->paused_send = 0;
+			pthread_mutex_unlock(&x->lock);
+			if (x->phase == PH_RUNNING)
+				curl_easy_pause(x->easy, CURLPAUSE_CONT);
+			break;
+		case CMD_RELEASE:
+			if (x->phase != PH_DONE)
+				xfer_retire(u, x);
+			break;
+		}
+		xfer_unref(x);
+	}
+	free(q);
+}
+
+static void finish_messages(struct upstream *u, double now)
+{
+	CURLMsg *m;
+	int left;
+
+	while ((m = curl_multi_info_read(u->multi, &left)) != NULL) {
+		struct up_xfer *x = NULL;
+
+		if (m->msg != CURLMSG_DONE)
+			continue;
+		if (m->easy_handle == u->tok_easy) {
+			token_done(u, m->data.result, now);
+			continue;
+		}
+		curl_easy_getinfo(m->easy_handle, CURLINFO_PRIVATE, (char **)&x);
+		if (x != NULL && x->phase == PH_RUNNING)
+			xfer_done(u, x, m->data.result, now);
+	}
+}
+
+static void shutdown_all(struct upstream *u)
+{
+	while (u->running != NULL)
+		xfer_fail(u, u->running, UP_ERR_SHUTDOWN, "kaleidod is shutting down");
+	while (u->waiting != NULL)
+		xfer_fail(u, u->waiting, UP_ERR_SHUTDOWN, "kaleidod is shutting down");
+	if (u->tok_easy != NULL) {
+		struct curl_slist *h = NULL;
+
+		curl_easy_getinfo(u->tok_easy, CURLINFO_PRIVATE, (char **)&h);
+		curl_multi_remove_handle(u->multi, u->tok_easy);
+		curl_easy_cleanup(u->tok_easy);
+		curl_slist_free_all(h);
+		u->tok_easy = NULL;
+	}
+}
+
+static void *worker(void *arg)
+{
+	struct upstream *u = arg;
+
+	for (;;) {
+		double now = mono_now(), wait, due;
+		int stopping, running;
+
+		run_commands(u, now);
+		pthread_mutex_lock(&u->qlock);
+		stopping = u->stopping;
+		pthread_mutex_unlock(&u->qlock);
+		if (stopping)
+			break;
+		if (u->tok_easy == NULL)
+			token_start(u, now);
+		drain_waiting(u, now);
+		curl_multi_perform(u->multi, &running);
+		finish_messages(u, mono_now());
+		drain_waiting(u, mono_now());
+		now = mono_now();
+		wait = check_deadlines(u, now);
+		due = auth_next_due(u->auth, now);
+		if (due >= 0 && due < wait)
+			wait = due;
+		if (wait < 0.001)
+			wait = 0.001;
+		curl_multi_poll(u->multi, NULL, 0, (int)(wait * 1000) + 1, NULL);
+	}
+	shutdown_all(u);
+	/* Anything queued from now on is refused by cmd_push; what is queued
+	 * already is dropped here. */
+	pthread_mutex_lock(&u->qlock);
+	u->dead = 1;
+	pthread_mutex_unlock(&u->qlock);
+	u->draining = 1;
+	run_commands(u, mono_now());
+	return NULL;
+}
+
+/* ---- public: lifetime ---- */
+
+struct upstream *upstream_new(const struct config *cfg, const struct up_events *ev, char *err,
+			      size_t errlen)
+{
+	struct upstream *u = calloc(1, sizeof(*u));
+
+	if (u == NULL) {
+		snprintf(err, errlen, "out of memory");
+		return NULL;
+	}
+	u->cfg = cfg;
+	if (ev != NULL)
+		u->events = *ev;
+	pthread_mutex_init(&u->qlock, NULL);
+	pthread_mutex_init(&u->clock, NULL);
+	u->url = strdup(cfg->upstream_url);
+	u->client_id = strdup(cfg->client_id ? cfg->client_id : "");
+	u->multi = curl_multi_init();
+	u->auth = auth_new(cfg->client_id ? cfg->client_id : "",
+			   cfg->client_secret ? cfg->client_secret : "", cfg->auth_retry_min,
+			   cfg->auth_retry_max);
+	if (u->url == NULL || u->client_id == NULL || u->multi == NULL || u->auth == NULL) {
+		snprintf(err, errlen, "out of memory");
+		goto fail;
+	}
+	/* Idle upstream connections are kept for reuse; one per transfer at most. */
+	curl_multi_setopt(u->multi, CURLMOPT_MAXCONNECTS, 64L);
+	if (pthread_create(&u->thread, NULL, worker, u) != 0) {
+		snprintf(err, errlen, "cannot start the upstream thread: %s", strerror(errno));
+		goto fail;
+	}
+	u->thread_started = 1;
+	return u;
+fail:
+	upstream_free(&u);
+	return NULL;
+}
+
+void upstream_shutdown(struct upstream *u)
+{
+	if (u == NULL || !u->thread_started)
+		return;
+	pthread_mutex_lock(&u->qlock);
+	u->stopping = 1;
+	pthread_mutex_unlock(&u->qlock);
+	curl_multi_wakeup(u->multi);
+	pthread_join(u->thread, NULL);
+	u->thread_started = 0;
+}
+
+void upstream_free(struct upstream **up)
+{
+	struct upstream *u = *up;
+
+	if (u == NULL)
+		return;
+	upstream_shutdown(u);
+	if (u->multi != NULL)
+		curl_multi_cleanup(u->multi);
+	auth_free(&u->auth);
+	free(u->url);
+	free(u->client_id);
+	free(u->q);
+	pthread_mutex_destroy(&u->qlock);
+	pthread_mutex_destroy(&u->clock);
+	free(u);
+	*up = NULL;
+}
+
+void upstream_auth_status(struct upstream *u, struct auth_status *out)
+{
+	auth_status(u->auth, out);
+}
+
+const char *upstream_url(const struct upstream *u)
+{
+	return u->url;
+}
+
+const char *upstream_client_id(const struct upstream *u)
+{
+	return u->client_id;
+}
+
+void upstream_counters(struct upstream *u, struct upstream_counters *out)
+{
+	pthread_mutex_lock(&u->clock);
+	*out = u->counters;
+	pthread_mutex_unlock(&u->clock);
+}
+
+/* ---- public: transfers ---- */
+
+struct up_xfer *upstream_start(struct upstream *u, const struct up_request *req,
+			       const struct up_hooks *hooks)
+{
+	struct up_xfer *x = calloc(1, sizeof(*x));
+	size_t ulen;
+
+	if (x == NULL)
+		goto fail_nox;
+	pthread_mutex_init(&x->lock, NULL);
+	x->refs = 2; /* the front's and the worker's */
+	x->worker_ref = 1;
+	x->u = u;
+	x->hooks = *hooks;
+	x->method = strdup(req->method);
+	ulen = strlen(u->url) + strlen(req->target) + 1;
+	x->url = malloc(ulen);
+	x->building = hdr_new();
+	x->body_mode = req->body_mode;
+	x->body_len = req->body_len;
+	x->identity = req->identity;
+	x->collect_max = req->collect_max;
+	x->length = -1;
+	if (x->method == NULL || x->url == NULL || x->building == NULL)
+		goto fail;
+	snprintf(x->url, ulen, "%s%s", u->url, req->target);
+	if (req->body_mode == UP_BODY_BUFFERED) {
+		x->body = malloc(req->body_size ? req->body_size : 1);
+		if (x->body == NULL)
+			goto fail;
+		memcpy(x->body, req->body, req->body_size);
+		x->body_size = req->body_size;
+	}
+	for (size_t i = 0; req->headers != NULL && i < hdr_count(req->headers); i++) {
+		const char *name = hdr_name(req->headers, i), *value = hdr_value(req->headers, i);
+		size_t llen = strlen(name) + strlen(value) + 3;
+		char *line = malloc(llen);
+		struct curl_slist *n;
+
+		if (line == NULL)
+			goto fail;
+		/* curl drops "Name:" with an empty value; "Name;" sends it empty. */
+		if (value[0] == '\0')
+			snprintf(line, llen, "%s;", name);
+		else
+			snprintf(line, llen, "%s: %s", name, value);
+		n = curl_slist_append(x->fwd_headers, line);
+		free(line);
+		if (n == NULL)
+			goto fail;
+		x->fwd_headers = n;
+	}
+	/* curl would wait a second for 100-continue on large bodies. */
+	x->fwd_headers = curl_slist_append(x->fwd_headers, "Expect:");
+	if (x->fwd_headers == NULL)
+		goto fail;
+	pthread_mutex_lock(&u->clock);
+	u->counters.started++;
+	u->counters.active++;
+	pthread_mutex_unlock(&u->clock);
+	if (cmd_push(u, CMD_START, x) < 0) {
+		pthread_mutex_lock(&u->clock);
+		u->counters.active--;
+		pthread_mutex_unlock(&u->clock);
+		x->refs = 1;
+		x->worker_ref = 0;
+		x->state = UP_FAILED;
+		x->err = UP_ERR_SHUTDOWN;
+		snprintf(x->detail, sizeof(x->detail), "kaleidod is shutting down");
+		return x;
+	}
+	/* The worker's reference now travels with the queued command too; the
+	 * command's own reference is dropped once it ran. */
+	return x;
+fail:
+	x->refs = 1;
+	x->worker_ref = 0;
+	xfer_free(x);
+fail_nox:
+	if (hooks->complete_free != NULL)
+		hooks->complete_free(hooks->complete_arg);
+	return NULL;
+}
+
+void upstream_xfer_write(struct up_xfer *x, const char *data, size_t len, size_t *consumed)
+{
+	int queue = 0;
+
+	pthread_mutex_lock(&x->lock);
+	if (x->state == UP_FAILED || x->down_eof || x->down_broken || !x->worker_ref) {
+		*consumed = len; /* nobody will read it any more */
+		pthread_mutex_unlock(&x->lock);
+		return;
+	}
+	if (ring_alloc(&x->up) < 0) {
+		*consumed = len;
+		pthread_mutex_unlock(&x->lock);
+		return;
+	}
+	*consumed = ring_put(&x->up, data, len);
+	if (*consumed > 0) {
+		if (x->paused_send)
+			want_unpause_locked(x, &queue);
+	} else {
+		x->parked = 1;
+		if (x->hooks.park != NULL)
+			x->hooks.park(x->hooks.arg);
+	}
+	pthread_mutex_unlock(&x->lock);
+	if (queue)
+		cmd_push(x->u, CMD_UNPAUSE, x);
+}
+
+void upstream_xfer_write_end(struct up_xfer *x)
+{
+	int queue = 0;
+
+	pthread_mutex_lock(&x->lock);
+	x->up_end = 1;
+	if (x->paused_send)
+		want_unpause_locked(x, &queue);
+	pthread_mutex_unlock(&x->lock);
+	if (queue)
+		cmd_push(x->u, CMD_UNPAUSE, x);
+}
+
+enum up_state upstream_xfer_poll(struct up_xfer *x)
+{
+	enum up_state s;
+
+	pthread_mutex_lock(&x->lock);
+	s = x->state;
+	if (s == UP_PENDING) {
+		x->parked = 1;
+		if (x->hooks.park != NULL)
+			x->hooks.park(x->hooks.arg);
+	}
+	pthread_mutex_unlock(&x->lock);
+	return s;
+}
+
+long upstream_xfer_status(struct up_xfer *x)
+{
+	return x->status;
+}
+
+const struct hdr *upstream_xfer_headers(struct up_xfer *x)
+{
+	return x->headers;
+}
+
+long long upstream_xfer_length(struct up_xfer *x)
+{
+	return x->length;
+}
+
+enum up_error upstream_xfer_error(struct up_xfer *x, const char **detail)
+{
+	if (detail != NULL)
+		*detail = x->detail;
+	return x->err;
+}
+
+ssize_t upstream_xfer_read(struct up_xfer *x, char *buf, size_t max)
+{
+	ssize_t n;
+	int queue = 0;
+
+	pthread_mutex_lock(&x->lock);
+	if (x->down.len > 0) {
+		n = (ssize_t)ring_get(&x->down, buf, max);
+		if (x->paused_recv && ring_free(&x->down) >= CURL_MAX_WRITE_SIZE)
+			want_unpause_locked(x, &queue);
+	} else if (x->down_broken || x->state == UP_FAILED) {
+		n = -2;
+	} else if (x->down_eof) {
+		n = -1;
+	} else {
+		x->parked = 1;
+		if (x->hooks.park != NULL)
+			x->hooks.park(x->hooks.arg);
+		n = 0;
+	}
+	pthread_mutex_unlock(&x->lock);
+	if (queue)
+		cmd_push(x->u, CMD_UNPAUSE, x);
+	return n;
+}
+
+const void *upstream_xfer_collected(struct up_xfer *x, size_t *len)
+{
+	*len = x->collect_len;
+	return x->collect;
+}
+
+void upstream_xfer_release(struct up_xfer **xp)
+{
+	struct up_xfer *x = *xp;
+	int worker;
+
+	if (x == NULL)
+		return;
+	*xp = NULL;
+	pthread_mutex_lock(&x->lock);
+	x->released = 1;
+	x->parked = 0;
+	worker = x->worker_ref;
+	pthread_mutex_unlock(&x->lock);
+	if (worker)
+		cmd_push(x->u, CMD_RELEASE, x);
+	xfer_unref(x);
+}
+
+const char *upstream_error_name(enum up_error e)
+{
+	switch (e) {
+	case UP_ERR_NONE:
+		return "none";
+	case UP_ERR_CONNECT:
+		return "upstream unreachable";
+	case UP_ERR_TIMEOUT:
+		return "upstream timeout";
+	case UP_ERR_AUTH:
+		return "upstream authentication failed";
+	case UP_ERR_PROTOCOL:
+		return "upstream protocol error";
+	case UP_ERR_SHUTDOWN:
+		return "shutting down";
+	case UP_ERR_INTERNAL:
+		return "internal error";
+	}
+	return "unknown";
+}

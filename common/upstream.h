@@ -33,10 +33,22 @@ struct up_hooks {
 	/* Called unlocked from the worker once a parked front may proceed:
 	 * resume it.  Called exactly once per park. */
 	void (*unpark)(void *arg);
+	void *arg;
 	/* Called on the worker when a transfer with collect_max > 0 completed
 	 * whole (CURLE_OK, framed by Content-Length or chunked, collected body
-	 * within collect_max); the front stores it.  May be NULL. */
-	void (*complete)(void *arg, struct up_xfer *x);
+	 * within collect_max); the front stores it.  complete_arg belongs to
+	 * the transfer from upstream_start() on: complete_free (may be NULL)
+	 * releases it when the transfer is freed, whichever side lets go last,
+	 * so the hook never sees a front context that is already gone. */
+	void (*complete)(void *complete_arg, struct up_xfer *x);
+	void (*complete_free)(void *complete_arg);
+	void *complete_arg;
+};
+
+/* Told on the worker whenever the token state changes (a grant, a refresh,
+ * a failure); retry_in is auth_next_due().  For the daemon's log. */
+struct up_events {
+	void (*auth_changed)(void *arg, const struct auth_status *st, double retry_in);
 	void *arg;
 };
 
@@ -75,7 +87,8 @@ enum up_error {
 };
 
 /* Starts the worker thread.  NULL with a message in err on failure. */
-struct upstream *upstream_new(const struct config *cfg, char *err, size_t errlen);
+struct upstream *upstream_new(const struct config *cfg, const struct up_events *ev, char *err,
+			      size_t errlen);
 /* Fails every transfer with UP_ERR_SHUTDOWN (unparking every parked front),
  * then stops the worker. */
 void upstream_shutdown(struct upstream *u);

@@ -1,1 +1,866 @@
-/* placeholder */
+/*
+ * front: libmicrohttpd in a thread pool (epoll, suspend/resume), and the
+ * request path of every client request.
+ *
+ * libmicrohttpd calls on_request() several times per request: once with the
+ * headers (we only classify the request then: queueing a response on that
+ * call would cost the connection its keep-alive), once per piece of body,
+ * and once more with no body left, where we answer.  A request that must
+ * wait for the API parks: the upstream module suspends the connection from
+ * inside our own call, and resumes it from its worker when something
+ * happened; libmicrohttpd then calls us again and we carry on where we were.
+ */
+#include "front.h"
+
+#include <arpa/inet.h>
+#include <cjson/cJSON.h>
+#include <errno.h>
+#include <microhttpd.h>
+#include <netinet/in.h>
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "admin.h"
+#include "cache.h"
+#include "config.h"
+#include "hdr.h"
+#include "localtoken.h"
+#include "log.h"
+#include "policy.h"
+#include "stats.h"
+#include "upstream.h"
+
+#define TOKEN_PATH "/auth/oauth/token"
+#define ADMIN_PREFIX "/_kaleidod/"
+#define SMALL_BODY_MAX (64 * 1024) /* token endpoint and admin bodies */
+#define READ_BLOCK (64 * 1024)
+
+struct front {
+	struct front_deps d;
+	struct MHD_Daemon *mhd;
+};
+
+enum route { R_FORWARD = 0, R_TOKEN, R_ADMIN };
+
+/* X-Cache values, for cacheable requests only. */
+enum xcache { XC_NONE = 0, XC_HIT, XC_MISS, XC_STALE, XC_BYPASS };
+static const char *const xcache_names[] = {NULL, "HIT", "MISS", "STALE", "BYPASS"};
+
+struct req {
+	struct front *f;
+	struct MHD_Connection *conn;
+	char *target;             /* raw request target, as sent */
+	int seen;                 /* on_request() has run once */
+	enum route route;
+	atomic_int suspended;     /* guards each suspend/resume pair */
+
+	/* Cache decisions (family >= 0: a cacheable GET). */
+	int family;
+	enum xcache xc;
+	int may_store;
+	char *key;
+	struct cache_entry *stale;
+
+	/* Request body: buffered (token endpoint, small forwarded bodies) or streamed. */
+	int streaming;
+	long long body_len;       /* declared, or -1 */
+	char *body;
+	size_t body_size, body_cap;
+	int too_large;
+	int write_ended;
+
+	struct up_xfer *x;
+};
+
+/* ---- small helpers ---- */
+
+static int64_t now_wall(void)
+{
+	return (int64_t)time(NULL);
+}
+
+static int path_len(const char *target)
+{
+	const char *q = strchr(target, '?');
+
+	return q ? (int)(q - target) : (int)strlen(target);
+}
+
+static int path_is(const struct req *r, const char *path)
+{
+	size_t n = strlen(path);
+
+	return (size_t)path_len(r->target) == n && strncmp(r->target, path, n) == 0;
+}
+
+static enum MHD_Result queue_and_drop(struct req *r, unsigned status, struct MHD_Response *resp)
+{
+	enum MHD_Result ret;
+
+	if (resp == NULL)
+		return MHD_NO;
+	if (r->xc != XC_NONE)
+		MHD_add_response_header(resp, "X-Cache", xcache_names[r->xc]);
+	ret = MHD_queue_response(r->conn, status, resp);
+	MHD_destroy_response(resp);
+	return ret;
+}
+
+static enum MHD_Result respond_json(struct req *r, unsigned status, char *body)
+{
+	struct MHD_Response *resp;
+
+	if (body == NULL)
+		return MHD_NO;
+	resp = MHD_create_response_from_buffer(strlen(body), body, MHD_RESPMEM_MUST_FREE);
+	if (resp == NULL) {
+		free(body);
+		return MHD_NO;
+	}
+	MHD_add_response_header(resp, "Content-Type", "application/json");
+	MHD_add_response_header(resp, "Cache-Control", "no-store");
+	return queue_and_drop(r, status, resp);
+}
+
+/*
+ * The proxy's own errors: {"error": what went wrong, "detail": what
+ * happened and what to do, "upstream": the API it talks to}.
+ */
+static enum MHD_Result respond_error(struct req *r, unsigned status, const char *error,
+				     const char *fmt, ...) __attribute__((format(printf, 4, 5)));
+static enum MHD_Result respond_error(struct req *r, unsigned status, const char *error,
+				     const char *fmt, ...)
+{
+	char detail[1024], clean[1024];
+	va_list ap;
+	cJSON *o = cJSON_CreateObject();
+	char *text;
+
+	va_start(ap, fmt);
+	vsnprintf(detail, sizeof(detail), fmt, ap);
+	va_end(ap);
+	log_redact(clean, sizeof(clean), detail);
+	cJSON_AddStringToObject(o, "error", error);
+	cJSON_AddStringToObject(o, "detail", clean);
+	cJSON_AddStringToObject(o, "upstream", upstream_url(r->f->d.up));
+	text = cJSON_PrintUnformatted(o);
+	cJSON_Delete(o);
+	return respond_json(r, status, text);
+}
+
+static void add_stored_headers(struct MHD_Response *resp, const char *text, size_t len)
+{
+	struct hdr *h = hdr_parse(text, len);
+
+	for (size_t i = 0; h != NULL && i < hdr_count(h); i++)
+		MHD_add_response_header(resp, hdr_name(h, i), hdr_value(h, i));
+	hdr_free(&h);
+}
+
+/* Answers from a cache entry (HIT or STALE); takes the body. */
+static enum MHD_Result respond_entry(struct req *r, struct cache_entry *e, enum xcache xc)
+{
+	struct MHD_Response *resp;
+	char age[32];
+	int64_t a = now_wall() - e->stored_at;
+
+	resp = MHD_create_response_from_buffer(e->body_len, e->body, MHD_RESPMEM_MUST_FREE);
+	if (resp == NULL)
+		return MHD_NO;
+	e->body = NULL;
+	add_stored_headers(resp, e->headers, e->headers_len);
+	snprintf(age, sizeof(age), "%lld", (long long)(a > 0 ? a : 0));
+	MHD_add_response_header(resp, "Age", age);
+	if (xc == XC_STALE)
+		MHD_add_response_header(resp, "Warning", "110 kaleidod \"Response is Stale\"");
+	r->xc = xc;
+	stats_inc(r->f->d.stats, r->family, xc == XC_HIT ? STATS_HITS : STATS_STALE);
+	return queue_and_drop(r, (unsigned)e->status, resp);
+}
+
+/* ---- park/unpark: the upstream module suspends and resumes us ---- */
+
+static void park(void *arg)
+{
+	struct req *r = arg;
+
+	atomic_store(&r->suspended, 1);
+	MHD_suspend_connection(r->conn);
+}
+
+static void unpark(void *arg)
+{
+	struct req *r = arg;
+
+	/* Resuming a connection that is not suspended would cancel its next
+	 * suspend in libmicrohttpd 0.9.75: resume only what we suspended. */
+	if (atomic_exchange(&r->suspended, 0))
+		MHD_resume_connection(r->conn);
+}
+
+/* ---- the cache store, on the upstream worker ---- */
+
+struct store {
+	struct front *f;
+	char *key;
+	int family;
+};
+
+static void store_free(void *arg)
+{
+	struct store *s = arg;
+
+	free(s->key);
+	free(s);
+}
+
+/* Fields a stored answer must not replay: framing and per-hop details. */
+static const char *const store_skip[] = {"Content-Length", "Content-Encoding", "Date", "Age",
+					 "Set-Cookie", "Warning", "X-Cache", NULL};
+
+static void store_complete(void *arg, struct up_xfer *x)
+{
+	struct store *s = arg;
+	struct front *f = s->f;
+	const struct hdr *h = upstream_xfer_headers(x);
+	struct policy_cc cc;
+	struct cache_entry e = {0};
+	struct hdr *keep = NULL;
+	unsigned ttl;
+
+	if (upstream_xfer_status(x) != 200 || f->d.cache == NULL)
+		return;
+	policy_parse_cache_control(hdr_get(h, "Cache-Control"), &cc);
+	if ((ttl = policy_ttl(f->d.policy, s->family, &cc)) == 0)
+		return;
+	if ((keep = hdr_new()) == NULL || hdr_copy_end_to_end(keep, h, store_skip) < 0)
+		goto out;
+	e.status = 200;
+	e.headers = hdr_serialize(keep, &e.headers_len);
+	e.body = (void *)upstream_xfer_collected(x, &e.body_len);
+	e.stored_at = now_wall();
+	e.expires_at = e.stored_at + ttl;
+	if (e.headers == NULL)
+		goto out;
+	if (cache_put(f->d.cache, s->key, policy_family_name(f->d.policy, s->family), &e) < 0)
+		log_warnx("cache: cannot store %s: %s", policy_family_name(f->d.policy, s->family),
+			  cache_errmsg(f->d.cache));
+out:
+	free(e.headers);
+	hdr_free(&keep);
+}
+
+/* ---- forwarding ---- */
+
+struct fwd_ctx {
+	struct hdr *h;
+	const char *connection;
+	int identity;
+	const char *xff;
+};
+
+/* Client fields that never go upstream as they came. */
+static int fwd_skip(const struct fwd_ctx *c, const char *name)
+{
+	static const char *const own[] = {"Host", "Authorization", "X-Kal-Authorization",
+					  "Content-Length", "Expect", "X-Forwarded-For",
+					  "X-Forwarded-Proto", NULL};
+
+	for (int i = 0; own[i] != NULL; i++)
+		if (strcasecmp(name, own[i]) == 0)
+			return 1;
+	if (c->identity && strcasecmp(name, "Accept-Encoding") == 0)
+		return 1;
+	return hdr_is_hop_by_hop(name, c->connection);
+}
+
+static enum MHD_Result collect_header(void *cls, enum MHD_ValueKind kind, const char *key,
+				      size_t key_size, const char *value, size_t value_size)
+{
+	struct fwd_ctx *c = cls;
+
+	if (fwd_skip(c, key))
+		return MHD_YES;
+	if (hdr_add(c->h, key, key_size, value ? value : "", value ? value_size : 0) < 0)
+		return MHD_NO;
+	return MHD_YES;
+}
+
+static int client_ip(struct MHD_Connection *conn, char *out, size_t len)
+{
+	const union MHD_ConnectionInfo *ci =
+		MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
+	const struct sockaddr *sa = ci ? ci->client_addr : NULL;
+
+	if (sa == NULL)
+		return -1;
+	if (sa->sa_family == AF_INET)
+		return inet_ntop(AF_INET, &((const struct sockaddr_in *)sa)->sin_addr, out, len)
+			       ? 0 : -1;
+	if (sa->sa_family == AF_INET6)
+		return inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)sa)->sin6_addr, out,
+				 len) ? 0 : -1;
+	return -1;
+}
+
+/* The fields to forward: the client's end-to-end ones, plus X-Forwarded-*. */
+static struct hdr *forward_headers(struct req *r, int identity)
+{
+	struct fwd_ctx c = {0};
+	char ip[INET6_ADDRSTRLEN] = "unknown", xff[1024];
+	const char *prev;
+
+	if ((c.h = hdr_new()) == NULL)
+		return NULL;
+	c.connection = MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, "Connection");
+	c.identity = identity;
+	MHD_get_connection_values_n(r->conn, MHD_HEADER_KIND, collect_header, &c);
+	client_ip(r->conn, ip, sizeof(ip));
+	prev = MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, "X-Forwarded-For");
+	if (prev != NULL)
+		snprintf(xff, sizeof(xff), "%s, %s", prev, ip);
+	else
+		snprintf(xff, sizeof(xff), "%s", ip);
+	if (hdr_add(c.h, "X-Forwarded-For", 15, xff, strlen(xff)) < 0 ||
+	    hdr_add(c.h, "X-Forwarded-Proto", 17, "http", 4) < 0)
+		hdr_free(&c.h);
+	return c.h;
+}
+
+static int start_upstream(struct req *r, const char *method)
+{
+	struct front *f = r->f;
+	struct up_request rq = {0};
+	struct up_hooks hooks = {0};
+	struct store *s = NULL;
+	struct hdr *h;
+
+	rq.identity = r->family >= 0;
+	if ((h = forward_headers(r, rq.identity)) == NULL)
+		return -1;
+	rq.method = method;
+	rq.target = r->target;
+	rq.headers = h;
+	if (r->streaming) {
+		rq.body_mode = UP_BODY_STREAM;
+		rq.body_len = r->body_len;
+	} else if (r->body != NULL || r->body_len == 0) {
+		rq.body_mode = UP_BODY_BUFFERED;
+		rq.body = r->body;
+		rq.body_size = r->body_size;
+	}
+	hooks.park = park;
+	hooks.unpark = unpark;
+	hooks.arg = r;
+	if (r->family >= 0 && r->may_store && f->d.cache != NULL) {
+		if ((s = calloc(1, sizeof(*s))) == NULL || (s->key = strdup(r->key)) == NULL) {
+			free(s);
+			hdr_free(&h);
+			return -1;
+		}
+		s->f = f;
+		s->family = r->family;
+		rq.collect_max = f->d.cfg->max_entry_size;
+		hooks.complete = store_complete;
+		hooks.complete_free = store_free;
+		hooks.complete_arg = s;
+	}
+	r->x = upstream_start(f->d.up, &rq, &hooks);
+	hdr_free(&h);
+	if (r->x == NULL)
+		return -1;
+	stats_inc(f->d.stats, r->family, STATS_FORWARDED);
+	return 0;
+}
+
+static ssize_t body_reader(void *cls, uint64_t pos, char *buf, size_t max)
+{
+	struct req *r = cls;
+	ssize_t n = upstream_xfer_read(r->x, buf, max);
+
+	if (n > 0)
+		return n;
+	if (n == 0)
+		return 0; /* parked: suspended until the worker has more */
+	if (n == -1)
+		return MHD_CONTENT_READER_END_OF_STREAM;
+	log_warnx("%s: the API's answer broke off; the client sees it truncated", r->target);
+	return MHD_CONTENT_READER_END_WITH_ERROR;
+}
+
+static void invalidate_after_write(struct req *r, const char *method)
+{
+	struct front *f = r->f;
+	uint32_t mask = policy_invalidates(f->d.policy, method, r->target, path_len(r->target));
+
+	for (int i = 0; mask != 0 && i < policy_family_count(f->d.policy); i++) {
+		if (!(mask & (1u << i)) || f->d.cache == NULL)
+			continue;
+		if (cache_invalidate_family(f->d.cache, policy_family_name(f->d.policy, i)) < 0)
+			log_warnx("cache: cannot invalidate %s: %s", policy_family_name(f->d.policy, i),
+				  cache_errmsg(f->d.cache));
+		stats_inc(f->d.stats, i, STATS_INVALIDATIONS);
+		log_debug("%s %.*s invalidated %s", method, path_len(r->target), r->target,
+			  policy_family_name(f->d.policy, i));
+	}
+}
+
+/* Headers that the proxy sets itself on a relayed answer. */
+static const char *const relay_skip[] = {"Content-Length", "Date", NULL};
+
+static enum MHD_Result relay_answer(struct req *r, const char *method)
+{
+	const struct hdr *h = upstream_xfer_headers(r->x);
+	long status = upstream_xfer_status(r->x);
+	long long len = upstream_xfer_length(r->x);
+	struct MHD_Response *resp;
+	struct hdr *out;
+
+	if (status >= 200 && status < 300 && strcmp(method, "GET") != 0 &&
+	    strcmp(method, "HEAD") != 0)
+		invalidate_after_write(r, method);
+	if ((out = hdr_new()) == NULL || hdr_copy_end_to_end(out, h, relay_skip) < 0) {
+		hdr_free(&out);
+		return MHD_NO;
+	}
+	resp = MHD_create_response_from_callback(len >= 0 ? (uint64_t)len : MHD_SIZE_UNKNOWN,
+						 READ_BLOCK, body_reader, r, NULL);
+	for (size_t i = 0; resp != NULL && i < hdr_count(out); i++)
+		MHD_add_response_header(resp, hdr_name(out, i), hdr_value(out, i));
+	hdr_free(&out);
+	return queue_and_drop(r, (unsigned)status, resp);
+}
+
+static enum MHD_Result answer_failure(struct req *r)
+{
+	const char *detail;
+	enum up_error e = upstream_xfer_error(r->x, &detail);
+	const char *url = upstream_url(r->f->d.up);
+
+	if (r->stale != NULL && (e == UP_ERR_CONNECT || e == UP_ERR_TIMEOUT || e == UP_ERR_AUTH ||
+				 e == UP_ERR_PROTOCOL)) {
+		log_info("%s: serving stale copy: %s", r->target, detail);
+		stats_inc(r->f->d.stats, r->family, STATS_UPSTREAM_ERRORS);
+		return respond_entry(r, r->stale, XC_STALE);
+	}
+	stats_inc(r->f->d.stats, r->family, STATS_UPSTREAM_ERRORS);
+	switch (e) {
+	case UP_ERR_TIMEOUT:
+		return respond_error(r, MHD_HTTP_GATEWAY_TIMEOUT, "upstream timeout",
+				     "%s did not answer in time (%s). The Kaleidoscope API is slow "
+				     "or overloaded; retry later, or raise [upstream] timeout.",
+				     url, detail);
+	case UP_ERR_AUTH:
+		return respond_error(r, MHD_HTTP_BAD_GATEWAY, "upstream authentication failed",
+				     "%s. Check the API client id and secret kaleidod uses "
+				     "(KALEIDOSCOPE_API_CLIENT_ID / _SECRET); kaleidod keeps "
+				     "retrying by itself.", detail);
+	case UP_ERR_SHUTDOWN:
+		return respond_error(r, MHD_HTTP_SERVICE_UNAVAILABLE, "shutting down",
+				     "kaleidod is stopping; retry in a moment.");
+	case UP_ERR_INTERNAL:
+		return respond_error(r, MHD_HTTP_INTERNAL_SERVER_ERROR, "internal error",
+				     "%s", detail);
+	default:
+		return respond_error(r, MHD_HTTP_BAD_GATEWAY, "upstream unreachable",
+				     "cannot reach %s: %s. Check the network and "
+				     "KALEIDOSCOPE_API_URL.", url, detail);
+	}
+}
+
+/* The request has been read whole: answer it, from the cache or the API. */
+static enum MHD_Result forward(struct req *r, const char *method)
+{
+	struct front *f = r->f;
+
+	if (r->too_large)
+		return respond_error(r, MHD_HTTP_CONTENT_TOO_LARGE, "request too large",
+				     "the request body exceeds what kaleidod accepts here");
+	if (r->x == NULL) {
+		if (r->xc == XC_NONE && r->family >= 0 && f->d.cache != NULL) {
+			struct cache_entry *e = NULL;
+			int rc = cache_get(f->d.cache, r->key, &e);
+
+			if (rc < 0)
+				log_warnx("cache: lookup failed: %s", cache_errmsg(f->d.cache));
+			if (rc == 1 && e->expires_at > now_wall()) {
+				enum MHD_Result ret = respond_entry(r, e, XC_HIT);
+
+				cache_entry_free(&e);
+				return ret;
+			}
+			r->stale = e;
+		}
+		if (r->family >= 0) {
+			if (r->xc == XC_NONE)
+				r->xc = XC_MISS;
+			stats_inc(f->d.stats, r->family,
+				  r->xc == XC_BYPASS ? STATS_BYPASS : STATS_MISSES);
+		}
+		if (start_upstream(r, method) < 0)
+			return respond_error(r, MHD_HTTP_INTERNAL_SERVER_ERROR, "internal error",
+					     "out of memory starting the upstream request");
+	}
+	if (r->streaming && !r->write_ended) {
+		upstream_xfer_write_end(r->x);
+		r->write_ended = 1;
+	}
+	switch (upstream_xfer_poll(r->x)) {
+	case UP_PENDING:
+		return MHD_YES; /* parked; called again when the API answered */
+	case UP_FAILED:
+		return answer_failure(r);
+	case UP_HEADERS:
+		break;
+	}
+	if (r->stale != NULL && upstream_xfer_status(r->x) >= 500) {
+		log_info("%s: the API answered %ld; serving stale copy", r->target,
+			 upstream_xfer_status(r->x));
+		stats_inc(f->d.stats, r->family, STATS_UPSTREAM_ERRORS);
+		upstream_xfer_release(&r->x);
+		return respond_entry(r, r->stale, XC_STALE);
+	}
+	return relay_answer(r, method);
+}
+
+/* ---- the local token endpoint ---- */
+
+struct grant {
+	char *grant_type;
+	int has_refresh;
+};
+
+static void grant_from_form(struct grant *g, const char *body, size_t len)
+{
+	/* Parsed with curl's unescape, one key=value pair at a time. */
+	const char *p = body, *end = body + len;
+
+	while (p < end) {
+		const char *amp = memchr(p, '&', (size_t)(end - p));
+		const char *stop = amp ? amp : end;
+		const char *eq = memchr(p, '=', (size_t)(stop - p));
+
+		if (eq != NULL) {
+			size_t klen = (size_t)(eq - p);
+
+			if (klen == 10 && memcmp(p, "grant_type", 10) == 0) {
+				free(g->grant_type);
+				g->grant_type = strndup(eq + 1, (size_t)(stop - eq - 1));
+			} else if (klen == 13 && memcmp(p, "refresh_token", 13) == 0 && stop > eq + 1) {
+				g->has_refresh = 1;
+			}
+		}
+		p = stop + 1;
+	}
+}
+
+static void grant_from_json(struct grant *g, const char *body, size_t len)
+{
+	cJSON *o = cJSON_ParseWithLength(body, len);
+	const cJSON *gt = cJSON_GetObjectItemCaseSensitive(o, "grant_type");
+	const cJSON *rt = cJSON_GetObjectItemCaseSensitive(o, "refresh_token");
+
+	if (cJSON_IsString(gt))
+		g->grant_type = strdup(gt->valuestring);
+	g->has_refresh = cJSON_IsString(rt) && rt->valuestring[0] != '\0';
+	cJSON_Delete(o);
+}
+
+static enum MHD_Result local_token(struct req *r, const char *method)
+{
+	struct front *f = r->f;
+	const char *ct = MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, "Content-Type");
+	struct grant g = {0};
+	char access[LOCALTOKEN_LEN + 1], refresh[LOCALTOKEN_LEN + 1];
+	cJSON *o;
+	char *text;
+
+	if (strcmp(method, "POST") != 0)
+		return respond_error(r, MHD_HTTP_METHOD_NOT_ALLOWED, "method not allowed",
+				     "the token endpoint takes POST with a form or JSON body");
+	if (r->too_large)
+		return respond_error(r, MHD_HTTP_CONTENT_TOO_LARGE, "request too large",
+				     "a token request body is at most 64 KiB");
+	if (ct != NULL && strncasecmp(ct, "application/json", 16) == 0)
+		grant_from_json(&g, r->body ? r->body : "", r->body_size);
+	else
+		grant_from_form(&g, r->body ? r->body : "", r->body_size);
+	if (g.grant_type == NULL) {
+		free(g.grant_type);
+		return respond_error(r, MHD_HTTP_BAD_REQUEST, "invalid_request",
+				     "grant_type is missing: send grant_type=client_credentials "
+				     "(form-encoded or JSON)");
+	}
+	if (strcmp(g.grant_type, "client_credentials") != 0 &&
+	    !(strcmp(g.grant_type, "refresh_token") == 0 && g.has_refresh)) {
+		enum MHD_Result ret = respond_error(
+			r, MHD_HTTP_BAD_REQUEST, "unsupported_grant_type",
+			"grant_type must be client_credentials, or refresh_token with a "
+			"refresh_token");
+
+		free(g.grant_type);
+		return ret;
+	}
+	free(g.grant_type);
+	if (localtoken_new(access, sizeof(access)) < 0 ||
+	    localtoken_new(refresh, sizeof(refresh)) < 0)
+		return respond_error(r, MHD_HTTP_INTERNAL_SERVER_ERROR, "internal error",
+				     "no randomness available for a token");
+	stats_inc(f->d.stats, -1, STATS_LOCAL_GRANTS);
+	o = cJSON_CreateObject();
+	cJSON_AddStringToObject(o, "access_token", access);
+	cJSON_AddStringToObject(o, "refresh_token", refresh);
+	cJSON_AddNumberToObject(o, "expires_in", f->d.cfg->token_lifetime);
+	cJSON_AddStringToObject(o, "token_type", "bearer");
+	text = cJSON_PrintUnformatted(o);
+	cJSON_Delete(o);
+	return respond_json(r, MHD_HTTP_OK, text);
+}
+
+/* ---- admin ---- */
+
+static enum MHD_Result admin(struct req *r, const char *method)
+{
+	unsigned status = 200;
+	char *body = NULL;
+
+	if (strcmp(method, "GET") != 0 && strcmp(method, "HEAD") != 0)
+		return respond_error(r, MHD_HTTP_METHOD_NOT_ALLOWED, "method not allowed",
+				     "the admin endpoints take GET");
+	if (path_is(r, ADMIN_PREFIX "health"))
+		body = admin_health(&r->f->d, &status);
+	else if (path_is(r, ADMIN_PREFIX "stats"))
+		body = admin_stats(&r->f->d, &status);
+	else
+		return respond_error(r, MHD_HTTP_NOT_FOUND, "not found",
+				     "kaleidod's own endpoints are " ADMIN_PREFIX
+				     "health and " ADMIN_PREFIX "stats");
+	return respond_json(r, status, body);
+}
+
+/* ---- libmicrohttpd callbacks ---- */
+
+/* First call: classify the request and decide how its body travels. */
+static int classify(struct req *r, const char *method)
+{
+	struct front *f = r->f;
+	const char *cl = MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, "Content-Length");
+	const char *te = MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, "Transfer-Encoding");
+	int plen = path_len(r->target);
+
+	r->family = -1;
+	r->body_len = te != NULL ? -1 : (cl != NULL ? strtoll(cl, NULL, 10) : -2);
+	stats_inc(f->d.stats, -1, STATS_REQUESTS);
+	if (strncmp(r->target, ADMIN_PREFIX, strlen(ADMIN_PREFIX)) == 0) {
+		r->route = R_ADMIN;
+		return 0;
+	}
+	if (path_is(r, TOKEN_PATH)) {
+		r->route = R_TOKEN;
+		return 0;
+	}
+	r->route = R_FORWARD;
+	if (strcmp(method, "GET") == 0) {
+		int fam = policy_family(f->d.policy, r->target, (size_t)plen);
+
+		if (fam >= 0 && policy_family_ttl(f->d.policy, fam) > 0) {
+			const char *cc = MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND,
+								     "Cache-Control");
+			const char *pragma = MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND,
+									 "Pragma");
+			struct policy_cc pc;
+
+			r->family = fam;
+			stats_inc(f->d.stats, fam, STATS_REQUESTS);
+			policy_parse_cache_control(cc, &pc);
+			r->may_store = !pc.no_store;
+			if (pc.no_cache || pc.no_store ||
+			    (pragma != NULL && strcasestr(pragma, "no-cache") != NULL))
+				r->xc = XC_BYPASS;
+			if (MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, "Range") != NULL) {
+				r->xc = XC_BYPASS;
+				r->may_store = 0;
+			}
+			r->key = policy_cache_key(upstream_url(f->d.up), upstream_client_id(f->d.up),
+						  "GET", r->target);
+			if (r->key == NULL)
+				return -1;
+		}
+	}
+	/* Small bodies are buffered whole, so a 401 can replay them; the
+	 * rest streams through with bounded memory. */
+	if (r->body_len == -1 || (r->body_len > 0 && (size_t)r->body_len > f->d.cfg->max_buffered_body)) {
+		r->streaming = 1;
+		if (start_upstream(r, method) < 0)
+			return -1;
+	}
+	return 0;
+}
+
+static void append_body(struct req *r, const char *data, size_t len, size_t limit)
+{
+	if (r->too_large || r->body_size + len > limit) {
+		r->too_large = 1;
+		return;
+	}
+	if (r->body_size + len > r->body_cap) {
+		size_t ncap = r->body_cap ? r->body_cap : 4096;
+		char *n;
+
+		while (ncap < r->body_size + len)
+			ncap *= 2;
+		if ((n = realloc(r->body, ncap)) == NULL) {
+			r->too_large = 1;
+			return;
+		}
+		r->body = n;
+		r->body_cap = ncap;
+	}
+	memcpy(r->body + r->body_size, data, len);
+	r->body_size += len;
+}
+
+static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const char *url,
+				  const char *method, const char *version,
+				  const char *upload_data, size_t *upload_data_size, void **con_cls)
+{
+	struct req *r = *con_cls;
+
+	if (r == NULL)
+		return MHD_NO;
+	r->conn = conn;
+	if (!r->seen) {
+		r->seen = 1;
+		if (classify(r, method) < 0)
+			return MHD_NO;
+		return MHD_YES;
+	}
+	if (*upload_data_size > 0) {
+		if (r->streaming) {
+			size_t used = 0;
+
+			upstream_xfer_write(r->x, upload_data, *upload_data_size, &used);
+			*upload_data_size -= used;
+		} else {
+			append_body(r, upload_data, *upload_data_size,
+				    r->route == R_FORWARD ? r->f->d.cfg->max_buffered_body
+							  : SMALL_BODY_MAX);
+			*upload_data_size = 0;
+		}
+		return MHD_YES;
+	}
+	switch (r->route) {
+	case R_ADMIN:
+		return admin(r, method);
+	case R_TOKEN:
+		return local_token(r, method);
+	case R_FORWARD:
+		break;
+	}
+	return forward(r, method);
+}
+
+static void *on_uri(void *cls, const char *uri, struct MHD_Connection *conn)
+{
+	struct req *r = calloc(1, sizeof(*r));
+
+	if (r == NULL)
+		return NULL;
+	r->f = cls;
+	r->conn = conn;
+	r->family = -1;
+	atomic_init(&r->suspended, 0);
+	if ((r->target = strdup(uri != NULL ? uri : "/")) == NULL) {
+		free(r);
+		return NULL;
+	}
+	return r;
+}
+
+static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
+			 enum MHD_RequestTerminationCode toe)
+{
+	struct req *r = *con_cls;
+
+	if (r == NULL)
+		return;
+	*con_cls = NULL;
+	upstream_xfer_release(&r->x);
+	cache_entry_free(&r->stale);
+	free(r->key);
+	free(r->body);
+	free(r->target);
+	free(r);
+}
+
+static void on_mhd_log(void *cls, const char *fmt, va_list ap)
+{
+	char line[512];
+	size_t n;
+
+	vsnprintf(line, sizeof(line), fmt, ap);
+	n = strlen(line);
+	while (n > 0 && (line[n - 1] == '\n' || line[n - 1] == '\r'))
+		line[--n] = '\0';
+	log_debug("libmicrohttpd: %s", line);
+}
+
+struct front *front_new(const struct front_deps *deps, int listen_fd, char *err, size_t errlen)
+{
+	struct front *f = calloc(1, sizeof(*f));
+	unsigned threads = deps->cfg->threads;
+
+	if (f == NULL) {
+		snprintf(err, errlen, "out of memory");
+		return NULL;
+	}
+	f->d = *deps;
+	if (threads == 0) {
+		long n = sysconf(_SC_NPROCESSORS_ONLN);
+
+		threads = n > 0 ? (unsigned)n : 1;
+	}
+	f->mhd = MHD_start_daemon(
+		MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME |
+			MHD_USE_ERROR_LOG,
+		0, NULL, NULL, on_request, f,
+		MHD_OPTION_EXTERNAL_LOGGER, on_mhd_log, f,
+		MHD_OPTION_LISTEN_SOCKET, listen_fd,
+		MHD_OPTION_THREAD_POOL_SIZE, threads,
+		MHD_OPTION_CONNECTION_LIMIT, deps->cfg->max_connections,
+		MHD_OPTION_CONNECTION_TIMEOUT, deps->cfg->connection_timeout,
+		MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)(64 * 1024),
+		MHD_OPTION_URI_LOG_CALLBACK, on_uri, f,
+		MHD_OPTION_NOTIFY_COMPLETED, on_completed, f,
+		MHD_OPTION_END);
+	if (f->mhd == NULL) {
+		snprintf(err, errlen, "libmicrohttpd refused to start (see the debug log)");
+		free(f);
+		return NULL;
+	}
+	return f;
+}
+
+void front_quiesce(struct front *f)
+{
+	if (f != NULL && f->mhd != NULL)
+		MHD_quiesce_daemon(f->mhd);
+}
+
+void front_free(struct front **fp)
+{
+	struct front *f = *fp;
+
+	if (f == NULL)
+		return;
+	if (f->mhd != NULL)
+		MHD_stop_daemon(f->mhd);
+	free(f);
+	*fp = NULL;
+}

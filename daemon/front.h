@@ -1,0 +1,37 @@
+/*
+ * front: the libmicrohttpd server and the request path, read top to bottom:
+ * admin route -> local token endpoint -> cache lookup -> upstream fetch ->
+ * store -> respond.  The only place that picks HTTP statuses.
+ */
+#ifndef KD_FRONT_H
+#define KD_FRONT_H
+
+#include <stddef.h>
+
+struct config;
+struct upstream;
+struct cache;
+struct policy;
+struct stats;
+struct front;
+
+struct front_deps {
+	const struct config *cfg;
+	struct upstream *up;
+	struct cache *cache;   /* NULL: run without a cache */
+	struct policy *policy;
+	struct stats *stats;
+};
+
+/*
+ * Starts serving on listen_fd (already bound and listening; from socket
+ * activation or from main).  NULL with a message in err on failure.
+ */
+struct front *front_new(const struct front_deps *deps, int listen_fd, char *err, size_t errlen);
+/* Stops accepting new connections; requests in progress continue. */
+void front_quiesce(struct front *f);
+/* Stops the server; every connection must have been unparked first
+ * (upstream_shutdown() does that). */
+void front_free(struct front **f);
+
+#endif

@@ -1,1 +1,350 @@
-/* placeholder */
+/*
+ * kaleidod: a caching proxy for the Kaleidoscope API.
+ *
+ * main() reads the configuration, opens the cache (moving a bad file aside
+ * rather than refusing to start), starts the upstream worker and the HTTP
+ * front, tells systemd it is ready, and waits for a signal to stop.  It runs
+ * in the foreground and logs to stderr, systemd style.
+ */
+#include <arpa/inet.h>
+#include <curl/curl.h>
+#include <errno.h>
+#include <getopt.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <systemd/sd-daemon.h>
+#include <unistd.h>
+
+#include "auth.h"
+#include "cache.h"
+#include "config.h"
+#include "front.h"
+#include "kdbuild.h"
+#include "log.h"
+#include "policy.h"
+#include "stats.h"
+#include "upstream.h"
+
+static void usage(FILE *out)
+{
+	fprintf(out,
+		"usage: kaleidod [--config FILE] [--listen ADDR:PORT] [--cache FILE]\n"
+		"                [--log-level error|warn|info|debug] [--check-config]\n"
+		"                [--version] [--help]\n"
+		"\n"
+		"A caching proxy for the Kaleidoscope API.  Credentials come from the\n"
+		"environment (KALEIDOSCOPE_API_URL, KALEIDOSCOPE_API_CLIENT_ID,\n"
+		"KALEIDOSCOPE_API_CLIENT_SECRET), a systemd credential, or the config\n"
+		"file; never from the command line.  See kaleidod(8), kaleidod.conf(5).\n");
+}
+
+struct flags {
+	const char *config, *listen, *cache, *log_level;
+	int check;
+};
+
+static int parse_flags(int argc, char **argv, struct flags *fl)
+{
+	static const struct option opts[] = {
+		{"config", required_argument, NULL, 'c'},
+		{"listen", required_argument, NULL, 'l'},
+		{"cache", required_argument, NULL, 'C'},
+		{"log-level", required_argument, NULL, 'L'},
+		{"check-config", no_argument, NULL, 'n'},
+		{"version", no_argument, NULL, 'V'},
+		{"help", no_argument, NULL, 'h'},
+		{NULL, 0, NULL, 0},
+	};
+	int ch;
+
+	while ((ch = getopt_long(argc, argv, "c:l:C:L:nVh", opts, NULL)) != -1) {
+		switch (ch) {
+		case 'c':
+			fl->config = optarg;
+			break;
+		case 'l':
+			fl->listen = optarg;
+			break;
+		case 'C':
+			fl->cache = optarg;
+			break;
+		case 'L':
+			fl->log_level = optarg;
+			break;
+		case 'n':
+			fl->check = 1;
+			break;
+		case 'V':
+			printf("kaleidod %s\n", PACKAGE_VERSION);
+			exit(0);
+		case 'h':
+			usage(stdout);
+			exit(0);
+		default:
+			usage(stderr);
+			return -1;
+		}
+	}
+	if (optind < argc) {
+		fprintf(stderr, "kaleidod: unexpected argument '%s'\n", argv[optind]);
+		usage(stderr);
+		return -1;
+	}
+	return 0;
+}
+
+/* Defaults, then the file, then the environment, then the flags. */
+static struct config *load_config(const struct flags *fl)
+{
+	struct config *cfg = config_new();
+	char err[1024];
+
+	if (cfg == NULL) {
+		fprintf(stderr, "kaleidod: out of memory\n");
+		return NULL;
+	}
+	if ((fl->config != NULL && config_load_file(cfg, fl->config, err, sizeof(err)) < 0) ||
+	    config_apply_env(cfg, err, sizeof(err)) < 0 ||
+	    (fl->listen != NULL &&
+	     config_set(cfg, "server", "listen", fl->listen, "--listen", err, sizeof(err)) < 0) ||
+	    (fl->cache != NULL &&
+	     config_set(cfg, "cache", "file", fl->cache, "--cache", err, sizeof(err)) < 0) ||
+	    (fl->log_level != NULL && config_set(cfg, "log", "level", fl->log_level,
+						 "--log-level", err, sizeof(err)) < 0) ||
+	    config_finish(cfg, err, sizeof(err)) < 0) {
+		fprintf(stderr, "kaleidod: %s\n", err);
+		config_free(&cfg);
+		return NULL;
+	}
+	return cfg;
+}
+
+static int is_loopback(const struct sockaddr_storage *ss)
+{
+	if (ss->ss_family == AF_INET) {
+		const struct sockaddr_in *in = (const struct sockaddr_in *)ss;
+
+		return (ntohl(in->sin_addr.s_addr) >> 24) == 127;
+	}
+	if (ss->ss_family == AF_INET6) {
+		const struct sockaddr_in6 *in6 = (const struct sockaddr_in6 *)ss;
+		const uint8_t *b = in6->sin6_addr.s6_addr;
+
+		if (IN6_IS_ADDR_LOOPBACK(&in6->sin6_addr))
+			return 1;
+		return IN6_IS_ADDR_V4MAPPED(&in6->sin6_addr) && b[12] == 127;
+	}
+	return 0;
+}
+
+/*
+ * The listening socket: handed over by systemd (socket activation), or
+ * bound here.  Only loopback is served until local accounts exist: anyone
+ * who can connect uses the workspace's credentials.
+ */
+static int open_listener(const struct config *cfg, char *err, size_t errlen)
+{
+	struct sockaddr_storage ss;
+	socklen_t sl = sizeof(ss);
+	char host[256], portstr[16];
+	unsigned port;
+	struct addrinfo hints = {0}, *ai = NULL;
+	int fd = -1, n, on = 1, rc;
+
+	if ((n = sd_listen_fds(1)) > 1) {
+		snprintf(err, errlen, "systemd passed %d sockets; kaleidod takes one", n);
+		return -1;
+	}
+	if (n == 1) {
+		fd = SD_LISTEN_FDS_START;
+		if (sd_is_socket(fd, AF_UNSPEC, SOCK_STREAM, 1) <= 0) {
+			snprintf(err, errlen, "the socket systemd passed is not a listening stream socket");
+			return -1;
+		}
+	} else {
+		if (config_parse_listen(cfg->listen, host, sizeof(host), &port) < 0) {
+			snprintf(err, errlen, "listen: cannot parse '%s'", cfg->listen);
+			return -1;
+		}
+		snprintf(portstr, sizeof(portstr), "%u", port);
+		hints.ai_family = AF_UNSPEC;
+		hints.ai_socktype = SOCK_STREAM;
+		hints.ai_flags = AI_PASSIVE | AI_NUMERICSERV;
+		if ((rc = getaddrinfo(host, portstr, &hints, &ai)) != 0) {
+			snprintf(err, errlen, "listen %s: %s", cfg->listen, gai_strerror(rc));
+			return -1;
+		}
+		if (!is_loopback((const struct sockaddr_storage *)(void *)ai->ai_addr))
+			goto not_loopback;
+		fd = socket(ai->ai_family, ai->ai_socktype | SOCK_CLOEXEC, 0);
+		if (fd < 0 || setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &on, sizeof(on)) < 0 ||
+		    bind(fd, ai->ai_addr, ai->ai_addrlen) < 0 || listen(fd, 1024) < 0) {
+			snprintf(err, errlen, "listen %s: %s", cfg->listen, strerror(errno));
+			goto fail;
+		}
+		freeaddrinfo(ai);
+		ai = NULL;
+	}
+	if (getsockname(fd, (struct sockaddr *)&ss, &sl) < 0) {
+		snprintf(err, errlen, "getsockname: %s", strerror(errno));
+		goto fail;
+	}
+	if (!is_loopback(&ss))
+		goto not_loopback;
+	return fd;
+not_loopback:
+	snprintf(err, errlen,
+		 "refusing to listen on %s: it is not a loopback address, and anyone who can "
+		 "connect would use the workspace's credentials. Listen on 127.0.0.1 (the "
+		 "shared-gateway mode with local accounts is not available yet)",
+		 n == 1 ? "the socket systemd passed" : cfg->listen);
+fail:
+	if (ai != NULL)
+		freeaddrinfo(ai);
+	if (fd >= 0 && n != 1)
+		close(fd);
+	return -1;
+}
+
+/* A cache that cannot be opened never stops the proxy: move it aside, or run without. */
+static struct cache *open_cache(const char *path)
+{
+	char err[512], moved[4096];
+	enum cache_err why;
+	struct cache *c = cache_open(path, &why, err, sizeof(err));
+
+	if (c != NULL)
+		return c;
+	if (why == CACHE_ERR_CORRUPT || why == CACHE_ERR_SCHEMA) {
+		if (cache_quarantine(path, moved, sizeof(moved)) == 0) {
+			log_warnx("cache: %s; moved it aside to %s and starting a new one", err,
+				  moved);
+			if ((c = cache_open(path, &why, err, sizeof(err))) != NULL)
+				return c;
+		} else {
+			log_warn("cache: %s; cannot move it aside", err);
+		}
+	}
+	log_warnx("cache: %s; running WITHOUT a cache (every request goes to the API)", err);
+	return NULL;
+}
+
+static void on_auth_changed(void *arg, const struct auth_status *st, double retry_in)
+{
+	static enum auth_state last = AUTH_STARTING;
+	const char *url = arg;
+
+	if (st->state == AUTH_OK && last != AUTH_OK)
+		log_info("authenticated to %s", url);
+	else if (st->state == AUTH_FAILING && last != AUTH_FAILING)
+		log_error("cannot authenticate to %s: %s; serving the cache, retrying in %.0f s",
+			  url, st->last_error, retry_in > 0 ? retry_in : 0);
+	else if (st->state == AUTH_FAILING)
+		log_debug("authentication still failing: %s; next try in %.0f s",
+			  st->last_error, retry_in > 0 ? retry_in : 0);
+	else if (st->last_error[0] != '\0' && st->state == AUTH_OK)
+		log_debug("token refresh: %s", st->last_error);
+	last = st->state;
+}
+
+int main(int argc, char **argv)
+{
+	struct flags fl = {0};
+	struct config *cfg = NULL;
+	struct front_deps deps = {0};
+	struct front *front = NULL;
+	struct up_events ev = {0};
+	enum log_level lvl = LOG_LVL_INFO;
+	sigset_t set;
+	char err[1024];
+	int fd, sig, rc = 1;
+
+	log_init("kaleidod", LOG_LVL_INFO);
+	if (parse_flags(argc, argv, &fl) < 0)
+		return 1;
+	if ((cfg = load_config(&fl)) == NULL)
+		return 1;
+	if (fl.check) {
+		config_print(cfg, stdout);
+		config_free(&cfg);
+		return 0;
+	}
+	log_level_parse(cfg->log_level, &lvl);
+	log_setlevel(lvl);
+	if (cfg->client_secret != NULL)
+		log_add_secret(cfg->client_secret);
+
+	/* Threads inherit this mask, so signals reach only sigwait() below. */
+	signal(SIGPIPE, SIG_IGN);
+	sigemptyset(&set);
+	sigaddset(&set, SIGTERM);
+	sigaddset(&set, SIGINT);
+	sigaddset(&set, SIGHUP);
+	pthread_sigmask(SIG_BLOCK, &set, NULL);
+
+	if ((fd = open_listener(cfg, err, sizeof(err))) < 0) {
+		log_error("%s", err);
+		goto out;
+	}
+	if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK) {
+		log_error("libcurl failed to initialise");
+		goto out;
+	}
+	if (cfg->client_id == NULL || cfg->client_secret == NULL)
+		log_warnx("no API client credentials: set KALEIDOSCOPE_API_CLIENT_ID and "
+			  "KALEIDOSCOPE_API_CLIENT_SECRET (or client_secret_file); only cached "
+			  "answers can be served");
+	deps.cfg = cfg;
+	deps.cache = open_cache(cfg->cache_file);
+	deps.policy = policy_new(cfg);
+	deps.stats = stats_new(deps.policy ? policy_family_count(deps.policy) : 0);
+	if (deps.policy == NULL || deps.stats == NULL) {
+		log_error("out of memory");
+		goto out;
+	}
+	ev.auth_changed = on_auth_changed;
+	ev.arg = cfg->upstream_url;
+	if ((deps.up = upstream_new(cfg, &ev, err, sizeof(err))) == NULL) {
+		log_error("%s", err);
+		goto out;
+	}
+	if ((front = front_new(&deps, fd, err, sizeof(err))) == NULL) {
+		log_error("%s", err);
+		goto out;
+	}
+	log_info("kaleidod %s serving on %s for %s, cache %s", PACKAGE_VERSION, cfg->listen,
+		 cfg->upstream_url, deps.cache ? cache_path(deps.cache) : "(none)");
+	sd_notify(0, "READY=1\nSTATUS=serving");
+
+	for (;;) {
+		if (sigwait(&set, &sig) != 0)
+			continue;
+		if (sig == SIGHUP) {
+			log_info("SIGHUP: nothing to reload; restart kaleidod to apply changes");
+			continue;
+		}
+		log_info("signal %d: stopping", sig);
+		break;
+	}
+	sd_notify(0, "STOPPING=1");
+	rc = 0;
+out:
+	/* Stop taking connections, fail what is in flight (which resumes every
+	 * parked connection), then stop the server. */
+	front_quiesce(front);
+	if (deps.up != NULL)
+		upstream_shutdown(deps.up);
+	front_free(&front);
+	upstream_free(&deps.up);
+	cache_close(&deps.cache);
+	policy_free(&deps.policy);
+	stats_free(&deps.stats);
+	config_free(&cfg);
+	curl_global_cleanup();
+	return rc;
+}
