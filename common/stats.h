@@ -7,15 +7,15 @@
 #include <cjson/cJSON.h>
 
 enum stats_counter {
-	STATS_REQUESTS = 0,   /* every request the front saw (per family when cacheable) */
+	STATS_REQUESTS = 0, /* every request the front saw (per family when cacheable) */
 	STATS_HITS,
 	STATS_MISSES,
 	STATS_STALE,
 	STATS_BYPASS,
 	STATS_UPSTREAM_ERRORS, /* 502/504 answered, or stale served because of one */
 	STATS_INVALIDATIONS,
-	STATS_LOCAL_GRANTS,    /* tokens issued by the local token endpoint */
-	STATS_FORWARDED,       /* requests sent upstream */
+	STATS_LOCAL_GRANTS, /* tokens issued by the local token endpoint */
+	STATS_FORWARDED,    /* requests sent upstream */
 	STATS_COUNTERS
 };
 
