@@ -392,7 +392,8 @@ static size_t on_read(char *buf, size_t size, size_t nitems, void *arg)
 	x->last_progress = mono_now();
 	if (x->body_mode == UP_BODY_BUFFERED) {
 		n = x->body_size - x->body_off < max ? x->body_size - x->body_off : max;
-		memcpy(buf, x->body + x->body_off, n);
+		if (n > 0)
+			memcpy(buf, x->body + x->body_off, n);
 		x->body_off += n;
 		return n;
 	}
@@ -1077,7 +1078,8 @@ struct up_xfer *upstream_start(struct upstream *u, const struct up_request *req,
 		x->body = malloc(req->body_size ? req->body_size : 1);
 		if (x->body == NULL)
 			goto fail;
-		memcpy(x->body, req->body, req->body_size);
+		if (req->body_size > 0)
+			memcpy(x->body, req->body, req->body_size);
 		x->body_size = req->body_size;
 	}
 	for (size_t i = 0; req->headers != NULL && i < hdr_count(req->headers); i++) {
