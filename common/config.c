@@ -1,2 +1,1231 @@
-/* placeholder: config module, being written */
+/*
+ * config: every setting kaleidod has, in one table (lighttpd's cpk[] idea).
+ *
+ * A key is {section, name, type, default, where it is stored, bounds,
+ * validator}.  config_new() applies the defaults through the same setter the
+ * file, the environment and the flags use, so a default can never be a value
+ * the parser would refuse.  config_finish() is the single pass for rules that
+ * span keys and for defaults that depend on the environment.
+ *
+ * The INI file is read by inih through our own line reader, which keeps the
+ * physical line number for "file:line" messages, refuses lines longer than
+ * inih's buffer instead of letting it split them, and strips indentation so
+ * inih's multi-line continuation (which would hand us the same key twice, and
+ * add a second upstream header) never applies.
+ *
+ * Nothing here prints except config_print(); no error text ever contains a
+ * configured value, so a secret cannot leak through one.
+ */
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE 1
+#endif
+
+#include <arpa/inet.h>
+#include <ctype.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <ini.h>
+
 #include "config.h"
+#include "log.h"
+
+#define FAMILY_PREFIX "family."
+#define FAMILY_NAME_MAX 32
+#define SECRET_MAX 4096
+#define MASK "********"
+
+enum ctype {
+	CT_STRING,
+	CT_UINT,     /* a count */
+	CT_DURATION, /* seconds, suffix s/m/h/d */
+	CT_SIZE,     /* bytes, suffix K/M/G (powers of 1024) */
+	CT_AUTH,     /* enum config_auth_header */
+	CT_HEADER,   /* repeatable "Name: value" */
+	CT_PREFIXES, /* space-separated path prefixes */
+};
+
+enum cscope {
+	SC_MAIN,   /* offset into struct config */
+	SC_FAMILY, /* offset into struct config_family; section "family.NAME" */
+};
+
+/* Checks (and may normalise in place) a string value; NULL or the reason. */
+typedef const char *(*cvalidator)(char *value);
+
+struct ckey {
+	const char *section; /* "family" stands for every [family.NAME] */
+	const char *key;
+	enum ctype type;
+	const char *def; /* NULL: unset / empty */
+	enum cscope scope;
+	size_t off;
+	size_t count_off; /* lists: the int holding the count */
+	unsigned long long min, max;
+	cvalidator check;
+};
+
+static const char *check_url(char *value);
+static const char *check_listen(char *value);
+static const char *check_level(char *value);
+
+#define M(f) SC_MAIN, offsetof(struct config, f)
+#define F(f) SC_FAMILY, offsetof(struct config_family, f)
+#define U_MAX UINT_MAX
+
+static const struct ckey ckeys[] = {
+	{ "upstream", "url", CT_STRING, "https://api.kaleidoscope.bio", M(upstream_url), 0, 0, 0,
+	  check_url },
+	{ "upstream", "client_id", CT_STRING, NULL, M(client_id), 0, 0, 0, NULL },
+	{ "upstream", "client_secret", CT_STRING, NULL, M(client_secret), 0, 0, 0, NULL },
+	{ "upstream", "client_secret_file", CT_STRING, NULL, M(client_secret_file), 0, 0, 0, NULL },
+	{ "upstream", "auth_header", CT_AUTH, "both", M(auth_header), 0, 0, 0, NULL },
+	{ "upstream", "header", CT_HEADER, NULL, M(headers), offsetof(struct config, nheaders), 0,
+	  0, NULL },
+	{ "upstream", "connect_timeout", CT_DURATION, "10", M(connect_timeout), 0, 1, U_MAX, NULL },
+	{ "upstream", "timeout", CT_DURATION, "30", M(timeout), 0, 1, U_MAX, NULL },
+	{ "upstream", "auth_retry_min", CT_DURATION, "1", M(auth_retry_min), 0, 1, U_MAX, NULL },
+	{ "upstream", "auth_retry_max", CT_DURATION, "300", M(auth_retry_max), 0, 1, U_MAX, NULL },
+
+	{ "server", "listen", CT_STRING, "127.0.0.1:8765", M(listen), 0, 0, 0, check_listen },
+	{ "server", "max_connections", CT_UINT, "512", M(max_connections), 0, 1, U_MAX, NULL },
+	{ "server", "connection_timeout", CT_DURATION, "60", M(connection_timeout), 0, 1, U_MAX,
+	  NULL },
+	{ "server", "threads", CT_UINT, "0", M(threads), 0, 0, 1024, NULL },
+	{ "server", "token_lifetime", CT_DURATION, "3600", M(token_lifetime), 0, 1, U_MAX, NULL },
+	{ "server", "max_buffered_body", CT_SIZE, "1M", M(max_buffered_body), 0, 0, SIZE_MAX,
+	  NULL },
+
+	{ "cache", "file", CT_STRING, NULL, M(cache_file), 0, 0, 0, NULL },
+	{ "cache", "max_entry_size", CT_SIZE, "64M", M(max_entry_size), 0, 0, SIZE_MAX, NULL },
+
+	{ "log", "level", CT_STRING, "info", M(log_level), 0, 0, 0, check_level },
+
+	{ "family", "paths", CT_PREFIXES, NULL, F(paths), offsetof(struct config_family, npaths), 0,
+	  0, NULL },
+	{ "family", "ttl", CT_DURATION, "300", F(ttl), 0, 0, U_MAX, NULL },
+	{ "family", "invalidated_by", CT_PREFIXES, NULL, F(invalidated_by),
+	  offsetof(struct config_family, ninvalidated_by), 0, 0, NULL },
+};
+
+#undef M
+#undef F
+
+/* The families a fresh config has, in this order. */
+static const struct {
+	const char *name, *paths, *invalidated_by;
+} default_families[] = {
+	{ "programs", "/programs", NULL },
+	{ "entity_slices", "/entity_slices", "/push/imports /key_fields /data_fields" },
+	{ "record_views", "/record_views", "/push/imports /key_fields /data_fields" },
+};
+
+static const char *const auth_names[] = { "both", "authorization", "x-kal-authorization" };
+
+/* Outcome of set_key(), so callers can word the message. */
+enum set_result { SET_OK = 0, SET_BAD_VALUE = -1, SET_NO_SECTION = -2, SET_NO_KEY = -3 };
+
+static void *field(void *base, size_t off)
+{
+	return (char *)base + off;
+}
+
+static const void *cfield(const void *base, size_t off)
+{
+	return (const char *)base + off;
+}
+
+static void free_secret_string(char **s)
+{
+	if (*s != NULL) {
+		explicit_bzero(*s, strlen(*s));
+		free(*s);
+		*s = NULL;
+	}
+}
+
+static void free_list(char **list, int *n)
+{
+	int i;
+
+	for (i = 0; i < *n; i++) {
+		free(list[i]);
+		list[i] = NULL;
+	}
+	*n = 0;
+}
+
+static int has_control(const char *s)
+{
+	for (; *s != '\0'; s++)
+		if ((unsigned char)*s < 0x20 || *s == 0x7f)
+			return 1;
+	return 0;
+}
+
+/* --- validators and parsers; each returns NULL or why the value is bad --- */
+
+static const char *check_url(char *value)
+{
+	size_t skip, len;
+
+	if (strncasecmp(value, "http://", 7) == 0)
+		skip = 7;
+	else if (strncasecmp(value, "https://", 8) == 0)
+		skip = 8;
+	else
+		return "must start with http:// or https://";
+	if (strpbrk(value, " \t?#") != NULL)
+		return "must be a base URL without spaces, query or fragment";
+	len = strlen(value);
+	while (len > skip && value[len - 1] == '/')
+		value[--len] = '\0';
+	if (len == skip || value[skip] == '/')
+		return "has no host";
+	return NULL;
+}
+
+int config_parse_listen(const char *spec, char *host, size_t hostlen, unsigned *port)
+{
+	unsigned char addr[sizeof(struct in6_addr)];
+	char h[INET6_ADDRSTRLEN + 1];
+	const char *colon, *p;
+	size_t hl;
+	unsigned long v = 0;
+
+	if (spec == NULL)
+		return -1;
+	if (spec[0] == '[') {
+		const char *close = strchr(spec, ']');
+
+		if (close == NULL || close[1] != ':')
+			return -1;
+		hl = (size_t)(close - spec - 1);
+		if (hl == 0 || hl >= sizeof(h))
+			return -1;
+		memcpy(h, spec + 1, hl);
+		h[hl] = '\0';
+		if (inet_pton(AF_INET6, h, addr) != 1)
+			return -1;
+		colon = close + 1;
+	} else {
+		colon = strrchr(spec, ':');
+		if (colon == NULL)
+			return -1;
+		hl = (size_t)(colon - spec);
+		if (hl == 0 || hl >= sizeof(h))
+			return -1;
+		memcpy(h, spec, hl);
+		h[hl] = '\0';
+		if (strcmp(h, "localhost") != 0 && inet_pton(AF_INET, h, addr) != 1)
+			return -1;
+	}
+	p = colon + 1;
+	if (*p == '\0' || strlen(p) > 5)
+		return -1;
+	for (; *p != '\0'; p++) {
+		if (!isdigit((unsigned char)*p))
+			return -1;
+		v = v * 10 + (unsigned long)(*p - '0');
+	}
+	if (v > 65535 || hl >= hostlen)
+		return -1;
+	memcpy(host, h, hl + 1);
+	*port = (unsigned)v;
+	return 0;
+}
+
+static const char *check_listen(char *value)
+{
+	char host[INET6_ADDRSTRLEN + 1];
+	unsigned port;
+
+	if (config_parse_listen(value, host, sizeof(host), &port) < 0)
+		return "expected ADDR:PORT (ADDR an IPv4 address, localhost or [IPv6]; PORT "
+		       "0-65535)";
+	return NULL;
+}
+
+static const char *check_level(char *value)
+{
+	enum log_level lvl;
+
+	if (log_level_parse(value, &lvl) < 0)
+		return "expected error, warn, info or debug";
+	/* canonical names are never longer than what log_level_parse accepts */
+	strcpy(value, log_level_name(lvl));
+	return NULL;
+}
+
+/*
+ * Digits with an optional one-letter suffix from units/mults; the product
+ * must lie in [min, max].
+ */
+static const char *parse_number(const char *value, const char *units,
+				const unsigned long long *mults, unsigned long long min,
+				unsigned long long max, unsigned long long *out, const char *what)
+{
+	unsigned long long v = 0, mult = 1;
+	const char *p = value, *u;
+
+	if (!isdigit((unsigned char)*p))
+		return what;
+	for (; isdigit((unsigned char)*p); p++) {
+		if (v > (ULLONG_MAX - 9) / 10)
+			return "number too large";
+		v = v * 10 + (unsigned long long)(*p - '0');
+	}
+	if (*p != '\0') {
+		if (units == NULL || p[1] != '\0' || (u = strchr(units, *p)) == NULL)
+			return what;
+		mult = mults[u - units];
+	}
+	if (v != 0 && mult > ULLONG_MAX / v)
+		return "number too large";
+	v *= mult;
+	if (v < min)
+		return min == 1 ? "must be greater than 0" : "number too small";
+	if (v > max)
+		return "number too large";
+	*out = v;
+	return NULL;
+}
+
+static const unsigned long long dur_mults[] = { 1, 1, 60, 60, 3600, 3600, 86400, 86400 };
+static const unsigned long long size_mults[] = { 1ULL << 10, 1ULL << 10, 1ULL << 20,
+						 1ULL << 20, 1ULL << 30, 1ULL << 30 };
+
+static int is_tchar(int c)
+{
+	return isalnum(c) || (c != '\0' && strchr("!#$%&'*+-.^_`|~", c) != NULL);
+}
+
+/* Headers kaleidod or libcurl must own for the exchange to stay well framed. */
+static const char *const reserved_headers[] = { "Host", "Content-Length", "Transfer-Encoding",
+						"Connection" };
+
+/* "Name: value" normalised into *out (malloc'd). */
+static const char *parse_header(const char *value, char **out)
+{
+	const char *colon = value, *v, *end;
+	size_t nl, i;
+
+	while (is_tchar((unsigned char)*colon))
+		colon++;
+	if (colon == value || *colon != ':')
+		return "expected Name: value with a token as name";
+	if (strpbrk(value, "\r\n") != NULL)
+		return "must not contain CR or LF";
+	nl = (size_t)(colon - value);
+	for (i = 0; i < sizeof(reserved_headers) / sizeof(reserved_headers[0]); i++)
+		if (strlen(reserved_headers[i]) == nl &&
+		    strncasecmp(value, reserved_headers[i], nl) == 0)
+			return "this header is managed by kaleidod";
+	v = colon + 1;
+	while (*v == ' ' || *v == '\t')
+		v++;
+	end = v + strlen(v);
+	while (end > v && (end[-1] == ' ' || end[-1] == '\t'))
+		end--;
+	if (end == v)
+		return "header value is empty";
+	for (const char *p = v; p < end; p++)
+		if (((unsigned char)*p < 0x20 && *p != '\t') || *p == 0x7f)
+			return "must not contain control characters";
+	if (asprintf(out, "%.*s: %.*s", (int)nl, value, (int)(end - v), v) < 0) {
+		*out = NULL;
+		return "out of memory";
+	}
+	return NULL;
+}
+
+/* Space-separated prefixes into list (replacing it). */
+static const char *parse_prefixes(const char *value, char **list, int *n)
+{
+	char *tmp[CONFIG_MAX_PREFIXES] = { NULL };
+	const char *p = value, *why = NULL;
+	int cnt = 0, i;
+
+	for (;;) {
+		size_t len;
+
+		while (*p == ' ' || *p == '\t')
+			p++;
+		if (*p == '\0')
+			break;
+		len = strcspn(p, " \t");
+		if (*p != '/') {
+			why = "each prefix must start with '/'";
+			goto fail;
+		}
+		if (cnt == CONFIG_MAX_PREFIXES) {
+			why = "too many prefixes (at most 8)";
+			goto fail;
+		}
+		if (memchr(p, '?', len) != NULL || memchr(p, '#', len) != NULL) {
+			why = "a prefix is a path, without query or fragment";
+			goto fail;
+		}
+		while (len > 1 && p[len - 1] == '/')
+			len--;
+		if (len == 1) {
+			why = "\"/\" would match every path";
+			goto fail;
+		}
+		tmp[cnt] = strndup(p, len);
+		if (tmp[cnt] == NULL) {
+			why = "out of memory";
+			goto fail;
+		}
+		cnt++;
+		p += strcspn(p, " \t");
+	}
+	free_list(list, n);
+	for (i = 0; i < cnt; i++)
+		list[i] = tmp[i];
+	*n = cnt;
+	return NULL;
+
+fail:
+	free_list(tmp, &cnt);
+	return why;
+}
+
+/* --- families --- */
+
+static const char *check_family_name(const char *name)
+{
+	const char *p;
+
+	if (*name == '\0')
+		return "a family needs a name: [family.NAME]";
+	if (strlen(name) > FAMILY_NAME_MAX)
+		return "family name too long (at most 32 characters)";
+	for (p = name; *p != '\0'; p++)
+		if (!(islower((unsigned char)*p) || isdigit((unsigned char)*p) || *p == '_'))
+			return "family names use only a-z, 0-9 and _";
+	return NULL;
+}
+
+static int set_value(struct config *cfg, void *base, const struct ckey *k, const char *value,
+		     const char *origin, const char **why);
+
+/* Finds family name, or with create adds it with the table's defaults. */
+static struct config_family *family_get(struct config *cfg, const char *name, int create,
+					const char **why)
+{
+	struct config_family *fam;
+	size_t i;
+	int j;
+
+	for (j = 0; j < cfg->nfamilies; j++)
+		if (strcmp(cfg->families[j].name, name) == 0)
+			return &cfg->families[j];
+	if (!create)
+		return NULL;
+	if (cfg->nfamilies == CONFIG_MAX_FAMILIES) {
+		*why = "too many families (at most 16)";
+		return NULL;
+	}
+	fam = &cfg->families[cfg->nfamilies];
+	memset(fam, 0, sizeof(*fam));
+	fam->name = strdup(name);
+	if (fam->name == NULL) {
+		*why = "out of memory";
+		return NULL;
+	}
+	cfg->nfamilies++;
+	for (i = 0; i < sizeof(ckeys) / sizeof(ckeys[0]); i++)
+		if (ckeys[i].scope == SC_FAMILY && ckeys[i].def != NULL &&
+		    set_value(cfg, fam, &ckeys[i], ckeys[i].def, NULL, why) < 0)
+			return NULL;
+	return fam;
+}
+
+static void family_clear(struct config_family *fam)
+{
+	free(fam->name);
+	fam->name = NULL;
+	free_list(fam->paths, &fam->npaths);
+	free_list(fam->invalidated_by, &fam->ninvalidated_by);
+}
+
+/* --- the setter every source goes through --- */
+
+static int set_value(struct config *cfg, void *base, const struct ckey *k, const char *value,
+		     const char *origin, const char **why)
+{
+	unsigned long long n;
+	char *copy = NULL;
+	int i;
+
+	if (has_control(value)) {
+		*why = "must not contain control characters";
+		return -1;
+	}
+	switch (k->type) {
+	case CT_STRING: {
+		char **dst = field(base, k->off);
+
+		/* an empty value returns an optional key to "not set" */
+		if (*value != '\0') {
+			copy = strdup(value);
+			if (copy == NULL) {
+				*why = "out of memory";
+				return -1;
+			}
+			if (k->check != NULL && (*why = k->check(copy)) != NULL)
+				goto fail;
+		} else if (k->def != NULL) {
+			*why = "must not be empty";
+			return -1;
+		}
+		if (k->off == offsetof(struct config, client_secret) && base == cfg) {
+			char *src = NULL;
+
+			if (copy != NULL &&
+			    (src = strdup(origin != NULL ? origin : "config file")) == NULL) {
+				*why = "out of memory";
+				goto fail;
+			}
+			free(cfg->client_secret_source);
+			cfg->client_secret_source = src;
+			free_secret_string(dst);
+		} else {
+			free(*dst);
+		}
+		*dst = copy;
+		return 0;
+	}
+	case CT_UINT:
+		*why = parse_number(value, NULL, NULL, k->min, k->max, &n, "expected a number");
+		if (*why != NULL)
+			return -1;
+		*(unsigned *)field(base, k->off) = (unsigned)n;
+		return 0;
+	case CT_DURATION:
+		*why = parse_number(value, "sSmMhHdD", dur_mults, k->min, k->max, &n,
+				    "expected seconds, or a number with suffix s, m, h or d");
+		if (*why != NULL)
+			return -1;
+		*(unsigned *)field(base, k->off) = (unsigned)n;
+		return 0;
+	case CT_SIZE:
+		*why = parse_number(value, "kKmMgG", size_mults, k->min, k->max, &n,
+				    "expected bytes, or a number with suffix K, M or G");
+		if (*why != NULL)
+			return -1;
+		*(size_t *)field(base, k->off) = (size_t)n;
+		return 0;
+	case CT_AUTH:
+		for (i = 0; i < (int)(sizeof(auth_names) / sizeof(auth_names[0])); i++) {
+			if (strcasecmp(value, auth_names[i]) == 0) {
+				*(enum config_auth_header *)field(base, k->off) =
+					(enum config_auth_header)i;
+				return 0;
+			}
+		}
+		*why = "expected both, authorization or x-kal-authorization";
+		return -1;
+	case CT_HEADER: {
+		char **list = field(base, k->off);
+		int *cnt = field(base, k->count_off);
+
+		if (*cnt == CONFIG_MAX_HEADERS) {
+			*why = "too many headers (at most 16)";
+			return -1;
+		}
+		if ((*why = parse_header(value, &copy)) != NULL)
+			return -1;
+		list[(*cnt)++] = copy;
+		return 0;
+	}
+	case CT_PREFIXES:
+		*why = parse_prefixes(value, field(base, k->off), field(base, k->count_off));
+		return *why != NULL ? -1 : 0;
+	}
+	*why = "internal error: unknown key type";
+	return -1;
+
+fail:
+	free_secret_string(&copy);
+	return -1;
+}
+
+static int section_known(const char *section)
+{
+	size_t i;
+
+	for (i = 0; i < sizeof(ckeys) / sizeof(ckeys[0]); i++)
+		if (ckeys[i].scope == SC_MAIN && strcmp(ckeys[i].section, section) == 0)
+			return 1;
+	return 0;
+}
+
+/* NULL when section is a valid heading, else why not. */
+static const char *check_section(const char *section)
+{
+	if (strncmp(section, FAMILY_PREFIX, strlen(FAMILY_PREFIX)) == 0)
+		return check_family_name(section + strlen(FAMILY_PREFIX));
+	return section_known(section) ? NULL : "unknown section";
+}
+
+static enum set_result set_key(struct config *cfg, const char *section, const char *key,
+			       const char *value, const char *origin, const char **why)
+{
+	enum cscope scope = SC_MAIN;
+	const char *tsection = section;
+	void *base = cfg;
+	size_t i;
+
+	if ((*why = check_section(section)) != NULL)
+		return SET_NO_SECTION;
+	if (strncmp(section, FAMILY_PREFIX, strlen(FAMILY_PREFIX)) == 0) {
+		scope = SC_FAMILY;
+		tsection = "family";
+	}
+	for (i = 0; i < sizeof(ckeys) / sizeof(ckeys[0]); i++) {
+		if (ckeys[i].scope != scope || strcmp(ckeys[i].section, tsection) != 0 ||
+		    strcmp(ckeys[i].key, key) != 0)
+			continue;
+		if (scope == SC_FAMILY) {
+			base = family_get(cfg, section + strlen(FAMILY_PREFIX), 1, why);
+			if (base == NULL)
+				return SET_BAD_VALUE;
+		}
+		return set_value(cfg, base, &ckeys[i], value, origin, why) < 0 ? SET_BAD_VALUE :
+										 SET_OK;
+	}
+	*why = "unknown key";
+	return SET_NO_KEY;
+}
+
+/* --- public interface --- */
+
+void config_free(struct config **cfgp)
+{
+	struct config *cfg;
+	int i;
+
+	if (cfgp == NULL || *cfgp == NULL)
+		return;
+	cfg = *cfgp;
+	free(cfg->upstream_url);
+	free(cfg->client_id);
+	free_secret_string(&cfg->client_secret);
+	free(cfg->client_secret_source);
+	free(cfg->client_secret_file);
+	/* extra headers often carry credentials of a proxy in front of the API */
+	for (i = 0; i < cfg->nheaders; i++)
+		free_secret_string(&cfg->headers[i]);
+	free(cfg->listen);
+	free(cfg->cache_file);
+	free(cfg->log_level);
+	for (i = 0; i < cfg->nfamilies; i++)
+		family_clear(&cfg->families[i]);
+	free(cfg->config_file);
+	free(cfg);
+	*cfgp = NULL;
+}
+
+struct config *config_new(void)
+{
+	struct config *cfg = calloc(1, sizeof(*cfg));
+	struct config_family *fam;
+	const char *why;
+	size_t i;
+
+	if (cfg == NULL)
+		return NULL;
+	for (i = 0; i < sizeof(ckeys) / sizeof(ckeys[0]); i++)
+		if (ckeys[i].scope == SC_MAIN && ckeys[i].def != NULL &&
+		    set_value(cfg, cfg, &ckeys[i], ckeys[i].def, NULL, &why) < 0)
+			goto fail;
+	for (i = 0; i < sizeof(default_families) / sizeof(default_families[0]); i++) {
+		fam = family_get(cfg, default_families[i].name, 1, &why);
+		if (fam == NULL ||
+		    parse_prefixes(default_families[i].paths, fam->paths, &fam->npaths) != NULL)
+			goto fail;
+		if (default_families[i].invalidated_by != NULL &&
+		    parse_prefixes(default_families[i].invalidated_by, fam->invalidated_by,
+				   &fam->ninvalidated_by) != NULL)
+			goto fail;
+	}
+	return cfg;
+
+fail:
+	config_free(&cfg);
+	return NULL;
+}
+
+static void set_error(char *err, size_t errlen, const char *fmt, ...)
+	__attribute__((format(printf, 3, 4)));
+
+static void set_error(char *err, size_t errlen, const char *fmt, ...)
+{
+	va_list ap;
+
+	if (err == NULL || errlen == 0)
+		return;
+	va_start(ap, fmt);
+	vsnprintf(err, errlen, fmt, ap);
+	va_end(ap);
+}
+
+struct parse_ctx {
+	struct config *cfg;
+	FILE *fp;
+	int lineno;    /* physical line just handed to inih */
+	int err_line;  /* first error we found ourselves, 0: none */
+	char err[512]; /* its text, without "file:line: " */
+};
+
+static void ctx_error(struct parse_ctx *ctx, const char *fmt, ...)
+	__attribute__((format(printf, 2, 3)));
+
+static void ctx_error(struct parse_ctx *ctx, const char *fmt, ...)
+{
+	va_list ap;
+
+	if (ctx->err_line != 0)
+		return;
+	ctx->err_line = ctx->lineno;
+	va_start(ap, fmt);
+	vsnprintf(ctx->err, sizeof(ctx->err), fmt, ap);
+	va_end(ap);
+}
+
+/*
+ * inih's fgets-style reader.  One call consumes exactly one physical line, so
+ * inih's line count (and the number it returns on error) stays the file's.
+ */
+static char *cfg_reader(char *str, int num, void *stream)
+{
+	struct parse_ctx *ctx = stream;
+	size_t len, skip;
+	int c;
+
+	if (fgets(str, num, ctx->fp) == NULL)
+		return NULL;
+	ctx->lineno++;
+	len = strlen(str);
+	if (len > 0 && str[len - 1] != '\n' && !feof(ctx->fp)) {
+		c = getc(ctx->fp);
+		if (c == '\r')
+			c = getc(ctx->fp);
+		if (c != '\n' && c != EOF) {
+			while (c != '\n' && c != EOF)
+				c = getc(ctx->fp);
+			ctx_error(ctx, "line too long (at most %d bytes)", num - 1);
+		}
+	}
+	skip = strspn(str, " \t");
+	memmove(str, str + skip, len - skip + 1);
+
+	/* inih does not report sections; check them here so an empty one fails too */
+	if (str[0] == '[') {
+		char *close = strchr(str, ']');
+		const char *why;
+
+		if (close != NULL) {
+			*close = '\0';
+			why = check_section(str + 1);
+			if (why != NULL)
+				ctx_error(ctx, "[%s]: %s", str + 1, why);
+			*close = ']';
+		}
+	}
+	return str;
+}
+
+static int cfg_handler(void *user, const char *section, const char *name, const char *value)
+{
+	struct parse_ctx *ctx = user;
+	const char *why;
+
+	if (*section == '\0') {
+		ctx_error(ctx, "%s: key outside any [section]", name);
+		return 0;
+	}
+	switch (set_key(ctx->cfg, section, name, value, NULL, &why)) {
+	case SET_OK:
+		return 1;
+	case SET_NO_SECTION:
+		ctx_error(ctx, "[%s]: %s", section, why);
+		break;
+	default:
+		ctx_error(ctx, "[%s] %s: %s", section, name, why);
+		break;
+	}
+	return 0;
+}
+
+int config_load_file(struct config *cfg, const char *path, char *err, size_t errlen)
+{
+	struct parse_ctx ctx;
+	char *dup = NULL;
+	int ret;
+
+	memset(&ctx, 0, sizeof(ctx));
+	ctx.cfg = cfg;
+	ctx.fp = fopen(path, "re");
+	if (ctx.fp == NULL) {
+		set_error(err, errlen, "%s: %s", path, strerror(errno));
+		goto fail;
+	}
+	ret = ini_parse_stream(cfg_reader, &ctx, cfg_handler, &ctx);
+	if (ret == -2) {
+		set_error(err, errlen, "%s: out of memory", path);
+		goto fail;
+	}
+	if (ferror(ctx.fp)) {
+		set_error(err, errlen, "%s: read error", path);
+		goto fail;
+	}
+	if (ret > 0 && (ctx.err_line == 0 || ret < ctx.err_line)) {
+		set_error(err, errlen, "%s:%d: syntax error: expected [section] or key = value",
+			  path, ret);
+		goto fail;
+	}
+	if (ctx.err_line != 0) {
+		set_error(err, errlen, "%s:%d: %s", path, ctx.err_line, ctx.err);
+		goto fail;
+	}
+	dup = strdup(path);
+	if (dup == NULL) {
+		set_error(err, errlen, "%s: out of memory", path);
+		goto fail;
+	}
+	free(cfg->config_file);
+	cfg->config_file = dup;
+	fclose(ctx.fp);
+	return 0;
+
+fail:
+	if (ctx.fp != NULL)
+		fclose(ctx.fp);
+	return -1;
+}
+
+int config_set(struct config *cfg, const char *section, const char *key, const char *value,
+	       const char *origin, char *err, size_t errlen)
+{
+	enum set_result r;
+	const char *why;
+
+	r = set_key(cfg, section, key, value, origin, &why);
+	if (r == SET_OK)
+		return 0;
+	if (origin != NULL && r == SET_NO_SECTION)
+		set_error(err, errlen, "%s: [%s]: %s", origin, section, why);
+	else if (origin != NULL && r == SET_NO_KEY)
+		set_error(err, errlen, "%s: [%s] %s: %s", origin, section, key, why);
+	else if (origin != NULL)
+		set_error(err, errlen, "%s: %s", origin, why);
+	else if (r == SET_NO_SECTION)
+		set_error(err, errlen, "[%s]: %s", section, why);
+	else
+		set_error(err, errlen, "[%s] %s: %s", section, key, why);
+	return -1;
+}
+
+/*
+ * Reads a one-line secret from path into *out (malloc'd; the caller wipes
+ * and frees it).  Returns 0, -1 with *why set, or ENOENT's -2 when absent
+ * and missing_ok.
+ */
+static int read_secret(const char *path, int missing_ok, char **out, const char **why)
+{
+	char buf[SECRET_MAX + 2];
+	size_t len = 0;
+	ssize_t r;
+	int fd, rc = -1;
+
+	*out = NULL;
+	fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY);
+	if (fd < 0) {
+		if (errno == ENOENT && missing_ok)
+			return -2;
+		*why = strerror(errno);
+		return -1;
+	}
+	for (;;) {
+		r = read(fd, buf + len, sizeof(buf) - 1 - len);
+		if (r < 0 && errno == EINTR)
+			continue;
+		if (r < 0) {
+			*why = strerror(errno);
+			goto fail;
+		}
+		if (r == 0)
+			break;
+		len += (size_t)r;
+		if (len == sizeof(buf) - 1) {
+			*why = "too large for a client secret";
+			goto fail;
+		}
+	}
+	buf[len] = '\0';
+	if (len > 0 && buf[len - 1] == '\n')
+		buf[--len] = '\0';
+	if (len > 0 && buf[len - 1] == '\r')
+		buf[--len] = '\0';
+	if (len == 0) {
+		*why = "is empty";
+		goto fail;
+	}
+	if (strlen(buf) != len || has_control(buf)) {
+		*why = "must hold the secret on a single line, without control characters";
+		goto fail;
+	}
+	*out = strdup(buf);
+	if (*out == NULL) {
+		*why = "out of memory";
+		goto fail;
+	}
+	rc = 0;
+fail:
+	explicit_bzero(buf, sizeof(buf));
+	close(fd);
+	return rc;
+}
+
+/* Takes ownership of secret (wiping it on failure). */
+static int adopt_secret(struct config *cfg, char *secret, const char *source)
+{
+	char *src = strdup(source);
+
+	if (src == NULL) {
+		free_secret_string(&secret);
+		return -1;
+	}
+	free_secret_string(&cfg->client_secret);
+	free(cfg->client_secret_source);
+	cfg->client_secret = secret;
+	cfg->client_secret_source = src;
+	return 0;
+}
+
+static const struct {
+	const char *env, *section, *key;
+} env_keys[] = {
+	{ "KALEIDOSCOPE_API_URL", "upstream", "url" },
+	{ "KALEIDOSCOPE_API_CLIENT_ID", "upstream", "client_id" },
+	{ "KALEIDOSCOPE_API_CLIENT_SECRET", "upstream", "client_secret" },
+};
+
+int config_apply_env(struct config *cfg, char *err, size_t errlen)
+{
+	const char *v, *dir, *why = NULL;
+	char *path = NULL, *secret = NULL;
+	char origin[64];
+	size_t i;
+	int rc;
+
+	/* empty variables count as unset, as they do for the SDKs */
+	for (i = 0; i < sizeof(env_keys) / sizeof(env_keys[0]); i++) {
+		v = getenv(env_keys[i].env);
+		if (v == NULL || *v == '\0')
+			continue;
+		if (strcmp(env_keys[i].key, "client_secret") == 0) {
+			snprintf(origin, sizeof(origin), "environment %s", env_keys[i].env);
+			if (config_set(cfg, env_keys[i].section, env_keys[i].key, v, origin, err,
+				       errlen) < 0)
+				goto fail;
+		} else if (config_set(cfg, env_keys[i].section, env_keys[i].key, v, env_keys[i].env,
+				      err, errlen) < 0) {
+			goto fail;
+		}
+	}
+
+	v = getenv("KALEIDOSCOPE_API_CLIENT_SECRET");
+	dir = getenv("CREDENTIALS_DIRECTORY");
+	if ((v == NULL || *v == '\0') && dir != NULL && *dir != '\0') {
+		if (asprintf(&path, "%s/client_secret", dir) < 0) {
+			path = NULL;
+			set_error(err, errlen, "systemd credential: out of memory");
+			goto fail;
+		}
+		rc = read_secret(path, 1, &secret, &why);
+		if (rc == -1) {
+			set_error(err, errlen, "systemd credential %s: %s", path, why);
+			goto fail;
+		}
+		if (rc == 0 && adopt_secret(cfg, secret, "systemd credential") < 0) {
+			set_error(err, errlen, "systemd credential: out of memory");
+			goto fail;
+		}
+	}
+	free(path);
+	return 0;
+
+fail:
+	free(path);
+	return -1;
+}
+
+/* The first directory of a colon-separated list such as $STATE_DIRECTORY. */
+static char *first_dir(const char *list)
+{
+	return strndup(list, strcspn(list, ":"));
+}
+
+static int default_cache_file(struct config *cfg, char *err, size_t errlen)
+{
+	const char *sd = getenv("STATE_DIRECTORY"), *xdg = getenv("XDG_STATE_HOME");
+	const char *home = getenv("HOME");
+	char *dir = NULL;
+	int n;
+
+	if (sd != NULL && *sd != '\0' && *sd != ':') {
+		dir = first_dir(sd);
+		if (dir == NULL)
+			goto nomem;
+		n = asprintf(&cfg->cache_file, "%s/cache.db", dir);
+	} else if (geteuid() == 0) {
+		n = asprintf(&cfg->cache_file, "/var/lib/kaleidod/cache.db");
+	} else if (xdg != NULL && xdg[0] == '/') {
+		/* the XDG spec says to ignore a relative value */
+		n = asprintf(&cfg->cache_file, "%s/kaleidod/cache.db", xdg);
+	} else if (home != NULL && home[0] == '/') {
+		n = asprintf(&cfg->cache_file, "%s/.local/state/kaleidod/cache.db", home);
+	} else {
+		set_error(err, errlen,
+			  "[cache] file: no default without STATE_DIRECTORY, XDG_STATE_HOME or "
+			  "HOME; set it");
+		goto fail;
+	}
+	if (n < 0) {
+		cfg->cache_file = NULL;
+		goto nomem;
+	}
+	free(dir);
+	return 0;
+
+nomem:
+	set_error(err, errlen, "[cache] file: out of memory");
+fail:
+	free(dir);
+	return -1;
+}
+
+static int header_is(const char *header, const char *name)
+{
+	size_t n = strlen(name);
+
+	return strncasecmp(header, name, n) == 0 && header[n] == ':';
+}
+
+int config_finish(struct config *cfg, char *err, size_t errlen)
+{
+	char host[INET6_ADDRSTRLEN + 1], *secret = NULL, *source = NULL;
+	const char *why = NULL;
+	unsigned port;
+	int i;
+
+	if (cfg->client_secret == NULL && cfg->client_secret_file != NULL) {
+		if (read_secret(cfg->client_secret_file, 0, &secret, &why) < 0) {
+			set_error(err, errlen, "[upstream] client_secret_file: %s: %s",
+				  cfg->client_secret_file, why);
+			goto fail;
+		}
+		if (asprintf(&source, "client_secret_file %s", cfg->client_secret_file) < 0) {
+			source = NULL;
+			free_secret_string(&secret);
+			set_error(err, errlen, "out of memory");
+			goto fail;
+		}
+		if (adopt_secret(cfg, secret, source) < 0) {
+			set_error(err, errlen, "out of memory");
+			goto fail;
+		}
+	}
+
+	if (cfg->cache_file == NULL && default_cache_file(cfg, err, errlen) < 0)
+		goto fail;
+
+	if (config_parse_listen(cfg->listen, host, sizeof(host), &port) < 0) {
+		set_error(err, errlen, "[server] listen: %s", check_listen(cfg->listen));
+		goto fail;
+	}
+	if (cfg->auth_retry_min == 0 || cfg->auth_retry_min > cfg->auth_retry_max) {
+		set_error(err, errlen,
+			  "[upstream] auth_retry_min: must be greater than 0 and not above "
+			  "auth_retry_max (%u > %u)",
+			  cfg->auth_retry_min, cfg->auth_retry_max);
+		goto fail;
+	}
+	if (cfg->connect_timeout == 0 || cfg->timeout == 0 || cfg->connection_timeout == 0) {
+		set_error(err, errlen, "timeouts must be greater than 0");
+		goto fail;
+	}
+	for (i = 0; i < cfg->nheaders; i++) {
+		/* with both, we would send two competing bearer tokens */
+		if ((cfg->auth_header != CONFIG_AUTH_X_KAL &&
+		     header_is(cfg->headers[i], "Authorization")) ||
+		    (cfg->auth_header != CONFIG_AUTH_AUTHORIZATION &&
+		     header_is(cfg->headers[i], "X-Kal-Authorization"))) {
+			set_error(err, errlen,
+				  "[upstream] header: kaleidod sends this header itself with "
+				  "auth_header = %s",
+				  auth_names[cfg->auth_header]);
+			goto fail;
+		}
+	}
+	for (i = 0; i < cfg->nfamilies; i++) {
+		if (cfg->families[i].npaths == 0) {
+			set_error(err, errlen, "[family.%s] paths: at least one path is required",
+				  cfg->families[i].name);
+			goto fail;
+		}
+	}
+	free(source);
+	return 0;
+
+fail:
+	free(source);
+	return -1;
+}
+
+/* --- printing --- */
+
+static int header_is_sensitive(const char *header)
+{
+	static const char *const words[] = { "auth", "cookie", "token",  "secret",
+					     "key",  "pass",   "session" };
+	size_t nl = strcspn(header, ":"), i, j, wl;
+
+	for (i = 0; i < sizeof(words) / sizeof(words[0]); i++) {
+		wl = strlen(words[i]);
+		for (j = 0; j + wl <= nl; j++)
+			if (strncasecmp(header + j, words[i], wl) == 0)
+				return 1;
+	}
+	return 0;
+}
+
+static void print_size(FILE *out, const char *key, size_t v)
+{
+	if (v != 0 && v % (1ULL << 30) == 0)
+		fprintf(out, "%s = %zuG\n", key, v >> 30);
+	else if (v != 0 && v % (1ULL << 20) == 0)
+		fprintf(out, "%s = %zuM\n", key, v >> 20);
+	else if (v != 0 && v % (1ULL << 10) == 0)
+		fprintf(out, "%s = %zuK\n", key, v >> 10);
+	else
+		fprintf(out, "%s = %zu\n", key, v);
+}
+
+static void print_list(FILE *out, const char *key, char *const *list, int n)
+{
+	int i;
+
+	fprintf(out, "%s =", key);
+	for (i = 0; i < n; i++)
+		fprintf(out, " %s", list[i]);
+	fputc('\n', out);
+}
+
+/* A URL's userinfo may hold a password; show only that it is there. */
+static void print_url(FILE *out, const char *key, const char *url)
+{
+	const char *host = strstr(url, "://"), *at;
+
+	host = host != NULL ? host + 3 : url;
+	at = strchr(host, '@');
+	if (at != NULL && at < host + strcspn(host, "/"))
+		fprintf(out, "%s = %.*s%s%s\n", key, (int)(host - url), url, MASK, at);
+	else
+		fprintf(out, "%s = %s\n", key, url);
+}
+
+static void print_key(FILE *out, const struct config *cfg, const void *base, const struct ckey *k)
+{
+	const void *f = cfield(base, k->off);
+	int i;
+
+	switch (k->type) {
+	case CT_STRING: {
+		const char *s = *(char *const *)f;
+
+		if (k->off == offsetof(struct config, client_secret) && base == cfg) {
+			if (s == NULL)
+				fprintf(out, "%s = (not set)\n", k->key);
+			else
+				fprintf(out, "%s = %s (from %s)\n", k->key, MASK,
+					cfg->client_secret_source != NULL ?
+						cfg->client_secret_source :
+						"unknown source");
+		} else if (k->check == check_url && s != NULL) {
+			print_url(out, k->key, s);
+		} else {
+			fprintf(out, "%s =%s%s\n", k->key, s != NULL ? " " : "",
+				s != NULL ? s : "");
+		}
+		break;
+	}
+	case CT_UINT:
+	case CT_DURATION:
+		fprintf(out, "%s = %u\n", k->key, *(const unsigned *)f);
+		break;
+	case CT_SIZE:
+		print_size(out, k->key, *(const size_t *)f);
+		break;
+	case CT_AUTH:
+		fprintf(out, "%s = %s\n", k->key, auth_names[*(const enum config_auth_header *)f]);
+		break;
+	case CT_HEADER: {
+		char *const *list = f;
+		int n = *(const int *)cfield(base, k->count_off);
+
+		if (n == 0)
+			fprintf(out, "; %s = (none)\n", k->key);
+		for (i = 0; i < n; i++) {
+			if (header_is_sensitive(list[i]))
+				fprintf(out, "%s = %.*s: %s\n", k->key, (int)strcspn(list[i], ":"),
+					list[i], MASK);
+			else
+				fprintf(out, "%s = %s\n", k->key, list[i]);
+		}
+		break;
+	}
+	case CT_PREFIXES:
+		print_list(out, k->key, f, *(const int *)cfield(base, k->count_off));
+		break;
+	}
+}
+
+void config_print(const struct config *cfg, FILE *out)
+{
+	const char *section = NULL;
+	size_t i;
+	int j;
+
+	if (cfg->config_file != NULL)
+		fprintf(out, "; effective configuration (file %s)\n", cfg->config_file);
+	else
+		fprintf(out, "; effective configuration (no file)\n");
+	for (i = 0; i < sizeof(ckeys) / sizeof(ckeys[0]); i++) {
+		if (ckeys[i].scope != SC_MAIN)
+			continue;
+		if (section == NULL || strcmp(section, ckeys[i].section) != 0) {
+			section = ckeys[i].section;
+			fprintf(out, "\n[%s]\n", section);
+		}
+		print_key(out, cfg, cfg, &ckeys[i]);
+	}
+	for (j = 0; j < cfg->nfamilies; j++) {
+		fprintf(out, "\n[family.%s]\n", cfg->families[j].name);
+		for (i = 0; i < sizeof(ckeys) / sizeof(ckeys[0]); i++)
+			if (ckeys[i].scope == SC_FAMILY)
+				print_key(out, cfg, &cfg->families[j], &ckeys[i]);
+	}
+}

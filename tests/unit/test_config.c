@@ -1,1 +1,959 @@
-int main(void){return 0;}
+/*
+ * Unit tests for common/config.c: defaults, each value type, "file:line"
+ * errors, families, the precedence of file < environment < flags, the
+ * secret's sources, the default cache file, masking in config_print and
+ * listen parsing.  Files live in a private mkdtemp directory; the environment
+ * variables config reads are cleared before every test.
+ */
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE 1
+#endif
+
+#include <errno.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+
+#include "config.h"
+
+static char tmpdir[] = "/tmp/test_config.XXXXXX";
+static char conf_path[sizeof(tmpdir) + 32];
+static char err[512];
+
+#define LISTEN_WHY "expected ADDR:PORT (ADDR an IPv4 address, localhost or [IPv6]; PORT 0-65535)"
+
+static const char *const env_vars[] = {
+	"KALEIDOSCOPE_API_URL",
+	"KALEIDOSCOPE_API_CLIENT_ID",
+	"KALEIDOSCOPE_API_CLIENT_SECRET",
+	"CREDENTIALS_DIRECTORY",
+	"STATE_DIRECTORY",
+	"XDG_STATE_HOME",
+};
+
+/* Writes content to tmpdir/name and returns the path (static storage for conf). */
+static void write_file(const char *path, const char *content)
+{
+	FILE *fp = fopen(path, "w");
+
+	assert_non_null(fp);
+	assert_int_equal(fputs(content, fp) >= 0, 1);
+	assert_int_equal(fclose(fp), 0);
+}
+
+static char *tmp_path(const char *name)
+{
+	char *p;
+
+	assert_true(asprintf(&p, "%s/%s", tmpdir, name) > 0);
+	return p;
+}
+
+/* Loads content as the config file into cfg; returns config_load_file's result. */
+static int load(struct config *cfg, const char *content)
+{
+	write_file(conf_path, content);
+	err[0] = '\0';
+	return config_load_file(cfg, conf_path, err, sizeof(err));
+}
+
+/* Asserts that loading content fails with "conf:LINE: rest". */
+static void expect_load_error(const char *content, int line, const char *rest)
+{
+	struct config *cfg = config_new();
+	char want[1024];
+
+	assert_non_null(cfg);
+	assert_int_equal(load(cfg, content), -1);
+	snprintf(want, sizeof(want), "%s:%d: %s", conf_path, line, rest);
+	assert_string_equal(err, want);
+	config_free(&cfg);
+	assert_null(cfg);
+}
+
+static char *print_config(const struct config *cfg)
+{
+	char *buf = NULL;
+	size_t len = 0;
+	FILE *fp = open_memstream(&buf, &len);
+
+	assert_non_null(fp);
+	config_print(cfg, fp);
+	assert_int_equal(fclose(fp), 0);
+	return buf;
+}
+
+static int group_setup(void **state)
+{
+	(void)state;
+	if (mkdtemp(tmpdir) == NULL)
+		return -1;
+	snprintf(conf_path, sizeof(conf_path), "%s/kaleidod.conf", tmpdir);
+	return 0;
+}
+
+static int group_teardown(void **state)
+{
+	char *cmd;
+	int rc;
+
+	(void)state;
+	if (asprintf(&cmd, "rm -rf '%s'", tmpdir) < 0)
+		return -1;
+	rc = system(cmd);
+	free(cmd);
+	return rc;
+}
+
+static int clear_env(void **state)
+{
+	size_t i;
+
+	(void)state;
+	for (i = 0; i < sizeof(env_vars) / sizeof(env_vars[0]); i++)
+		unsetenv(env_vars[i]);
+	return 0;
+}
+
+static void test_defaults(void **state)
+{
+	struct config *cfg = config_new();
+
+	(void)state;
+	assert_non_null(cfg);
+	assert_string_equal(cfg->upstream_url, "https://api.kaleidoscope.bio");
+	assert_null(cfg->client_id);
+	assert_null(cfg->client_secret);
+	assert_null(cfg->client_secret_source);
+	assert_null(cfg->client_secret_file);
+	assert_int_equal(cfg->auth_header, CONFIG_AUTH_BOTH);
+	assert_int_equal(cfg->nheaders, 0);
+	assert_int_equal(cfg->connect_timeout, 10);
+	assert_int_equal(cfg->timeout, 30);
+	assert_int_equal(cfg->auth_retry_min, 1);
+	assert_int_equal(cfg->auth_retry_max, 300);
+	assert_string_equal(cfg->listen, "127.0.0.1:8765");
+	assert_int_equal(cfg->max_connections, 512);
+	assert_int_equal(cfg->connection_timeout, 60);
+	assert_int_equal(cfg->threads, 0);
+	assert_int_equal(cfg->token_lifetime, 3600);
+	assert_int_equal(cfg->max_buffered_body, 1024 * 1024);
+	assert_null(cfg->cache_file);
+	assert_int_equal(cfg->max_entry_size, 64 * 1024 * 1024);
+	assert_string_equal(cfg->log_level, "info");
+	assert_null(cfg->config_file);
+
+	assert_int_equal(cfg->nfamilies, 3);
+	assert_string_equal(cfg->families[0].name, "programs");
+	assert_int_equal(cfg->families[0].npaths, 1);
+	assert_string_equal(cfg->families[0].paths[0], "/programs");
+	assert_int_equal(cfg->families[0].ninvalidated_by, 0);
+	assert_int_equal(cfg->families[0].ttl, 300);
+	assert_string_equal(cfg->families[1].name, "entity_slices");
+	assert_string_equal(cfg->families[1].paths[0], "/entity_slices");
+	assert_string_equal(cfg->families[2].name, "record_views");
+	assert_string_equal(cfg->families[2].paths[0], "/record_views");
+	for (int i = 1; i <= 2; i++) {
+		assert_int_equal(cfg->families[i].ttl, 300);
+		assert_int_equal(cfg->families[i].ninvalidated_by, 3);
+		assert_string_equal(cfg->families[i].invalidated_by[0], "/push/imports");
+		assert_string_equal(cfg->families[i].invalidated_by[1], "/key_fields");
+		assert_string_equal(cfg->families[i].invalidated_by[2], "/data_fields");
+	}
+	config_free(&cfg);
+	assert_null(cfg);
+	config_free(&cfg);
+	config_free(NULL);
+}
+
+static void test_load_all_types(void **state)
+{
+	struct config *cfg = config_new();
+
+	(void)state;
+	assert_int_equal(load(cfg, "; comment\n"
+				   "# another\n"
+				   "[upstream]\n"
+				   "url = http://127.0.0.1:9000/api//\n"
+				   "client_id = abc\n"
+				   "auth_header = X-Kal-Authorization\n"
+				   "connect_timeout = 5s\n"
+				   "timeout = 2m\n"
+				   "auth_retry_min = 3\n"
+				   "auth_retry_max = 1h\n"
+				   "\n"
+				   "  [server]\n"
+				   "  listen = [::1]:0\n"
+				   "max_connections = 64\n"
+				   "connection_timeout = 1d\n"
+				   "threads = 4\n"
+				   "token_lifetime = 90m\n"
+				   "max_buffered_body = 512K\n"
+				   "[cache]\n"
+				   "file = /tmp/x.db\n"
+				   "max_entry_size = 2G\n"
+				   "[log]\n"
+				   "level = DEBUG"),
+			 0);
+	assert_string_equal(err, "");
+	assert_string_equal(cfg->config_file, conf_path);
+	assert_string_equal(cfg->upstream_url, "http://127.0.0.1:9000/api");
+	assert_string_equal(cfg->client_id, "abc");
+	assert_int_equal(cfg->auth_header, CONFIG_AUTH_X_KAL);
+	assert_int_equal(cfg->connect_timeout, 5);
+	assert_int_equal(cfg->timeout, 120);
+	assert_int_equal(cfg->auth_retry_min, 3);
+	assert_int_equal(cfg->auth_retry_max, 3600);
+	assert_string_equal(cfg->listen, "[::1]:0");
+	assert_int_equal(cfg->max_connections, 64);
+	assert_int_equal(cfg->connection_timeout, 86400);
+	assert_int_equal(cfg->threads, 4);
+	assert_int_equal(cfg->token_lifetime, 5400);
+	assert_int_equal(cfg->max_buffered_body, 512 * 1024);
+	assert_string_equal(cfg->cache_file, "/tmp/x.db");
+	assert_int_equal(cfg->max_entry_size, (size_t)2 << 30);
+	assert_string_equal(cfg->log_level, "debug");
+	config_free(&cfg);
+}
+
+static void test_durations_and_sizes(void **state)
+{
+	static const struct {
+		const char *v;
+		unsigned want;
+	} durs[] = {
+		{ "0s", 0 },    { "45", 45 },    { "45s", 45 }, { "5m", 300 },
+		{ "2h", 7200 }, { "1d", 86400 }, { "007", 7 },  { "4294967295", 4294967295u }
+	};
+	static const struct {
+		const char *v;
+		size_t want;
+	} sizes[] = { { "0", 0 },     { "100", 100 },    { "1K", 1024 },
+		      { "1k", 1024 }, { "3M", 3 << 20 }, { "1G", (size_t)1 << 30 } };
+	static const char *const bad_durs[] = { "",
+						"5x",
+						"-1",
+						"+5",
+						"5 m",
+						"m",
+						"5mm",
+						"1.5",
+						"4294967296",
+						"49711d",
+						"99999999999999999999999" };
+	static const char *const bad_sizes[] = { "",    "1T", "1.5M", "-1",
+						 "1 K", "KB", "1KB",  "99999999999999999999G" };
+	struct config *cfg = config_new();
+	size_t i;
+
+	(void)state;
+	for (i = 0; i < sizeof(durs) / sizeof(durs[0]); i++) {
+		assert_int_equal(config_set(cfg, "family.programs", "ttl", durs[i].v, NULL, err,
+					    sizeof(err)),
+				 0);
+		assert_int_equal(cfg->families[0].ttl, durs[i].want);
+	}
+	for (i = 0; i < sizeof(bad_durs) / sizeof(bad_durs[0]); i++) {
+		assert_int_equal(config_set(cfg, "family.programs", "ttl", bad_durs[i], "--ttl",
+					    err, sizeof(err)),
+				 -1);
+		assert_true(strncmp(err, "--ttl: ", 7) == 0);
+	}
+	/* a failed set leaves the old value */
+	assert_int_equal(cfg->families[0].ttl, 4294967295u);
+
+	for (i = 0; i < sizeof(sizes) / sizeof(sizes[0]); i++) {
+		assert_int_equal(config_set(cfg, "cache", "max_entry_size", sizes[i].v, NULL, err,
+					    sizeof(err)),
+				 0);
+		assert_int_equal(cfg->max_entry_size, sizes[i].want);
+	}
+	for (i = 0; i < sizeof(bad_sizes) / sizeof(bad_sizes[0]); i++)
+		assert_int_equal(config_set(cfg, "cache", "max_entry_size", bad_sizes[i], NULL, err,
+					    sizeof(err)),
+				 -1);
+
+	/* zero is not a timeout */
+	assert_int_equal(config_set(cfg, "upstream", "timeout", "0", NULL, err, sizeof(err)), -1);
+	assert_string_equal(err, "[upstream] timeout: must be greater than 0");
+	assert_int_equal(config_set(cfg, "server", "threads", "1025", NULL, err, sizeof(err)), -1);
+	assert_int_equal(config_set(cfg, "server", "threads", "5m", NULL, err, sizeof(err)), -1);
+	assert_string_equal(err, "[server] threads: expected a number");
+	config_free(&cfg);
+}
+
+static void test_bad_values_file_line(void **state)
+{
+	(void)state;
+	expect_load_error("[upstream]\nurl = ftp://x\n", 2,
+			  "[upstream] url: must start with http:// or https://");
+	expect_load_error("[upstream]\nurl = https://\n", 2, "[upstream] url: has no host");
+	expect_load_error("[upstream]\nauth_header = bearer\n", 2,
+			  "[upstream] auth_header: expected both, authorization or "
+			  "x-kal-authorization");
+	expect_load_error("[server]\n\n; fine\nthreads = 2\n\n\nlisten = 8765\n", 7,
+			  "[server] listen: " LISTEN_WHY);
+	expect_load_error("[server]\nmax_connections = 0\n", 2,
+			  "[server] max_connections: must be greater than 0");
+	expect_load_error("[server]\nconnection_timeout = 10 s\n", 2,
+			  "[server] connection_timeout: expected seconds, or a number with "
+			  "suffix s, m, h or d");
+	expect_load_error("[server]\nmax_buffered_body = 1T\n", 2,
+			  "[server] max_buffered_body: expected bytes, or a number with suffix "
+			  "K, M or G");
+	expect_load_error("[log]\nlevel = loud\n", 2,
+			  "[log] level: expected error, warn, info or debug");
+	expect_load_error("[server]\nlisten =\n", 2, "[server] listen: must not be empty");
+	/* the first error wins even if later lines are bad too */
+	expect_load_error("[server]\nthreads = x\nlisten = y\n", 2,
+			  "[server] threads: expected a number");
+}
+
+static void test_unknown_section_key(void **state)
+{
+	(void)state;
+	expect_load_error("[server]\nthreads = 1\n[bogus]\nx = 1\n", 3, "[bogus]: unknown section");
+	/* an empty unknown section is still an error, at its heading */
+	expect_load_error("[server]\n[srever]\n[server]\n", 2, "[srever]: unknown section");
+	expect_load_error("[server]\nthreads = 1\nbogus = 2\n", 3, "[server] bogus: unknown key");
+	expect_load_error("[upstream]\nttl = 2\n", 2, "[upstream] ttl: unknown key");
+	expect_load_error("[family.programs]\nurl = http://x\n", 2,
+			  "[family.programs] url: unknown key");
+	expect_load_error("threads = 1\n[server]\n", 1, "threads: key outside any [section]");
+	expect_load_error("[server]\nthreads 1\n", 2,
+			  "syntax error: expected [section] or key = value");
+	expect_load_error("[server\nthreads = 1\n", 1,
+			  "syntax error: expected [section] or key = value");
+	/* indentation never continues a value: "  4" is a line of its own */
+	expect_load_error("[server]\nthreads = 1\n  4\n", 3,
+			  "syntax error: expected [section] or key = value");
+}
+
+static void test_long_line(void **state)
+{
+	char *content, *p;
+	struct config *cfg;
+
+	(void)state;
+	content = malloc(1200);
+	assert_non_null(content);
+	p = content + sprintf(content, "[upstream]\nheader = X-Long: ");
+	memset(p, 'a', 1000);
+	strcpy(p + 1000, "\nclient_id = after\n");
+	cfg = config_new();
+	assert_int_equal(load(cfg, content), -1);
+	assert_non_null(strstr(err, ".conf:2: line too long"));
+	config_free(&cfg);
+	/* the line after a long one keeps its number */
+	strcpy(p + 1000, "\nbogus = 1\n");
+	cfg = config_new();
+	assert_int_equal(load(cfg, content), -1);
+	assert_non_null(strstr(err, ".conf:2: line too long"));
+	config_free(&cfg);
+	free(content);
+}
+
+static void test_unreadable_file(void **state)
+{
+	struct config *cfg = config_new();
+	char *missing = tmp_path("missing.conf");
+	char want[600];
+
+	(void)state;
+	assert_int_equal(config_load_file(cfg, missing, err, sizeof(err)), -1);
+	snprintf(want, sizeof(want), "%s: No such file or directory", missing);
+	assert_string_equal(err, want);
+	assert_null(cfg->config_file);
+	free(missing);
+	config_free(&cfg);
+}
+
+static void test_headers(void **state)
+{
+	struct config *cfg = config_new();
+	char val[32];
+	int i;
+
+	(void)state;
+	assert_int_equal(load(cfg, "[upstream]\n"
+				   "header = X-Trace:on\n"
+				   "header =   X-Team :  lab 7  \n"),
+			 -1);
+	/* a space before the colon is not a token */
+	assert_non_null(strstr(err, ":3: [upstream] header: expected Name: value"));
+	config_free(&cfg);
+
+	cfg = config_new();
+	assert_int_equal(load(cfg, "[upstream]\n"
+				   "header = X-Trace:on\n"
+				   "header = X-Team:   lab 7  \n"
+				   "header = Authorization: Bearer iap\n"
+				   "auth_header = x-kal-authorization\n"),
+			 0);
+	assert_int_equal(cfg->nheaders, 3);
+	assert_string_equal(cfg->headers[0], "X-Trace: on");
+	assert_string_equal(cfg->headers[1], "X-Team: lab 7");
+	assert_string_equal(cfg->headers[2], "Authorization: Bearer iap");
+	/* a flag adds to the file's headers */
+	assert_int_equal(
+		config_set(cfg, "upstream", "header", "X-Flag: 1", "--header", err, sizeof(err)),
+		0);
+	assert_int_equal(cfg->nheaders, 4);
+
+	assert_int_equal(config_set(cfg, "upstream", "header", "X-Evil: a\r\nHost: b", "--header",
+				    err, sizeof(err)),
+			 -1);
+	assert_string_equal(err, "--header: must not contain control characters");
+	assert_int_equal(
+		config_set(cfg, "upstream", "header", "NoColon", "--header", err, sizeof(err)), -1);
+	assert_int_equal(config_set(cfg, "upstream", "header", ": v", "--header", err, sizeof(err)),
+			 -1);
+	assert_int_equal(
+		config_set(cfg, "upstream", "header", "X-Empty:", "--header", err, sizeof(err)),
+		-1);
+	assert_string_equal(err, "--header: header value is empty");
+	assert_int_equal(
+		config_set(cfg, "upstream", "header", "host: evil", "--header", err, sizeof(err)),
+		-1);
+	assert_string_equal(err, "--header: this header is managed by kaleidod");
+	assert_int_equal(cfg->nheaders, 4);
+
+	for (i = cfg->nheaders; i < CONFIG_MAX_HEADERS; i++) {
+		snprintf(val, sizeof(val), "X-N%d: v", i);
+		assert_int_equal(config_set(cfg, "upstream", "header", val, NULL, err, sizeof(err)),
+				 0);
+	}
+	assert_int_equal(
+		config_set(cfg, "upstream", "header", "X-One-More: v", NULL, err, sizeof(err)), -1);
+	assert_string_equal(err, "[upstream] header: too many headers (at most 16)");
+	assert_int_equal(cfg->nheaders, CONFIG_MAX_HEADERS);
+	config_free(&cfg);
+}
+
+static void test_header_conflicts_auth(void **state)
+{
+	struct config *cfg = config_new();
+
+	(void)state;
+	assert_int_equal(config_set(cfg, "cache", "file", "/tmp/c.db", NULL, err, sizeof(err)), 0);
+	assert_int_equal(config_set(cfg, "upstream", "header", "authorization: Bearer iap", NULL,
+				    err, sizeof(err)),
+			 0);
+	assert_int_equal(config_finish(cfg, err, sizeof(err)), -1);
+	assert_string_equal(err, "[upstream] header: kaleidod sends this header itself with "
+				 "auth_header = both");
+	assert_null(strstr(err, "iap"));
+	assert_int_equal(config_set(cfg, "upstream", "auth_header", "x-kal-authorization", NULL,
+				    err, sizeof(err)),
+			 0);
+	assert_int_equal(config_finish(cfg, err, sizeof(err)), 0);
+	config_free(&cfg);
+}
+
+static void test_families(void **state)
+{
+	struct config *cfg = config_new();
+	struct config_family *f;
+
+	(void)state;
+	assert_int_equal(load(cfg, "[family.programs]\n"
+				   "ttl = 10m\n"
+				   "[family.record_views]\n"
+				   "invalidated_by = /push/imports/\n"
+				   "[family.experiments]\n"
+				   "paths = /activities/   /activity_definitions\n"
+				   "invalidated_by = /activities\n"),
+			 0);
+	assert_int_equal(cfg->nfamilies, 4);
+	f = &cfg->families[0];
+	assert_int_equal(f->ttl, 600);
+	assert_int_equal(f->npaths, 1);
+	assert_string_equal(f->paths[0], "/programs");
+	f = &cfg->families[2];
+	assert_int_equal(f->ttl, 300);
+	assert_int_equal(f->ninvalidated_by, 1);
+	assert_string_equal(f->invalidated_by[0], "/push/imports");
+	f = &cfg->families[3];
+	assert_string_equal(f->name, "experiments");
+	assert_int_equal(f->ttl, 300);
+	assert_int_equal(f->npaths, 2);
+	assert_string_equal(f->paths[0], "/activities");
+	assert_string_equal(f->paths[1], "/activity_definitions");
+	assert_string_equal(f->invalidated_by[0], "/activities");
+	assert_int_equal(config_set(cfg, "cache", "file", "/tmp/c.db", NULL, err, sizeof(err)), 0);
+	assert_int_equal(config_finish(cfg, err, sizeof(err)), 0);
+	config_free(&cfg);
+
+	/* a new family needs paths; checked once every source is in */
+	cfg = config_new();
+	assert_int_equal(load(cfg, "[family.dash]\nttl = 1h\n"), 0);
+	assert_int_equal(config_set(cfg, "cache", "file", "/tmp/c.db", NULL, err, sizeof(err)), 0);
+	assert_int_equal(config_finish(cfg, err, sizeof(err)), -1);
+	assert_string_equal(err, "[family.dash] paths: at least one path is required");
+	config_free(&cfg);
+
+	expect_load_error("[family.Bad]\npaths = /x\n", 1,
+			  "[family.Bad]: family names use only a-z, 0-9 and _");
+	expect_load_error("[family.]\npaths = /x\n", 1,
+			  "[family.]: a family needs a name: [family.NAME]");
+	expect_load_error("[family.x]\npaths = x\n", 2,
+			  "[family.x] paths: each prefix must start with '/'");
+	expect_load_error("[family.x]\npaths = /\n", 2,
+			  "[family.x] paths: \"/\" would match every path");
+	expect_load_error("[family.x]\npaths = /a?b=1\n", 2,
+			  "[family.x] paths: a prefix is a path, without query or fragment");
+	expect_load_error("[family.x]\npaths = /1 /2 /3 /4 /5 /6 /7 /8 /9\n", 2,
+			  "[family.x] paths: too many prefixes (at most 8)");
+}
+
+static void test_too_many_families(void **state)
+{
+	struct config *cfg = config_new();
+	char sec[32];
+	int i;
+
+	(void)state;
+	for (i = cfg->nfamilies; i < CONFIG_MAX_FAMILIES; i++) {
+		snprintf(sec, sizeof(sec), "family.f%d", i);
+		assert_int_equal(config_set(cfg, sec, "paths", "/f", NULL, err, sizeof(err)), 0);
+	}
+	assert_int_equal(cfg->nfamilies, CONFIG_MAX_FAMILIES);
+	assert_int_equal(config_set(cfg, "family.extra", "paths", "/e", "--x", err, sizeof(err)),
+			 -1);
+	assert_string_equal(err, "--x: too many families (at most 16)");
+	/* an existing family can still be changed */
+	assert_int_equal(config_set(cfg, "family.f5", "ttl", "1", NULL, err, sizeof(err)), 0);
+	config_free(&cfg);
+}
+
+static void test_env_precedence(void **state)
+{
+	struct config *cfg = config_new();
+
+	(void)state;
+	assert_int_equal(load(cfg, "[upstream]\n"
+				   "url = https://file.example\n"
+				   "client_id = file-id\n"
+				   "client_secret = file-secret\n"),
+			 0);
+	assert_string_equal(cfg->client_secret_source, "config file");
+
+	setenv("KALEIDOSCOPE_API_URL", "https://env.example/", 1);
+	setenv("KALEIDOSCOPE_API_CLIENT_ID", "", 1); /* empty means unset */
+	setenv("KALEIDOSCOPE_API_CLIENT_SECRET", "env-secret", 1);
+	assert_int_equal(config_apply_env(cfg, err, sizeof(err)), 0);
+	assert_string_equal(cfg->upstream_url, "https://env.example");
+	assert_string_equal(cfg->client_id, "file-id");
+	assert_string_equal(cfg->client_secret, "env-secret");
+	assert_string_equal(cfg->client_secret_source,
+			    "environment KALEIDOSCOPE_API_CLIENT_SECRET");
+
+	/* flags come last and win */
+	assert_int_equal(config_set(cfg, "upstream", "url", "http://flag.example", "--upstream",
+				    err, sizeof(err)),
+			 0);
+	assert_string_equal(cfg->upstream_url, "http://flag.example");
+
+	setenv("KALEIDOSCOPE_API_CLIENT_ID", "env-id", 1);
+	assert_int_equal(config_apply_env(cfg, err, sizeof(err)), 0);
+	assert_string_equal(cfg->client_id, "env-id");
+
+	setenv("KALEIDOSCOPE_API_URL", "api.kaleidoscope.bio", 1);
+	assert_int_equal(config_apply_env(cfg, err, sizeof(err)), -1);
+	assert_string_equal(err, "KALEIDOSCOPE_API_URL: must start with http:// or https://");
+
+	/* a bad secret is reported by its origin, never by its content */
+	unsetenv("KALEIDOSCOPE_API_URL");
+	setenv("KALEIDOSCOPE_API_CLIENT_SECRET", "bad\tsecret", 1);
+	assert_int_equal(config_apply_env(cfg, err, sizeof(err)), -1);
+	assert_string_equal(err, "environment KALEIDOSCOPE_API_CLIENT_SECRET: must not contain "
+				 "control characters");
+	config_free(&cfg);
+}
+
+static void test_credentials_directory(void **state)
+{
+	struct config *cfg = config_new();
+	char *dir = tmp_path("creds"), *secret_path = tmp_path("creds/client_secret");
+
+	(void)state;
+	assert_int_equal(mkdir(dir, 0700), 0);
+	setenv("CREDENTIALS_DIRECTORY", dir, 1);
+
+	/* no credential file: nothing happens */
+	assert_int_equal(config_apply_env(cfg, err, sizeof(err)), 0);
+	assert_null(cfg->client_secret);
+
+	write_file(secret_path, "cred-secret\n");
+	assert_int_equal(config_apply_env(cfg, err, sizeof(err)), 0);
+	assert_string_equal(cfg->client_secret, "cred-secret");
+	assert_string_equal(cfg->client_secret_source, "systemd credential");
+
+	/* the environment variable beats the credential */
+	setenv("KALEIDOSCOPE_API_CLIENT_SECRET", "env-secret", 1);
+	assert_int_equal(config_apply_env(cfg, err, sizeof(err)), 0);
+	assert_string_equal(cfg->client_secret, "env-secret");
+	unsetenv("KALEIDOSCOPE_API_CLIENT_SECRET");
+
+	write_file(secret_path, "line1\nline2\n");
+	assert_int_equal(config_apply_env(cfg, err, sizeof(err)), -1);
+	assert_non_null(strstr(err, "systemd credential "));
+	assert_non_null(strstr(err, "client_secret: must hold the secret on a single line"));
+	assert_null(strstr(err, "line1"));
+	config_free(&cfg);
+	unlink(secret_path);
+	rmdir(dir);
+	free(secret_path);
+	free(dir);
+}
+
+static void test_client_secret_file(void **state)
+{
+	struct config *cfg = config_new();
+	char *path = tmp_path("secret"), *missing = tmp_path("nosecret");
+	char conf[1024], want[1024];
+
+	(void)state;
+	write_file(path, "file-secret-value\r\n");
+	snprintf(conf, sizeof(conf), "[upstream]\nclient_secret_file = %s\n[cache]\nfile = /x\n",
+		 path);
+	assert_int_equal(load(cfg, conf), 0);
+	assert_null(cfg->client_secret); /* read by config_finish, not at load */
+	assert_int_equal(config_finish(cfg, err, sizeof(err)), 0);
+	assert_string_equal(cfg->client_secret, "file-secret-value");
+	snprintf(want, sizeof(want), "client_secret_file %s", path);
+	assert_string_equal(cfg->client_secret_source, want);
+	config_free(&cfg);
+
+	/* a secret from a higher source is kept */
+	cfg = config_new();
+	assert_int_equal(load(cfg, conf), 0);
+	setenv("KALEIDOSCOPE_API_CLIENT_SECRET", "env-secret", 1);
+	assert_int_equal(config_apply_env(cfg, err, sizeof(err)), 0);
+	assert_int_equal(config_finish(cfg, err, sizeof(err)), 0);
+	assert_string_equal(cfg->client_secret, "env-secret");
+	unsetenv("KALEIDOSCOPE_API_CLIENT_SECRET");
+	config_free(&cfg);
+
+	/* unreadable: named, never shown */
+	cfg = config_new();
+	assert_int_equal(
+		config_set(cfg, "upstream", "client_secret_file", missing, NULL, err, sizeof(err)),
+		0);
+	assert_int_equal(config_finish(cfg, err, sizeof(err)), -1);
+	snprintf(want, sizeof(want), "[upstream] client_secret_file: %s: No such file or directory",
+		 missing);
+	assert_string_equal(err, want);
+
+	write_file(path, "\n");
+	assert_int_equal(
+		config_set(cfg, "upstream", "client_secret_file", path, NULL, err, sizeof(err)), 0);
+	assert_int_equal(config_finish(cfg, err, sizeof(err)), -1);
+	assert_non_null(strstr(err, ": is empty"));
+
+	write_file(path, "top-secret-1\ntop-secret-2\n");
+	assert_int_equal(config_finish(cfg, err, sizeof(err)), -1);
+	assert_null(strstr(err, "top-secret"));
+	assert_null(cfg->client_secret);
+	config_free(&cfg);
+
+	/* credentials are optional */
+	cfg = config_new();
+	assert_int_equal(config_set(cfg, "cache", "file", "/x", NULL, err, sizeof(err)), 0);
+	assert_int_equal(config_finish(cfg, err, sizeof(err)), 0);
+	assert_null(cfg->client_secret);
+	config_free(&cfg);
+	unlink(path);
+	free(path);
+	free(missing);
+}
+
+/* Runs config_finish on a fresh config and returns the chosen cache file. */
+static char *finish_cache_file(void)
+{
+	struct config *cfg = config_new();
+	char *p;
+
+	assert_int_equal(config_finish(cfg, err, sizeof(err)), 0);
+	p = strdup(cfg->cache_file);
+	config_free(&cfg);
+	return p;
+}
+
+static void test_default_cache_file(void **state)
+{
+	char *got, *home = getenv("HOME") ? strdup(getenv("HOME")) : NULL;
+	uid_t euid = geteuid();
+	struct config *cfg;
+
+	(void)state;
+	setenv("STATE_DIRECTORY", "/srv/state:/srv/other", 1);
+	setenv("XDG_STATE_HOME", "/xdg", 1);
+	got = finish_cache_file();
+	assert_string_equal(got, "/srv/state/cache.db");
+	free(got);
+
+	/* an explicit file is kept */
+	cfg = config_new();
+	assert_int_equal(config_set(cfg, "cache", "file", "/mine.db", NULL, err, sizeof(err)), 0);
+	assert_int_equal(config_finish(cfg, err, sizeof(err)), 0);
+	assert_string_equal(cfg->cache_file, "/mine.db");
+	config_free(&cfg);
+
+	unsetenv("STATE_DIRECTORY");
+	if (euid == 0) {
+		got = finish_cache_file();
+		assert_string_equal(got, "/var/lib/kaleidod/cache.db");
+		free(got);
+		/* the per-user rules, as an unprivileged user would see them */
+		assert_int_equal(seteuid(65534), 0);
+	}
+	got = finish_cache_file();
+	assert_string_equal(got, "/xdg/kaleidod/cache.db");
+	free(got);
+
+	setenv("XDG_STATE_HOME", "relative/ignored", 1);
+	setenv("HOME", "/home/lab", 1);
+	got = finish_cache_file();
+	assert_string_equal(got, "/home/lab/.local/state/kaleidod/cache.db");
+	free(got);
+
+	unsetenv("XDG_STATE_HOME");
+	unsetenv("HOME");
+	cfg = config_new();
+	assert_int_equal(config_finish(cfg, err, sizeof(err)), -1);
+	assert_true(strncmp(err, "[cache] file: ", 14) == 0);
+	config_free(&cfg);
+
+	if (euid == 0)
+		assert_int_equal(seteuid(0), 0);
+	if (home != NULL)
+		setenv("HOME", home, 1);
+	free(home);
+}
+
+static void test_cross_checks(void **state)
+{
+	struct config *cfg = config_new();
+
+	(void)state;
+	assert_int_equal(load(cfg, "[upstream]\nauth_retry_min = 10m\nauth_retry_max = 5m\n"
+				   "[cache]\nfile = /x\n"),
+			 0);
+	assert_int_equal(config_finish(cfg, err, sizeof(err)), -1);
+	assert_string_equal(err, "[upstream] auth_retry_min: must be greater than 0 and not above "
+				 "auth_retry_max (600 > 300)");
+	assert_int_equal(
+		config_set(cfg, "upstream", "auth_retry_max", "600", NULL, err, sizeof(err)), 0);
+	assert_int_equal(config_finish(cfg, err, sizeof(err)), 0);
+	config_free(&cfg);
+}
+
+static void test_config_set_messages(void **state)
+{
+	struct config *cfg = config_new();
+
+	(void)state;
+	assert_int_equal(
+		config_set(cfg, "server", "listen", "nowhere", "--listen", err, sizeof(err)), -1);
+	assert_string_equal(err, "--listen: " LISTEN_WHY);
+	assert_string_equal(cfg->listen, "127.0.0.1:8765");
+	assert_int_equal(
+		config_set(cfg, "server", "listen", "0.0.0.0:80", "--listen", err, sizeof(err)), 0);
+	assert_string_equal(cfg->listen, "0.0.0.0:80");
+	assert_int_equal(config_set(cfg, "server", "nope", "1", "--nope", err, sizeof(err)), -1);
+	assert_string_equal(err, "--nope: [server] nope: unknown key");
+	assert_int_equal(config_set(cfg, "nope", "x", "1", "--nope", err, sizeof(err)), -1);
+	assert_string_equal(err, "--nope: [nope]: unknown section");
+	assert_int_equal(config_set(cfg, "server", "nope", "1", NULL, err, sizeof(err)), -1);
+	assert_string_equal(err, "[server] nope: unknown key");
+	/* an empty optional string returns it to "not set" */
+	assert_int_equal(config_set(cfg, "upstream", "client_id", "x", NULL, err, sizeof(err)), 0);
+	assert_int_equal(config_set(cfg, "upstream", "client_id", "", NULL, err, sizeof(err)), 0);
+	assert_null(cfg->client_id);
+	config_free(&cfg);
+}
+
+static void test_print_masks(void **state)
+{
+	static const char *const keys[] = {
+		"[upstream]\n",
+		"\nurl = ",
+		"\nclient_id = ",
+		"\nclient_secret = ",
+		"\nclient_secret_file =",
+		"\nauth_header = ",
+		"\nconnect_timeout = 10\n",
+		"\ntimeout = 30\n",
+		"\nauth_retry_min = 1\n",
+		"\nauth_retry_max = 300\n",
+		"[server]\n",
+		"\nlisten = 127.0.0.1:8765\n",
+		"\nmax_connections = 512\n",
+		"\nconnection_timeout = 60\n",
+		"\nthreads = 0\n",
+		"\ntoken_lifetime = 3600\n",
+		"\nmax_buffered_body = 1M\n",
+		"[cache]\n",
+		"\nfile = /tmp/c.db\n",
+		"\nmax_entry_size = 64M\n",
+		"[log]\n",
+		"\nlevel = info\n",
+		"[family.programs]\npaths = /programs\nttl = 300\ninvalidated_by =\n",
+		"[family.entity_slices]\npaths = /entity_slices\nttl = 300\n"
+		"invalidated_by = /push/imports /key_fields /data_fields\n",
+		"[family.record_views]\npaths = /record_views\n",
+	};
+	struct config *cfg = config_new();
+	char *out;
+	size_t i;
+
+	(void)state;
+	out = print_config(cfg);
+	assert_non_null(strstr(out, "\nclient_secret = (not set)\n"));
+	assert_non_null(strstr(out, "\n; header = (none)\n"));
+	free(out);
+
+	assert_int_equal(load(cfg, "[upstream]\n"
+				   "url = https://user:pw-in-url@proxy.example/kal\n"
+				   "client_id = my-client\n"
+				   "client_secret = Sup3rS3cretValue\n"
+				   "auth_header = x-kal-authorization\n"
+				   "header = Authorization: Bearer iap-credential\n"
+				   "header = X-Api-Key: key-credential\n"
+				   "header = Cookie: session=cookie-credential\n"
+				   "header = X-Auth-Token: token-credential\n"
+				   "header = X-Trace: visible-value\n"
+				   "[cache]\nfile = /tmp/c.db\n"),
+			 0);
+	out = print_config(cfg);
+	for (i = 0; i < sizeof(keys) / sizeof(keys[0]); i++)
+		if (strstr(out, keys[i]) == NULL)
+			fail_msg("config_print lacks \"%s\" in:\n%s", keys[i], out);
+	assert_null(strstr(out, "Sup3rS3cret"));
+	assert_null(strstr(out, "credential"));
+	assert_null(strstr(out, "pw-in-url"));
+	assert_non_null(strstr(out, "\nclient_secret = ******** (from config file)\n"));
+	assert_non_null(strstr(out, "\nheader = Authorization: ********\n"));
+	assert_non_null(strstr(out, "\nheader = X-Api-Key: ********\n"));
+	assert_non_null(strstr(out, "\nheader = X-Trace: visible-value\n"));
+	assert_non_null(strstr(out, "\nurl = https://********@proxy.example/kal\n"));
+	assert_non_null(strstr(out, "\nclient_id = my-client\n"));
+	free(out);
+	config_free(&cfg);
+}
+
+/* Removes the first line starting with prefix from buf, in place. */
+static void drop_line(char *buf, const char *prefix)
+{
+	char *line = strstr(buf, prefix), *end;
+
+	assert_non_null(line);
+	end = strchr(line, '\n');
+	assert_non_null(end);
+	memmove(line, end + 1, strlen(end + 1) + 1);
+}
+
+static void test_print_reloads(void **state)
+{
+	struct config *cfg = config_new(), *again = config_new();
+	char *out, *out2;
+
+	(void)state;
+	assert_int_equal(load(cfg, "[server]\nmax_buffered_body = 1536K\ntoken_lifetime = 1h\n"
+				   "[upstream]\nheader = X-A: b\n"
+				   "[cache]\nmax_entry_size = 1000\n"
+				   "[family.extra]\npaths = /dashboards\n"),
+			 0);
+	out = print_config(cfg);
+	assert_non_null(strstr(out, "\nmax_buffered_body = 1536K\n"));
+	assert_non_null(strstr(out, "\nmax_entry_size = 1000\n"));
+	assert_non_null(strstr(out, "\ntoken_lifetime = 3600\n"));
+	assert_non_null(strstr(out, "\n[family.extra]\npaths = /dashboards\nttl = 300\n"));
+	/* apart from the secret's display line, the output is a config file */
+	drop_line(out, "client_secret = ");
+	assert_int_equal(load(again, out), 0);
+	out2 = print_config(again);
+	drop_line(out2, "client_secret = ");
+	assert_string_equal(out2, out);
+	free(out2);
+	free(out);
+	config_free(&again);
+	config_free(&cfg);
+}
+
+static void test_parse_listen(void **state)
+{
+	static const struct {
+		const char *spec, *host;
+		unsigned port;
+	} good[] = {
+		{ "127.0.0.1:8765", "127.0.0.1", 8765 },
+		{ "0.0.0.0:0", "0.0.0.0", 0 },
+		{ "localhost:1", "localhost", 1 },
+		{ "[::1]:65535", "::1", 65535 },
+		{ "[::]:80", "::", 80 },
+		{ "[fe80::1:2]:08080", "fe80::1:2", 8080 },
+	};
+	static const char *const bad[] = {
+		"",         "8765",          ":8765",          "127.0.0.1",   "127.0.0.1:",
+		"1.2.3:80", "1.2.3.4:65536", "1.2.3.4:-1",     "1.2.3.4:+80", "1.2.3.4:80x",
+		"::1:80",   "[::1]80",       "[::1]",          "[]:80",       "[1.2.3.4]:80",
+		"host:80",  "256.1.1.1:80",  "1.2.3.4:123456", "[::1]:80:",   " 1.2.3.4:80",
+	};
+	char host[64];
+	unsigned port;
+	size_t i;
+
+	(void)state;
+	for (i = 0; i < sizeof(good) / sizeof(good[0]); i++) {
+		port = 12345;
+		if (config_parse_listen(good[i].spec, host, sizeof(host), &port) != 0)
+			fail_msg("rejected %s", good[i].spec);
+		assert_string_equal(host, good[i].host);
+		assert_int_equal(port, good[i].port);
+	}
+	for (i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
+		if (config_parse_listen(bad[i], host, sizeof(host), &port) != -1)
+			fail_msg("accepted %s", bad[i]);
+	/* too small a host buffer is an error, not a truncation */
+	assert_int_equal(config_parse_listen("127.0.0.1:80", host, 9, &port), -1);
+	assert_int_equal(config_parse_listen("127.0.0.1:80", host, 10, &port), 0);
+	assert_int_equal(config_parse_listen(NULL, host, sizeof(host), &port), -1);
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test_setup(test_defaults, clear_env),
+		cmocka_unit_test_setup(test_load_all_types, clear_env),
+		cmocka_unit_test_setup(test_durations_and_sizes, clear_env),
+		cmocka_unit_test_setup(test_bad_values_file_line, clear_env),
+		cmocka_unit_test_setup(test_unknown_section_key, clear_env),
+		cmocka_unit_test_setup(test_long_line, clear_env),
+		cmocka_unit_test_setup(test_unreadable_file, clear_env),
+		cmocka_unit_test_setup(test_headers, clear_env),
+		cmocka_unit_test_setup(test_header_conflicts_auth, clear_env),
+		cmocka_unit_test_setup(test_families, clear_env),
+		cmocka_unit_test_setup(test_too_many_families, clear_env),
+		cmocka_unit_test_setup(test_env_precedence, clear_env),
+		cmocka_unit_test_setup(test_credentials_directory, clear_env),
+		cmocka_unit_test_setup(test_client_secret_file, clear_env),
+		cmocka_unit_test_setup(test_default_cache_file, clear_env),
+		cmocka_unit_test_setup(test_cross_checks, clear_env),
+		cmocka_unit_test_setup(test_config_set_messages, clear_env),
+		cmocka_unit_test_setup(test_print_masks, clear_env),
+		cmocka_unit_test_setup(test_print_reloads, clear_env),
+		cmocka_unit_test_setup(test_parse_listen, clear_env),
+	};
+
+	return cmocka_run_group_tests(tests, group_setup, group_teardown);
+}
