@@ -16,19 +16,19 @@ struct cache;
 
 struct cache_entry {
 	long status;
-	char *headers;        /* hdr_serialize() text */
+	char *headers; /* hdr_serialize() text */
 	size_t headers_len;
 	void *body;
 	size_t body_len;
-	int64_t stored_at;    /* unix seconds */
-	int64_t expires_at;   /* unix seconds; fresh while now < expires_at */
+	int64_t stored_at;  /* unix seconds */
+	int64_t expires_at; /* unix seconds; fresh while now < expires_at */
 };
 
 enum cache_err {
 	CACHE_OK = 0,
-	CACHE_ERR_CORRUPT,    /* not a database, or damaged: move it aside */
-	CACHE_ERR_IO,         /* cannot open/create/write (permissions, read-only, full) */
-	CACHE_ERR_SCHEMA,     /* written by a newer kaleidod */
+	CACHE_ERR_CORRUPT, /* not a database, or damaged: move it aside */
+	CACHE_ERR_IO,      /* cannot open/create/write (permissions, read-only, full) */
+	CACHE_ERR_SCHEMA,  /* written by a newer kaleidod */
 };
 
 /*
@@ -36,6 +36,8 @@ enum cache_err {
  * the schema.  On failure returns NULL, sets *why, and writes a message into err.
  */
 struct cache *cache_open(const char *path, enum cache_err *why, char *err, size_t errlen);
+/* Only once every other thread has stopped using c: it closes their read
+ * connections, so a thread still calling in (or exiting) would race it. */
 void cache_close(struct cache **c);
 const char *cache_path(const struct cache *c);
 
@@ -45,7 +47,9 @@ const char *cache_path(const struct cache *c);
  */
 int cache_quarantine(const char *path, char *newpath, size_t newlen);
 
-/* 1 found (*out malloc'd, free with cache_entry_free), 0 absent, -1 error. */
+/* 1 found (*out malloc'd, free with cache_entry_free; headers and body each
+ * have a NUL after their length), 0 absent, -1 error.  Expiry is not checked:
+ * the caller compares expires_at, and may still serve a stale entry. */
 int cache_get(struct cache *c, const char *key, struct cache_entry **out);
 void cache_entry_free(struct cache_entry **e);
 

@@ -15,7 +15,9 @@ struct hdr;
 struct hdr *hdr_new(void);
 void hdr_free(struct hdr **h);
 
-/* Appends a field; lengths let callers pass unterminated slices.  0 or -1 (ENOMEM). */
+/* Appends a field; lengths let callers pass unterminated slices.  0, or -1 on
+ * ENOMEM or a field that cannot be one header line: an empty name, a name
+ * with a blank, CTL, non-ASCII byte or ':', or CR, LF or NUL in the value. */
 int hdr_add(struct hdr *h, const char *name, size_t nlen, const char *value, size_t vlen);
 /* Appends one raw "Name: value\r\n" line as curl delivers it (obs-fold not
  * supported: such a line is rejected).  Leading/trailing blanks of the value are

@@ -24,14 +24,16 @@ unsigned policy_family_ttl(const struct policy *p, int family);
 /*
  * The family whose prefix covers path (the path part of a target, no query):
  * the prefix itself or anything below it ("/programs", "/programs/",
- * "/programs/x"; not "/programsx").  -1 when none.
+ * "/programs/x"; not "/programsx").  The longest covering prefix wins; on a
+ * tie, the earlier family.  -1 when none.
  */
 int policy_family(const struct policy *p, const char *path, size_t pathlen);
 
 /*
  * Families a successful write (any method but GET/HEAD) to path invalidates, as
- * a bitmask over family indexes: the family that covers path, plus every
- * family whose invalidated_by prefixes cover it.
+ * a bitmask over family indexes: every family with a prefix covering path
+ * (not only the longest match), plus every family whose invalidated_by
+ * prefixes cover it.  0 for GET and HEAD (compared case-sensitively).
  */
 uint32_t policy_invalidates(const struct policy *p, const char *method, const char *path,
 			    size_t pathlen);
@@ -53,8 +55,8 @@ struct policy_cc {
 	int no_cache;
 	int only_if_cached;
 	int private_;
-	long max_age;   /* -1 when absent */
-	long s_maxage;  /* -1 when absent */
+	long max_age;  /* -1 when absent */
+	long s_maxage; /* -1 when absent */
 };
 
 /* Parses a Cache-Control value (NULL allowed: all clear).  Unknown directives are ignored. */
@@ -62,7 +64,7 @@ void policy_parse_cache_control(const char *value, struct policy_cc *out);
 
 /*
  * Seconds an upstream answer may be served fresh: the family TTL, capped by
- * max-age (s-maxage wins over max-age).  0 means do not store (no-store,
+ * max-age (s-maxage wins over max-age).  0 means do not store (no-store, no-cache,
  * private, or a zero TTL).
  */
 unsigned policy_ttl(const struct policy *p, int family, const struct policy_cc *response_cc);
