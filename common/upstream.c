@@ -31,7 +31,7 @@
 #include "kdbuild.h"
 #include "log.h"
 
-#define RING_CAP (256 * 1024)     /* per direction, per transfer */
+#define RING_CAP (256 * 1024) /* per direction, per transfer */
 #define TOKEN_BODY_MAX (64 * 1024)
 #define TOKEN_PATH "/auth/oauth/token"
 
@@ -64,14 +64,14 @@ struct up_xfer {
 	struct curl_slist *sent_headers;
 	enum phase phase;
 	int replayed;
-	int discard;               /* a 401 to be replayed: drop what comes */
+	int discard; /* a 401 to be replayed: drop what comes */
 	unsigned token_gen;
 	size_t body_off;
 	double started, last_progress;
 	int cl_framed, chunk_framed, decoded;
 	struct hdr *building;
 	char errbuf[CURL_ERROR_SIZE];
-	struct up_xfer *wnext;     /* worker's lists: waiting or running */
+	struct up_xfer *wnext; /* worker's lists: waiting or running */
 
 	/* Shared, under lock. */
 	enum up_state state;
@@ -82,11 +82,11 @@ struct up_xfer {
 	char detail[512];
 	struct ring down, up;
 	int down_eof, down_broken;
-	int up_end;                /* the front wrote the last body byte */
+	int up_end; /* the front wrote the last body byte */
 	int parked;
 	int paused_recv, paused_send, unpause_queued;
 	int released;
-	int worker_ref;            /* the worker still holds its reference */
+	int worker_ref; /* the worker still holds its reference */
 	char *collect;
 	size_t collect_len, collect_cap;
 	int collect_over;
@@ -112,12 +112,12 @@ struct upstream {
 	pthread_mutex_t qlock;
 	struct cmd *q;
 	size_t qlen, qcap;
-	int stopping;              /* under qlock */
-	int dead;                  /* worker exited; under qlock */
+	int stopping; /* under qlock */
+	int dead;     /* worker exited; under qlock */
 
 	/* Worker-only. */
-	struct up_xfer *waiting;   /* transfers waiting for a token */
-	struct up_xfer *running;   /* transfers in the multi handle */
+	struct up_xfer *waiting; /* transfers waiting for a token */
+	struct up_xfer *running; /* transfers in the multi handle */
 	CURL *tok_easy;
 	char *tok_form;
 	char *tok_body;
@@ -125,11 +125,11 @@ struct upstream {
 	int tok_overflow;
 	char tok_err[CURL_ERROR_SIZE];
 	int force_auth;
-	int draining;              /* stopping: queued starts fail */
+	int draining; /* stopping: queued starts fail */
 	unsigned logged_gen;
 	enum auth_state reported;
 
-	pthread_mutex_t clock;     /* counters */
+	pthread_mutex_t clock; /* counters */
 	struct upstream_counters counters;
 };
 
@@ -563,10 +563,9 @@ static void xfer_retire(struct upstream *u, struct up_xfer *x)
 }
 
 /* Ends a transfer that never got its headers, or breaks one that did. */
-static void xfer_fail(struct upstream *u, struct up_xfer *x, enum up_error e, const char *fmt,
-		      ...) __attribute__((format(printf, 4, 5)));
-static void xfer_fail(struct upstream *u, struct up_xfer *x, enum up_error e, const char *fmt,
-		      ...)
+static void xfer_fail(struct upstream *u, struct up_xfer *x, enum up_error e, const char *fmt, ...)
+	__attribute__((format(printf, 4, 5)));
+static void xfer_fail(struct upstream *u, struct up_xfer *x, enum up_error e, const char *fmt, ...)
 {
 	va_list ap;
 	int wake;
@@ -643,8 +642,8 @@ static int xfer_setup_easy(struct upstream *u, struct up_xfer *x)
 		curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, x->method);
 	}
 	if (x->body_mode != UP_BODY_NONE) {
-		curl_off_t len = x->body_mode == UP_BODY_BUFFERED ? (curl_off_t)x->body_size
-								  : (curl_off_t)x->body_len;
+		curl_off_t len = x->body_mode == UP_BODY_BUFFERED ? (curl_off_t)x->body_size :
+								    (curl_off_t)x->body_len;
 
 		curl_easy_setopt(e, CURLOPT_UPLOAD, 1L);
 		curl_easy_setopt(e, CURLOPT_INFILESIZE_LARGE, len);

@@ -53,37 +53,37 @@ struct up_events {
 };
 
 enum up_body_mode {
-	UP_BODY_NONE = 0,   /* no request body */
-	UP_BODY_BUFFERED,   /* body given whole in up_request.body: replayable */
-	UP_BODY_STREAM,     /* body fed with upstream_xfer_write(); body_len or -1 */
+	UP_BODY_NONE = 0, /* no request body */
+	UP_BODY_BUFFERED, /* body given whole in up_request.body: replayable */
+	UP_BODY_STREAM,   /* body fed with upstream_xfer_write(); body_len or -1 */
 };
 
 struct up_request {
 	const char *method;
-	const char *target;          /* raw path and query, as the client sent it */
-	const struct hdr *headers;   /* end-to-end fields to forward; the worker adds auth */
+	const char *target;        /* raw path and query, as the client sent it */
+	const struct hdr *headers; /* end-to-end fields to forward; the worker adds auth */
 	enum up_body_mode body_mode;
-	const void *body;            /* UP_BODY_BUFFERED: copied */
+	const void *body; /* UP_BODY_BUFFERED: copied */
 	size_t body_size;
-	long long body_len;          /* UP_BODY_STREAM: declared length or -1 (chunked) */
-	int identity;                /* cacheable: ask for and deliver identity encoding */
-	size_t collect_max;          /* keep up to this many body bytes for complete(); 0 none */
+	long long body_len; /* UP_BODY_STREAM: declared length or -1 (chunked) */
+	int identity;       /* cacheable: ask for and deliver identity encoding */
+	size_t collect_max; /* keep up to this many body bytes for complete(); 0 none */
 };
 
 enum up_state {
-	UP_PENDING = 0,   /* nothing to report yet (the caller was parked) */
-	UP_HEADERS,       /* status and headers are final; body may follow */
-	UP_FAILED,        /* failed before the headers: see upstream_xfer_error() */
+	UP_PENDING = 0, /* nothing to report yet (the caller was parked) */
+	UP_HEADERS,     /* status and headers are final; body may follow */
+	UP_FAILED,      /* failed before the headers: see upstream_xfer_error() */
 };
 
 enum up_error {
 	UP_ERR_NONE = 0,
-	UP_ERR_CONNECT,   /* could not reach the API (DNS, refused, TLS, reset) */
-	UP_ERR_TIMEOUT,   /* no answer in time */
-	UP_ERR_AUTH,      /* no upstream token: the API refused our credentials or is unreachable for them */
-	UP_ERR_PROTOCOL,  /* the API answered something that is not HTTP */
-	UP_ERR_SHUTDOWN,  /* the daemon is stopping */
-	UP_ERR_INTERNAL,  /* out of memory and the like */
+	UP_ERR_CONNECT, /* could not reach the API (DNS, refused, TLS, reset) */
+	UP_ERR_TIMEOUT, /* no answer in time */
+	UP_ERR_AUTH, /* no upstream token: the API refused our credentials or is unreachable for them */
+	UP_ERR_PROTOCOL, /* the API answered something that is not HTTP */
+	UP_ERR_SHUTDOWN, /* the daemon is stopping */
+	UP_ERR_INTERNAL, /* out of memory and the like */
 };
 
 /* Starts the worker thread.  NULL with a message in err on failure. */

@@ -27,8 +27,8 @@ char *admin_health(const struct front_deps *d, unsigned *status)
 	char *text;
 
 	upstream_auth_status(d->up, &st);
-	cJSON_AddStringToObject(o, "status", st.state == AUTH_OK && d->cache != NULL
-						     ? "ok" : "degraded");
+	cJSON_AddStringToObject(o, "status",
+				st.state == AUTH_OK && d->cache != NULL ? "ok" : "degraded");
 	up = cJSON_AddObjectToObject(o, "upstream");
 	cJSON_AddStringToObject(up, "url", upstream_url(d->up));
 	au = cJSON_AddObjectToObject(up, "auth");

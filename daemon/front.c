@@ -50,15 +50,15 @@ enum route { R_FORWARD = 0, R_TOKEN, R_ADMIN };
 
 /* X-Cache values, for cacheable requests only. */
 enum xcache { XC_NONE = 0, XC_HIT, XC_MISS, XC_STALE, XC_BYPASS };
-static const char *const xcache_names[] = {NULL, "HIT", "MISS", "STALE", "BYPASS"};
+static const char *const xcache_names[] = { NULL, "HIT", "MISS", "STALE", "BYPASS" };
 
 struct req {
 	struct front *f;
 	struct MHD_Connection *conn;
-	char *target;             /* raw request target, as sent */
-	int seen;                 /* on_request() has run once */
+	char *target; /* raw request target, as sent */
+	int seen;     /* on_request() has run once */
 	enum route route;
-	atomic_int suspended;     /* guards each suspend/resume pair */
+	atomic_int suspended; /* guards each suspend/resume pair */
 
 	/* Cache decisions (family >= 0: a cacheable GET). */
 	int family;
@@ -69,7 +69,7 @@ struct req {
 
 	/* Request body: buffered (token endpoint, small forwarded bodies) or streamed. */
 	int streaming;
-	long long body_len;       /* declared, or -1 */
+	long long body_len; /* declared, or -1 */
 	char *body;
 	size_t body_size, body_cap;
 	int too_large;
@@ -221,8 +221,8 @@ static void store_free(void *arg)
 }
 
 /* Fields a stored answer must not replay: framing and per-hop details. */
-static const char *const store_skip[] = {"Content-Length", "Content-Encoding", "Date", "Age",
-					 "Set-Cookie", "Warning", "X-Cache", NULL};
+static const char *const store_skip[] = { "Content-Length", "Content-Encoding", "Date",    "Age",
+					  "Set-Cookie",     "Warning",          "X-Cache", NULL };
 
 static void store_complete(void *arg, struct up_xfer *x)
 {
@@ -230,7 +230,7 @@ static void store_complete(void *arg, struct up_xfer *x)
 	struct front *f = s->f;
 	const struct hdr *h = upstream_xfer_headers(x);
 	struct policy_cc cc;
-	struct cache_entry e = {0};
+	struct cache_entry e = { 0 };
 	struct hdr *keep = NULL;
 	unsigned ttl;
 
@@ -268,9 +268,10 @@ struct fwd_ctx {
 /* Client fields that never go upstream as they came. */
 static int fwd_skip(const struct fwd_ctx *c, const char *name)
 {
-	static const char *const own[] = {"Host", "Authorization", "X-Kal-Authorization",
-					  "Content-Length", "Expect", "X-Forwarded-For",
-					  "X-Forwarded-Proto", NULL};
+	static const char *const own[] = {
+		"Host",   "Authorization",   "X-Kal-Authorization", "Content-Length",
+		"Expect", "X-Forwarded-For", "X-Forwarded-Proto",   NULL
+	};
 
 	for (int i = 0; own[i] != NULL; i++)
 		if (strcasecmp(name, own[i]) == 0)
@@ -301,18 +302,21 @@ static int client_ip(struct MHD_Connection *conn, char *out, size_t len)
 	if (sa == NULL)
 		return -1;
 	if (sa->sa_family == AF_INET)
-		return inet_ntop(AF_INET, &((const struct sockaddr_in *)sa)->sin_addr, out, len)
-			       ? 0 : -1;
+		return inet_ntop(AF_INET, &((const struct sockaddr_in *)sa)->sin_addr, out, len) ?
+			       0 :
+			       -1;
 	if (sa->sa_family == AF_INET6)
 		return inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)sa)->sin6_addr, out,
-				 len) ? 0 : -1;
+				 len) ?
+			       0 :
+			       -1;
 	return -1;
 }
 
 /* The fields to forward: the client's end-to-end ones, plus X-Forwarded-*. */
 static struct hdr *forward_headers(struct req *r, int identity)
 {
-	struct fwd_ctx c = {0};
+	struct fwd_ctx c = { 0 };
 	char ip[INET6_ADDRSTRLEN] = "unknown", xff[1024];
 	const char *prev;
 
@@ -336,8 +340,8 @@ static struct hdr *forward_headers(struct req *r, int identity)
 static int start_upstream(struct req *r, const char *method)
 {
 	struct front *f = r->f;
-	struct up_request rq = {0};
-	struct up_hooks hooks = {0};
+	struct up_request rq = { 0 };
+	struct up_hooks hooks = { 0 };
 	struct store *s = NULL;
 	struct hdr *h;
 
@@ -403,8 +407,8 @@ static void invalidate_after_write(struct req *r, const char *method)
 		if (!(mask & (1u << i)) || f->d.cache == NULL)
 			continue;
 		if (cache_invalidate_family(f->d.cache, policy_family_name(f->d.policy, i)) < 0)
-			log_warnx("cache: cannot invalidate %s: %s", policy_family_name(f->d.policy, i),
-				  cache_errmsg(f->d.cache));
+			log_warnx("cache: cannot invalidate %s: %s",
+				  policy_family_name(f->d.policy, i), cache_errmsg(f->d.cache));
 		stats_inc(f->d.stats, i, STATS_INVALIDATIONS);
 		log_debug("%s %.*s invalidated %s", method, path_len(r->target), r->target,
 			  policy_family_name(f->d.policy, i));
@@ -412,7 +416,7 @@ static void invalidate_after_write(struct req *r, const char *method)
 }
 
 /* Headers that the proxy sets itself on a relayed answer. */
-static const char *const relay_skip[] = {"Content-Length", "Date", NULL};
+static const char *const relay_skip[] = { "Content-Length", "Date", NULL };
 
 static enum MHD_Result relay_answer(struct req *r, const char *method)
 {
@@ -460,17 +464,19 @@ static enum MHD_Result answer_failure(struct req *r)
 		return respond_error(r, MHD_HTTP_BAD_GATEWAY, "upstream authentication failed",
 				     "%s. Check the API client id and secret kaleidod uses "
 				     "(KALEIDOSCOPE_API_CLIENT_ID / _SECRET); kaleidod keeps "
-				     "retrying by itself.", detail);
+				     "retrying by itself.",
+				     detail);
 	case UP_ERR_SHUTDOWN:
 		return respond_error(r, MHD_HTTP_SERVICE_UNAVAILABLE, "shutting down",
 				     "kaleidod is stopping; retry in a moment.");
 	case UP_ERR_INTERNAL:
-		return respond_error(r, MHD_HTTP_INTERNAL_SERVER_ERROR, "internal error",
-				     "%s", detail);
+		return respond_error(r, MHD_HTTP_INTERNAL_SERVER_ERROR, "internal error", "%s",
+				     detail);
 	default:
 		return respond_error(r, MHD_HTTP_BAD_GATEWAY, "upstream unreachable",
 				     "cannot reach %s: %s. Check the network and "
-				     "KALEIDOSCOPE_API_URL.", url, detail);
+				     "KALEIDOSCOPE_API_URL.",
+				     url, detail);
 	}
 }
 
@@ -552,7 +558,8 @@ static void grant_from_form(struct grant *g, const char *body, size_t len)
 			if (klen == 10 && memcmp(p, "grant_type", 10) == 0) {
 				free(g->grant_type);
 				g->grant_type = strndup(eq + 1, (size_t)(stop - eq - 1));
-			} else if (klen == 13 && memcmp(p, "refresh_token", 13) == 0 && stop > eq + 1) {
+			} else if (klen == 13 && memcmp(p, "refresh_token", 13) == 0 &&
+				   stop > eq + 1) {
 				g->has_refresh = 1;
 			}
 		}
@@ -576,7 +583,7 @@ static enum MHD_Result local_token(struct req *r, const char *method)
 {
 	struct front *f = r->f;
 	const char *ct = MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, "Content-Type");
-	struct grant g = {0};
+	struct grant g = { 0 };
 	char access[LOCALTOKEN_LEN + 1], refresh[LOCALTOKEN_LEN + 1];
 	cJSON *o;
 	char *text;
@@ -672,8 +679,8 @@ static int classify(struct req *r, const char *method)
 		if (fam >= 0 && policy_family_ttl(f->d.policy, fam) > 0) {
 			const char *cc = MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND,
 								     "Cache-Control");
-			const char *pragma = MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND,
-									 "Pragma");
+			const char *pragma =
+				MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, "Pragma");
 			struct policy_cc pc;
 
 			r->family = fam;
@@ -683,19 +690,21 @@ static int classify(struct req *r, const char *method)
 			if (pc.no_cache || pc.no_store ||
 			    (pragma != NULL && strcasestr(pragma, "no-cache") != NULL))
 				r->xc = XC_BYPASS;
-			if (MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, "Range") != NULL) {
+			if (MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, "Range") !=
+			    NULL) {
 				r->xc = XC_BYPASS;
 				r->may_store = 0;
 			}
-			r->key = policy_cache_key(upstream_url(f->d.up), upstream_client_id(f->d.up),
-						  "GET", r->target);
+			r->key = policy_cache_key(upstream_url(f->d.up),
+						  upstream_client_id(f->d.up), "GET", r->target);
 			if (r->key == NULL)
 				return -1;
 		}
 	}
 	/* Small bodies are buffered whole, so a 401 can replay them; the
 	 * rest streams through with bounded memory. */
-	if (r->body_len == -1 || (r->body_len > 0 && (size_t)r->body_len > f->d.cfg->max_buffered_body)) {
+	if (r->body_len == -1 ||
+	    (r->body_len > 0 && (size_t)r->body_len > f->d.cfg->max_buffered_body)) {
 		r->streaming = 1;
 		if (start_upstream(r, method) < 0)
 			return -1;
@@ -727,8 +736,8 @@ static void append_body(struct req *r, const char *data, size_t len, size_t limi
 }
 
 static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const char *url,
-				  const char *method, const char *version,
-				  const char *upload_data, size_t *upload_data_size, void **con_cls)
+				  const char *method, const char *version, const char *upload_data,
+				  size_t *upload_data_size, void **con_cls)
 {
 	struct req *r = *con_cls;
 
@@ -749,8 +758,8 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
 			*upload_data_size -= used;
 		} else {
 			append_body(r, upload_data, *upload_data_size,
-				    r->route == R_FORWARD ? r->f->d.cfg->max_buffered_body
-							  : SMALL_BODY_MAX);
+				    r->route == R_FORWARD ? r->f->d.cfg->max_buffered_body :
+							    SMALL_BODY_MAX);
 			*upload_data_size = 0;
 		}
 		return MHD_YES;
@@ -826,19 +835,15 @@ struct front *front_new(const struct front_deps *deps, int listen_fd, char *err,
 
 		threads = n > 0 ? (unsigned)n : 1;
 	}
-	f->mhd = MHD_start_daemon(
-		MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME |
-			MHD_USE_ERROR_LOG,
-		0, NULL, NULL, on_request, f,
-		MHD_OPTION_EXTERNAL_LOGGER, on_mhd_log, f,
-		MHD_OPTION_LISTEN_SOCKET, listen_fd,
-		MHD_OPTION_THREAD_POOL_SIZE, threads,
-		MHD_OPTION_CONNECTION_LIMIT, deps->cfg->max_connections,
-		MHD_OPTION_CONNECTION_TIMEOUT, deps->cfg->connection_timeout,
-		MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)(64 * 1024),
-		MHD_OPTION_URI_LOG_CALLBACK, on_uri, f,
-		MHD_OPTION_NOTIFY_COMPLETED, on_completed, f,
-		MHD_OPTION_END);
+	f->mhd = MHD_start_daemon(MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL |
+					  MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ERROR_LOG,
+				  0, NULL, NULL, on_request, f, MHD_OPTION_EXTERNAL_LOGGER,
+				  on_mhd_log, f, MHD_OPTION_LISTEN_SOCKET, listen_fd,
+				  MHD_OPTION_THREAD_POOL_SIZE, threads, MHD_OPTION_CONNECTION_LIMIT,
+				  deps->cfg->max_connections, MHD_OPTION_CONNECTION_TIMEOUT,
+				  deps->cfg->connection_timeout, MHD_OPTION_CONNECTION_MEMORY_LIMIT,
+				  (size_t)(64 * 1024), MHD_OPTION_URI_LOG_CALLBACK, on_uri, f,
+				  MHD_OPTION_NOTIFY_COMPLETED, on_completed, f, MHD_OPTION_END);
 	if (f->mhd == NULL) {
 		snprintf(err, errlen, "libmicrohttpd refused to start (see the debug log)");
 		free(f);

@@ -18,7 +18,7 @@ struct front;
 struct front_deps {
 	const struct config *cfg;
 	struct upstream *up;
-	struct cache *cache;   /* NULL: run without a cache */
+	struct cache *cache; /* NULL: run without a cache */
 	struct policy *policy;
 	struct stats *stats;
 };

@@ -32,15 +32,14 @@
 
 static void usage(FILE *out)
 {
-	fprintf(out,
-		"usage: kaleidod [--config FILE] [--listen ADDR:PORT] [--cache FILE]\n"
-		"                [--log-level error|warn|info|debug] [--check-config]\n"
-		"                [--version] [--help]\n"
-		"\n"
-		"A caching proxy for the Kaleidoscope API.  Credentials come from the\n"
-		"environment (KALEIDOSCOPE_API_URL, KALEIDOSCOPE_API_CLIENT_ID,\n"
-		"KALEIDOSCOPE_API_CLIENT_SECRET), a systemd credential, or the config\n"
-		"file; never from the command line.  See kaleidod(8), kaleidod.conf(5).\n");
+	fprintf(out, "usage: kaleidod [--config FILE] [--listen ADDR:PORT] [--cache FILE]\n"
+		     "                [--log-level error|warn|info|debug] [--check-config]\n"
+		     "                [--version] [--help]\n"
+		     "\n"
+		     "A caching proxy for the Kaleidoscope API.  Credentials come from the\n"
+		     "environment (KALEIDOSCOPE_API_URL, KALEIDOSCOPE_API_CLIENT_ID,\n"
+		     "KALEIDOSCOPE_API_CLIENT_SECRET), a systemd credential, or the config\n"
+		     "file; never from the command line.  See kaleidod(8), kaleidod.conf(5).\n");
 }
 
 struct flags {
@@ -51,14 +50,14 @@ struct flags {
 static int parse_flags(int argc, char **argv, struct flags *fl)
 {
 	static const struct option opts[] = {
-		{"config", required_argument, NULL, 'c'},
-		{"listen", required_argument, NULL, 'l'},
-		{"cache", required_argument, NULL, 'C'},
-		{"log-level", required_argument, NULL, 'L'},
-		{"check-config", no_argument, NULL, 'n'},
-		{"version", no_argument, NULL, 'V'},
-		{"help", no_argument, NULL, 'h'},
-		{NULL, 0, NULL, 0},
+		{ "config", required_argument, NULL, 'c' },
+		{ "listen", required_argument, NULL, 'l' },
+		{ "cache", required_argument, NULL, 'C' },
+		{ "log-level", required_argument, NULL, 'L' },
+		{ "check-config", no_argument, NULL, 'n' },
+		{ "version", no_argument, NULL, 'V' },
+		{ "help", no_argument, NULL, 'h' },
+		{ NULL, 0, NULL, 0 },
 	};
 	int ch;
 
@@ -114,8 +113,8 @@ static struct config *load_config(const struct flags *fl)
 	     config_set(cfg, "server", "listen", fl->listen, "--listen", err, sizeof(err)) < 0) ||
 	    (fl->cache != NULL &&
 	     config_set(cfg, "cache", "file", fl->cache, "--cache", err, sizeof(err)) < 0) ||
-	    (fl->log_level != NULL && config_set(cfg, "log", "level", fl->log_level,
-						 "--log-level", err, sizeof(err)) < 0) ||
+	    (fl->log_level != NULL &&
+	     config_set(cfg, "log", "level", fl->log_level, "--log-level", err, sizeof(err)) < 0) ||
 	    config_finish(cfg, err, sizeof(err)) < 0) {
 		fprintf(stderr, "kaleidod: %s\n", err);
 		config_free(&cfg);
@@ -153,7 +152,7 @@ static int open_listener(const struct config *cfg, char *err, size_t errlen)
 	socklen_t sl = sizeof(ss);
 	char host[256], portstr[16];
 	unsigned port;
-	struct addrinfo hints = {0}, *ai = NULL;
+	struct addrinfo hints = { 0 }, *ai = NULL;
 	int fd = -1, n, on = 1, rc;
 
 	if ((n = sd_listen_fds(1)) > 1) {
@@ -163,7 +162,8 @@ static int open_listener(const struct config *cfg, char *err, size_t errlen)
 	if (n == 1) {
 		fd = SD_LISTEN_FDS_START;
 		if (sd_is_socket(fd, AF_UNSPEC, SOCK_STREAM, 1) <= 0) {
-			snprintf(err, errlen, "the socket systemd passed is not a listening stream socket");
+			snprintf(err, errlen,
+				 "the socket systemd passed is not a listening stream socket");
 			return -1;
 		}
 	} else {
@@ -245,8 +245,8 @@ static void on_auth_changed(void *arg, const struct auth_status *st, double retr
 		log_error("cannot authenticate to %s: %s; serving the cache, retrying in %.0f s",
 			  url, st->last_error, retry_in > 0 ? retry_in : 0);
 	else if (st->state == AUTH_FAILING)
-		log_debug("authentication still failing: %s; next try in %.0f s",
-			  st->last_error, retry_in > 0 ? retry_in : 0);
+		log_debug("authentication still failing: %s; next try in %.0f s", st->last_error,
+			  retry_in > 0 ? retry_in : 0);
 	else if (st->last_error[0] != '\0' && st->state == AUTH_OK)
 		log_debug("token refresh: %s", st->last_error);
 	last = st->state;
@@ -254,11 +254,11 @@ static void on_auth_changed(void *arg, const struct auth_status *st, double retr
 
 int main(int argc, char **argv)
 {
-	struct flags fl = {0};
+	struct flags fl = { 0 };
 	struct config *cfg = NULL;
-	struct front_deps deps = {0};
+	struct front_deps deps = { 0 };
 	struct front *front = NULL;
-	struct up_events ev = {0};
+	struct up_events ev = { 0 };
 	enum log_level lvl = LOG_LVL_INFO;
 	sigset_t set;
 	char err[1024];
