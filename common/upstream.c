@@ -1213,11 +1213,20 @@ enum up_error upstream_xfer_error(struct up_xfer *x, const char **detail)
 
 ssize_t upstream_xfer_read(struct up_xfer *x, char *buf, size_t max)
 {
+	size_t avail;
 	ssize_t n;
 	int queue = 0;
 
 	pthread_mutex_lock(&x->lock);
-	if (x->down.len > 0) {
+	/* While an answer is being collected for the cache, its last byte waits
+	 * for the end of the transfer: a client that has the whole answer finds
+	 * it stored when it asks again. */
+	if (x->collect_max > 0 && !x->collect_over && !x->down_eof && !x->down_broken) {
+		avail = x->down.len > 0 ? x->down.len - 1 : 0;
+		if (max > avail)
+			max = avail;
+	}
+	if (x->down.len > 0 && max > 0) {
 		n = (ssize_t)ring_get(&x->down, buf, max);
 		if (x->paused_recv && ring_free(&x->down) >= CURL_MAX_WRITE_SIZE)
 			want_unpause_locked(x, &queue);
