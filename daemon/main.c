@@ -18,6 +18,7 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <systemd/sd-daemon.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "auth.h"
@@ -29,6 +30,8 @@
 #include "policy.h"
 #include "stats.h"
 #include "upstream.h"
+
+#define DRAIN_SECONDS 5.0
 
 static void usage(FILE *out)
 {
@@ -252,6 +255,23 @@ static void on_auth_changed(void *arg, const struct auth_status *st, double retr
 	last = st->state;
 }
 
+/* Waits up to limit seconds for the transfers in flight to end. */
+static void drain(struct upstream *up, double limit)
+{
+	struct upstream_counters c;
+	struct timespec step = {0, 20 * 1000 * 1000};
+
+	for (double waited = 0; waited < limit; waited += 0.02) {
+		upstream_counters(up, &c);
+		if (c.active == 0)
+			return;
+		if (waited == 0)
+			log_info("waiting up to %.0f s for %llu upstream transfers", limit, c.active);
+		nanosleep(&step, NULL);
+	}
+	log_warnx("stopping with upstream transfers still running; their clients see an error");
+}
+
 int main(int argc, char **argv)
 {
 	struct flags fl = { 0 };
@@ -334,9 +354,11 @@ int main(int argc, char **argv)
 	sd_notify(0, "STOPPING=1");
 	rc = 0;
 out:
-	/* Stop taking connections, fail what is in flight (which resumes every
-	 * parked connection), then stop the server. */
+	/* Stop taking connections, give what is in flight a moment, fail the
+	 * rest (which resumes every parked connection), then stop the server. */
 	front_quiesce(front);
+	if (deps.up != NULL && rc == 0)
+		drain(deps.up, DRAIN_SECONDS);
 	if (deps.up != NULL)
 		upstream_shutdown(deps.up);
 	front_free(&front);
