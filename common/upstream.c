@@ -30,6 +30,7 @@
 #include "hdr.h"
 #include "kdbuild.h"
 #include "log.h"
+#include "membuf.h"
 
 #define RING_CAP (256 * 1024) /* per direction, per transfer */
 #define TOKEN_BODY_MAX (64 * 1024)
@@ -87,8 +88,7 @@ struct up_xfer {
 	int paused_recv, paused_send, unpause_queued;
 	int released;
 	int worker_ref; /* the worker still holds its reference */
-	char *collect;
-	size_t collect_len, collect_cap;
+	struct membuf collect;
 	int collect_over;
 };
 
@@ -120,8 +120,7 @@ struct upstream {
 	struct up_xfer *running; /* transfers in the multi handle */
 	CURL *tok_easy;
 	char *tok_form;
-	char *tok_body;
-	size_t tok_len;
+	struct membuf tok_body;
 	int tok_overflow;
 	char tok_err[CURL_ERROR_SIZE];
 	int force_auth;
@@ -200,7 +199,7 @@ static void xfer_free(struct up_xfer *x)
 	free(x->body);
 	free(x->down.buf);
 	free(x->up.buf);
-	free(x->collect);
+	membuf_free(&x->collect, 0);
 	pthread_mutex_destroy(&x->lock);
 	free(x);
 }
@@ -352,31 +351,12 @@ static size_t on_write(char *data, size_t size, size_t nmemb, void *arg)
 		return CURL_WRITEFUNC_PAUSE;
 	}
 	ring_put(&x->down, data, len);
-	if (x->collect_max > 0 && !x->collect_over) {
-		if (x->collect_len + len > x->collect_max) {
-			x->collect_over = 1;
-			free(x->collect);
-			x->collect = NULL;
-			x->collect_len = x->collect_cap = 0;
-		} else {
-			if (x->collect_len + len > x->collect_cap) {
-				size_t ncap = x->collect_cap ? x->collect_cap : 64 * 1024;
-				char *n;
-
-				while (ncap < x->collect_len + len)
-					ncap *= 2;
-				if ((n = realloc(x->collect, ncap)) == NULL) {
-					x->collect_over = 1;
-					goto stored;
-				}
-				x->collect = n;
-				x->collect_cap = ncap;
-			}
-			memcpy(x->collect + x->collect_len, data, len);
-			x->collect_len += len;
-		}
+	if (x->collect_max > 0 && !x->collect_over &&
+	    (x->collect.len + len > x->collect_max || membuf_append(&x->collect, data, len) < 0)) {
+		/* Too large to keep (or no memory): forward it, store nothing. */
+		x->collect_over = 1;
+		membuf_free(&x->collect, 0);
 	}
-stored:
 	wake = take_park_locked(x);
 	pthread_mutex_unlock(&x->lock);
 	unpark(x, wake);
@@ -422,19 +402,12 @@ static size_t on_token_write(char *data, size_t size, size_t nmemb, void *arg)
 {
 	struct upstream *u = arg;
 	size_t len = size * nmemb;
-	char *n;
 
-	if (u->tok_len + len > TOKEN_BODY_MAX) {
+	if (u->tok_body.len + len > TOKEN_BODY_MAX) {
 		u->tok_overflow = 1;
 		return len;
 	}
-	if ((n = realloc(u->tok_body, u->tok_len + len + 1)) == NULL)
-		return 0;
-	u->tok_body = n;
-	memcpy(u->tok_body + u->tok_len, data, len);
-	u->tok_len += len;
-	u->tok_body[u->tok_len] = '\0';
-	return len;
+	return membuf_append(&u->tok_body, data, len) == 0 ? len : 0;
 }
 
 static void report_auth(struct upstream *u, double now)
@@ -472,7 +445,6 @@ static void token_start(struct upstream *u, double now)
 		return;
 	}
 	u->tok_form = form;
-	u->tok_len = 0;
 	u->tok_overflow = 0;
 	u->tok_err[0] = '\0';
 	h = curl_slist_append(h, "Content-Type: application/x-www-form-urlencoded");
@@ -517,14 +489,9 @@ static void token_done(struct upstream *u, CURLcode rc, double now)
 	} else if (u->tok_overflow) {
 		auth_finish(u->auth, now, 0, NULL, 0, "token answer larger than 64 KiB");
 	} else {
-		auth_finish(u->auth, now, status, u->tok_body, u->tok_len, NULL);
+		auth_finish(u->auth, now, status, u->tok_body.data, u->tok_body.len, NULL);
 	}
-	if (u->tok_body != NULL) {
-		explicit_bzero(u->tok_body, u->tok_len);
-		free(u->tok_body);
-		u->tok_body = NULL;
-	}
-	u->tok_len = 0;
+	membuf_free(&u->tok_body, 1); /* it held a token */
 	if (auth_token(u->auth, now, NULL) != NULL)
 		u->force_auth = 0;
 	report_auth(u, now);
@@ -1148,10 +1115,11 @@ void upstream_xfer_write(struct up_xfer *x, const char *data, size_t len, size_t
 		return;
 	}
 	*consumed = ring_put(&x->up, data, len);
-	if (*consumed > 0) {
-		if (x->paused_send)
-			want_unpause_locked(x, &queue);
-	} else {
+	if (*consumed > 0 && x->paused_send)
+		want_unpause_locked(x, &queue);
+	if (*consumed < len) {
+		/* What did not fit is offered again once the worker made room;
+		 * libmicrohttpd needs the connection suspended meanwhile. */
 		x->parked = 1;
 		if (x->hooks.park != NULL)
 			x->hooks.park(x->hooks.arg);
@@ -1248,8 +1216,8 @@ ssize_t upstream_xfer_read(struct up_xfer *x, char *buf, size_t max)
 
 const void *upstream_xfer_collected(struct up_xfer *x, size_t *len)
 {
-	*len = x->collect_len;
-	return x->collect;
+	*len = x->collect.len;
+	return x->collect.data != NULL ? x->collect.data : "";
 }
 
 void upstream_xfer_release(struct up_xfer **xp)

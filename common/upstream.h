@@ -115,7 +115,8 @@ struct up_xfer *upstream_start(struct upstream *u, const struct up_request *req,
 
 /*
  * Request body (UP_BODY_STREAM): copies what fits and stores the count in
- * *consumed.  When nothing fits the front is parked and *consumed is 0.
+ * *consumed.  When not everything fits the front is parked (it offers the rest
+ * again once unparked).
  * After the transfer ended (the API answered early, or failed) everything is
  * accepted and dropped.  upstream_xfer_write_end() marks the end of the body.
  */

@@ -32,6 +32,7 @@
 #include "hdr.h"
 #include "localtoken.h"
 #include "log.h"
+#include "membuf.h"
 #include "policy.h"
 #include "stats.h"
 #include "upstream.h"
@@ -70,8 +71,7 @@ struct req {
 	/* Request body: buffered (token endpoint, small forwarded bodies) or streamed. */
 	int streaming;
 	long long body_len; /* declared, or -1 */
-	char *body;
-	size_t body_size, body_cap;
+	struct membuf body;
 	int too_large;
 	int write_ended;
 
@@ -354,10 +354,10 @@ static int start_upstream(struct req *r, const char *method)
 	if (r->streaming) {
 		rq.body_mode = UP_BODY_STREAM;
 		rq.body_len = r->body_len;
-	} else if (r->body != NULL || r->body_len == 0) {
+	} else if (r->body.data != NULL || r->body_len == 0) {
 		rq.body_mode = UP_BODY_BUFFERED;
-		rq.body = r->body;
-		rq.body_size = r->body_size;
+		rq.body = r->body.data;
+		rq.body_size = r->body.len;
 	}
 	hooks.park = park;
 	hooks.unpark = unpark;
@@ -595,9 +595,9 @@ static enum MHD_Result local_token(struct req *r, const char *method)
 		return respond_error(r, MHD_HTTP_CONTENT_TOO_LARGE, "request too large",
 				     "a token request body is at most 64 KiB");
 	if (ct != NULL && strncasecmp(ct, "application/json", 16) == 0)
-		grant_from_json(&g, r->body ? r->body : "", r->body_size);
+		grant_from_json(&g, r->body.data ? r->body.data : "", r->body.len);
 	else
-		grant_from_form(&g, r->body ? r->body : "", r->body_size);
+		grant_from_form(&g, r->body.data ? r->body.data : "", r->body.len);
 	if (g.grant_type == NULL) {
 		free(g.grant_type);
 		return respond_error(r, MHD_HTTP_BAD_REQUEST, "invalid_request",
@@ -714,25 +714,10 @@ static int classify(struct req *r, const char *method)
 
 static void append_body(struct req *r, const char *data, size_t len, size_t limit)
 {
-	if (r->too_large || r->body_size + len > limit) {
+	if (r->too_large || r->body.len + len > limit || membuf_append(&r->body, data, len) < 0) {
 		r->too_large = 1;
-		return;
+		membuf_free(&r->body, 0);
 	}
-	if (r->body_size + len > r->body_cap) {
-		size_t ncap = r->body_cap ? r->body_cap : 4096;
-		char *n;
-
-		while (ncap < r->body_size + len)
-			ncap *= 2;
-		if ((n = realloc(r->body, ncap)) == NULL) {
-			r->too_large = 1;
-			return;
-		}
-		r->body = n;
-		r->body_cap = ncap;
-	}
-	memcpy(r->body + r->body_size, data, len);
-	r->body_size += len;
 }
 
 static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const char *url,
@@ -803,7 +788,7 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
 	upstream_xfer_release(&r->x);
 	cache_entry_free(&r->stale);
 	free(r->key);
-	free(r->body);
+	membuf_free(&r->body, 1); /* it may hold a client's secret */
 	free(r->target);
 	free(r);
 }
