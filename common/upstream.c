@@ -126,6 +126,7 @@ struct upstream {
 	int force_auth;
 	int draining; /* stopping: queued starts fail */
 	unsigned logged_gen;
+	char *logged_token;        /* the token registered with the log */
 	enum auth_state reported;
 
 	pthread_mutex_t clock; /* counters */
@@ -396,6 +397,38 @@ static size_t on_read(char *buf, size_t size, size_t nitems, void *arg)
 	return n;
 }
 
+/* libcurl's debug callback: header blocks come whole, so split them. */
+static int on_debug(CURL *h, curl_infotype type, char *data, size_t size, void *arg)
+{
+	struct upstream *u = arg;
+	char dir = type == CURLINFO_HEADER_OUT ? '>' : type == CURLINFO_HEADER_IN ? '<' : '*';
+	const char *p = data, *end = data + size;
+
+	if (type != CURLINFO_TEXT && type != CURLINFO_HEADER_IN && type != CURLINFO_HEADER_OUT)
+		return 0;
+	while (p < end) {
+		const char *nl = memchr(p, '\n', (size_t)(end - p));
+		const char *stop = nl ? nl : end;
+		size_t len = (size_t)(stop - p);
+
+		if (len > 0 && p[len - 1] == '\r')
+			len--;
+		if (len > 0)
+			u->events.trace(u->events.arg, dir, p, len);
+		p = stop + 1;
+	}
+	return 0;
+}
+
+static void set_trace(struct upstream *u, CURL *e)
+{
+	if (u->events.trace == NULL)
+		return;
+	curl_easy_setopt(e, CURLOPT_DEBUGFUNCTION, on_debug);
+	curl_easy_setopt(e, CURLOPT_DEBUGDATA, u);
+	curl_easy_setopt(e, CURLOPT_VERBOSE, 1L);
+}
+
 /* ---- token requests ---- */
 
 static size_t on_token_write(char *data, size_t size, size_t nmemb, void *arg)
@@ -410,15 +443,29 @@ static size_t on_token_write(char *data, size_t size, size_t nmemb, void *arg)
 	return membuf_append(&u->tok_body, data, len) == 0 ? len : 0;
 }
 
+static void forget_token(struct upstream *u)
+{
+	if (u->logged_token == NULL)
+		return;
+	log_forget_secret(u->logged_token);
+	explicit_bzero(u->logged_token, strlen(u->logged_token));
+	free(u->logged_token);
+	u->logged_token = NULL;
+}
+
 static void report_auth(struct upstream *u, double now)
 {
 	struct auth_status st;
 	unsigned gen;
 	const char *tok = auth_token(u->auth, now, &gen);
 
-	/* A new token becomes a secret the log must never print. */
+	/* A new token becomes a secret the log must never print; the one it
+	 * replaces is dropped, so rotation never pushes the client secret out
+	 * of the log's bounded list. */
 	if (tok != NULL && gen != u->logged_gen) {
 		log_add_secret(tok);
+		forget_token(u);
+		u->logged_token = strdup(tok);
 		u->logged_gen = gen;
 	}
 	if (u->events.auth_changed == NULL)
@@ -462,6 +509,7 @@ static void token_start(struct upstream *u, double now)
 	curl_easy_setopt(u->tok_easy, CURLOPT_TIMEOUT, (long)u->cfg->timeout);
 	curl_easy_setopt(u->tok_easy, CURLOPT_NOSIGNAL, 1L);
 	curl_easy_setopt(u->tok_easy, CURLOPT_USERAGENT, "kaleidod/" PACKAGE_VERSION);
+	set_trace(u, u->tok_easy);
 	curl_multi_add_handle(u->multi, u->tok_easy);
 }
 
@@ -618,6 +666,7 @@ static int xfer_setup_easy(struct upstream *u, struct up_xfer *x)
 		curl_easy_setopt(e, CURLOPT_READDATA, x);
 	}
 	curl_easy_setopt(e, CURLOPT_HTTPHEADER, x->sent_headers);
+	set_trace(u, e);
 	return 0;
 }
 
@@ -982,6 +1031,7 @@ void upstream_free(struct upstream **up)
 	if (u->multi != NULL)
 		curl_multi_cleanup(u->multi);
 	auth_free(&u->auth);
+	forget_token(u);
 	free(u->url);
 	free(u->client_id);
 	free(u->q);

@@ -49,6 +49,11 @@ struct up_hooks {
  * a failure); retry_in is auth_next_due().  For the daemon's log. */
 struct up_events {
 	void (*auth_changed)(void *arg, const struct auth_status *st, double retry_in);
+	/* When set, libcurl's own account of every exchange (connections,
+	 * header lines in and out, never bodies) arrives here one line at a
+	 * time, dir being '*', '>' or '<'.  Lines may hold secrets: the
+	 * receiver redacts them (log.c does). */
+	void (*trace)(void *arg, char dir, const char *line, size_t len);
 	void *arg;
 };
 

@@ -259,17 +259,48 @@ static void on_auth_changed(void *arg, const struct auth_status *st, double retr
 static void drain(struct upstream *up, double limit)
 {
 	struct upstream_counters c;
-	struct timespec step = {0, 20 * 1000 * 1000};
+	struct timespec step = { 0, 20 * 1000 * 1000 };
 
 	for (double waited = 0; waited < limit; waited += 0.02) {
 		upstream_counters(up, &c);
 		if (c.active == 0)
 			return;
 		if (waited == 0)
-			log_info("waiting up to %.0f s for %llu upstream transfers", limit, c.active);
+			log_info("waiting up to %.0f s for %llu upstream transfers", limit,
+				 c.active);
 		nanosleep(&step, NULL);
 	}
 	log_warnx("stopping with upstream transfers still running; their clients see an error");
+}
+
+static void on_trace(void *arg, char dir, const char *line, size_t len)
+{
+	log_debug("upstream %c %.*s", dir, (int)len, line);
+}
+
+/* "ADDR:PORT" of the socket actually served (systemd may have passed it). */
+static void sock_name(int fd, char *out, size_t len)
+{
+	struct sockaddr_storage ss;
+	socklen_t sl = sizeof(ss);
+	char host[INET6_ADDRSTRLEN] = "?";
+	unsigned port = 0;
+
+	if (getsockname(fd, (struct sockaddr *)&ss, &sl) == 0 && ss.ss_family == AF_INET6) {
+		const struct sockaddr_in6 *in6 = (const struct sockaddr_in6 *)&ss;
+
+		inet_ntop(AF_INET6, &in6->sin6_addr, host, sizeof(host));
+		port = ntohs(in6->sin6_port);
+		snprintf(out, len, "[%s]:%u", host, port);
+		return;
+	}
+	if (ss.ss_family == AF_INET) {
+		const struct sockaddr_in *in = (const struct sockaddr_in *)&ss;
+
+		inet_ntop(AF_INET, &in->sin_addr, host, sizeof(host));
+		port = ntohs(in->sin_port);
+	}
+	snprintf(out, len, "%s:%u", host, port);
 }
 
 int main(int argc, char **argv)
@@ -281,7 +312,7 @@ int main(int argc, char **argv)
 	struct up_events ev = { 0 };
 	enum log_level lvl = LOG_LVL_INFO;
 	sigset_t set;
-	char err[1024];
+	char err[1024], where[INET6_ADDRSTRLEN + 16];
 	int fd, sig, rc = 1;
 
 	log_init("kaleidod", LOG_LVL_INFO);
@@ -328,6 +359,8 @@ int main(int argc, char **argv)
 		goto out;
 	}
 	ev.auth_changed = on_auth_changed;
+	if (lvl >= LOG_LVL_DEBUG)
+		ev.trace = on_trace;
 	ev.arg = cfg->upstream_url;
 	if ((deps.up = upstream_new(cfg, &ev, err, sizeof(err))) == NULL) {
 		log_error("%s", err);
@@ -337,7 +370,8 @@ int main(int argc, char **argv)
 		log_error("%s", err);
 		goto out;
 	}
-	log_info("kaleidod %s serving on %s for %s, cache %s", PACKAGE_VERSION, cfg->listen,
+	sock_name(fd, where, sizeof(where));
+	log_info("kaleidod %s serving on %s for %s, cache %s", PACKAGE_VERSION, where,
 		 cfg->upstream_url, deps.cache ? cache_path(deps.cache) : "(none)");
 	sd_notify(0, "READY=1\nSTATUS=serving");
 
