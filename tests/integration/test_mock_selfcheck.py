@@ -1,0 +1,76 @@
+"""The mock API itself behaves as the suite assumes (cheap, no daemon).
+
+If these fail, every other result is meaningless.
+"""
+
+import json
+import urllib.parse
+
+import harness
+from harness import request, wait_for
+
+
+def token(mock, **form):
+    body = urllib.parse.urlencode(form).encode()
+    return request(mock.port, "POST", "/auth/oauth/token",
+                   [("Content-Type", "application/x-www-form-urlencoded")], body)
+
+
+def test_mock_tokens_and_bearer_check(mock):
+    bad = token(mock, grant_type="client_credentials", client_id=mock.client_id,
+                client_secret="wrong")
+    assert bad.status == 401 and bad.json()["detail"] == "invalid client credentials"
+    ok = token(mock, grant_type="client_credentials", client_id=mock.client_id,
+               client_secret=mock.client_secret).json()
+    assert set(ok) >= {"access_token", "refresh_token", "expires_in", "token_type"}
+    assert request(mock.port, "GET", "/programs").status == 401
+    r = request(mock.port, "GET", "/programs",
+                [("X-Kal-Authorization", "Bearer " + ok["access_token"])])
+    assert r.status == 200 and r.header("ETag") and r.header("Content-Length")
+    ref = token(mock, grant_type="refresh_token", refresh_token=ok["refresh_token"])
+    assert ref.status == 200 and ref.json()["access_token"] != ok["access_token"]
+    mock.revoke()
+    assert request(mock.port, "GET", "/programs",
+                   [("Authorization", "Bearer " + ok["access_token"])]).status == 401
+    st = mock.stats()
+    assert st["token"] == {"client_credentials": 1, "refresh_token": 1, "rejected": 1}
+    assert st["unauthorized"] == 2
+
+
+def test_mock_generations_faults_hold_and_bodies(mock):
+    auth = [("Authorization", "Bearer " + mock.grant())]
+    a = request(mock.port, "GET", "/record_views?x=1", auth)
+    assert "(gen 1)" in a.body.decode() and len(a.body) >= 65536
+    assert request(mock.port, "PUT", "/record_views/abc/add_key_field", auth, b"{}").status == 200
+    assert "(gen 2)" in request(mock.port, "GET", "/record_views", auth).body.decode()
+    request(mock.port, "POST", "/push/imports", auth, b"{}")
+    assert mock.stats()["gens"] == {"programs": 1, "entity_slices": 2, "record_views": 3}
+
+    body = bytes(range(256)) * 5000
+    up = request(mock.port, "POST", "/records/x/values/file", auth + [("Content-Type", "a/b")],
+                 [body[:1000], body[1000:]])  # chunked
+    assert up.json()["md5"] == harness.md5_hex(body) and up.json()["received"] == len(body)
+
+    ex = request(mock.port, "GET", "/records/export/csv?size=3000000", auth)
+    assert len(ex.body) == 3000000 and harness.md5_hex(ex.body) == harness.export_md5(3000000)
+
+    mock.fault("/programs", "status", status=503, times=1)
+    assert request(mock.port, "GET", "/programs", auth).status == 503
+    assert request(mock.port, "GET", "/programs", auth).status == 200
+
+    mock.hold("/entity_slices")
+    conn, _ = None, None
+    import threading
+    res = []
+    t = threading.Thread(target=lambda: res.append(
+        request(mock.port, "GET", "/entity_slices", auth).status))
+    t.start()
+    wait_for(lambda: mock.stats()["held"] == 1, what="held == 1")
+    mock.release()
+    t.join(10)
+    assert res == [200]
+
+    echo = request(mock.port, "DELETE", "/odd//path?b=2&a=1", auth + [("X-Test", "1")]).json()
+    assert echo["target"] == "/odd//path?b=2&a=1"
+    assert ["X-Test", "1"] in echo["headers"]
+    assert json.dumps(mock.requests("/odd"))
