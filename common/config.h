@@ -22,55 +22,55 @@
 #define CONFIG_MAX_HEADERS 16
 
 enum config_auth_header {
-	CONFIG_AUTH_BOTH = 0,        /* Authorization and X-Kal-Authorization */
-	CONFIG_AUTH_AUTHORIZATION,   /* Authorization only (kalpy) */
-	CONFIG_AUTH_X_KAL,           /* X-Kal-Authorization only (kalbio) */
+	CONFIG_AUTH_BOTH = 0,      /* Authorization and X-Kal-Authorization */
+	CONFIG_AUTH_AUTHORIZATION, /* Authorization only (kalpy) */
+	CONFIG_AUTH_X_KAL,         /* X-Kal-Authorization only (kalbio) */
 };
 
 struct config_family {
-	char *name;                              /* "programs" */
-	char *paths[CONFIG_MAX_PREFIXES];        /* path prefixes, no trailing '/' */
+	char *name;                       /* "programs" */
+	char *paths[CONFIG_MAX_PREFIXES]; /* path prefixes, no trailing '/' */
 	int npaths;
 	char *invalidated_by[CONFIG_MAX_PREFIXES]; /* other prefixes whose writes invalidate it */
 	int ninvalidated_by;
-	unsigned ttl;                            /* seconds; 0 disables caching */
+	unsigned ttl; /* seconds; 0 disables caching */
 };
 
 struct config {
 	/* [upstream] */
-	char *upstream_url;          /* no trailing '/' */
+	char *upstream_url; /* no trailing '/' */
 	char *client_id;
-	char *client_secret;         /* resolved secret; never printed */
-	char *client_secret_source;  /* where it came from, for --check-config */
+	char *client_secret;        /* resolved secret; never printed */
+	char *client_secret_source; /* where it came from, for --check-config */
 	char *client_secret_file;
 	enum config_auth_header auth_header;
 	char *headers[CONFIG_MAX_HEADERS]; /* extra upstream headers, "Name: value" */
 	int nheaders;
-	unsigned connect_timeout;    /* s */
-	unsigned timeout;            /* s until the response headers arrive; else 504 */
-	unsigned auth_retry_min;     /* s, first backoff step */
-	unsigned auth_retry_max;     /* s, backoff cap */
+	unsigned connect_timeout; /* s */
+	unsigned timeout;         /* s until the response headers arrive; else 504 */
+	unsigned auth_retry_min;  /* s, first backoff step */
+	unsigned auth_retry_max;  /* s, backoff cap */
 
 	/* [server] */
-	char *listen;                /* "ADDR:PORT", "[v6]:PORT" */
+	char *listen; /* "ADDR:PORT", "[v6]:PORT" */
 	unsigned max_connections;
 	unsigned connection_timeout; /* s idle before a client is dropped */
 	unsigned threads;            /* 0: one per core */
 	unsigned token_lifetime;     /* s, local tokens' expires_in */
-	size_t max_buffered_body;    /* bytes; request bodies up to this are buffered (replayable) */
+	size_t max_buffered_body; /* bytes; request bodies up to this are buffered (replayable) */
 
 	/* [cache] */
 	char *cache_file;
-	size_t max_entry_size;       /* bytes; larger answers are forwarded, not stored */
+	size_t max_entry_size; /* bytes; larger answers are forwarded, not stored */
 
 	/* [log] */
-	char *log_level;             /* "error|warn|info|debug" */
+	char *log_level; /* "error|warn|info|debug" */
 
 	/* [family.NAME] sections, the three defaults first */
 	struct config_family families[CONFIG_MAX_FAMILIES];
 	int nfamilies;
 
-	char *config_file;           /* the file read, or NULL */
+	char *config_file; /* the file read, or NULL */
 };
 
 /* A config holding every default (the three families included). NULL on ENOMEM. */

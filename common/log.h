@@ -46,7 +46,7 @@ void log_redact(char *out, size_t outlen, const char *in);
 
 #define LOG_PRINTF(a, b) __attribute__((format(printf, a, b)))
 
-void log_warn(const char *fmt, ...) LOG_PRINTF(1, 2);   /* appends strerror(errno) */
+void log_warn(const char *fmt, ...) LOG_PRINTF(1, 2); /* appends strerror(errno) */
 void log_warnx(const char *fmt, ...) LOG_PRINTF(1, 2);
 void log_info(const char *fmt, ...) LOG_PRINTF(1, 2);
 void log_debug(const char *fmt, ...) LOG_PRINTF(1, 2);

@@ -126,7 +126,7 @@ struct upstream {
 	int force_auth;
 	int draining; /* stopping: queued starts fail */
 	unsigned logged_gen;
-	char *logged_token;        /* the token registered with the log */
+	char *logged_token; /* the token registered with the log */
 	enum auth_state reported;
 
 	pthread_mutex_t clock; /* counters */
