@@ -112,6 +112,8 @@ struct upstream {
 	pthread_mutex_t qlock;
 	struct cmd *q;
 	size_t qlen, qcap;
+	struct cmd *spare; /* worker-only: the other half of the queue */
+	size_t spare_cap;
 	int stopping; /* under qlock */
 	int dead;     /* worker exited; under qlock */
 
@@ -332,7 +334,7 @@ static size_t on_write(char *data, size_t size, size_t nmemb, void *arg)
 {
 	struct up_xfer *x = arg;
 	size_t len = size * nmemb;
-	int wake;
+	int wake, mask = 0;
 
 	x->last_progress = mono_now();
 	if (x->discard)
@@ -358,9 +360,18 @@ static size_t on_write(char *data, size_t size, size_t nmemb, void *arg)
 		x->collect_over = 1;
 		membuf_free(&x->collect, 0);
 	}
+	/* Stop reading from the API before the ring overflows: a pause asked
+	 * for here keeps the next chunk in the socket, whereas returning
+	 * CURL_WRITEFUNC_PAUSE makes curl copy it aside (a malloc per pause). */
+	if (ring_free(&x->down) < CURL_MAX_WRITE_SIZE && !x->paused_recv) {
+		x->paused_recv = 1;
+		mask = CURLPAUSE_RECV | (x->paused_send ? CURLPAUSE_SEND : 0);
+	}
 	wake = take_park_locked(x);
 	pthread_mutex_unlock(&x->lock);
 	unpark(x, wake);
+	if (mask)
+		curl_easy_pause(x->easy, mask);
 	return len;
 }
 
@@ -850,13 +861,17 @@ static double check_deadlines(struct upstream *u, double now)
 static void run_commands(struct upstream *u, double now)
 {
 	struct cmd *q;
-	size_t n;
+	size_t n, cap;
 
+	/* Swap in the spare array: the queue is refilled without a malloc per
+	 * batch (a download unpauses thousands of times). */
 	pthread_mutex_lock(&u->qlock);
 	q = u->q;
 	n = u->qlen;
-	u->q = NULL;
-	u->qlen = u->qcap = 0;
+	cap = u->qcap;
+	u->q = u->spare;
+	u->qcap = u->spare_cap;
+	u->qlen = 0;
 	pthread_mutex_unlock(&u->qlock);
 
 	for (size_t i = 0; i < n; i++) {
@@ -890,7 +905,8 @@ static void run_commands(struct upstream *u, double now)
 		}
 		xfer_unref(x);
 	}
-	free(q);
+	u->spare = q;
+	u->spare_cap = cap;
 }
 
 static void finish_messages(struct upstream *u, double now)
@@ -1035,6 +1051,7 @@ void upstream_free(struct upstream **up)
 	free(u->url);
 	free(u->client_id);
 	free(u->q);
+	free(u->spare);
 	pthread_mutex_destroy(&u->qlock);
 	pthread_mutex_destroy(&u->clock);
 	free(u);
@@ -1246,7 +1263,9 @@ ssize_t upstream_xfer_read(struct up_xfer *x, char *buf, size_t max)
 	}
 	if (x->down.len > 0 && max > 0) {
 		n = (ssize_t)ring_get(&x->down, buf, max);
-		if (x->paused_recv && ring_free(&x->down) >= CURL_MAX_WRITE_SIZE)
+		/* Resume the API only once half the ring is free: each pause
+		 * costs a wake-up of the worker and a copy inside curl. */
+		if (x->paused_recv && ring_free(&x->down) >= RING_CAP / 2)
 			want_unpause_locked(x, &queue);
 	} else if (x->down_broken || x->state == UP_FAILED) {
 		n = -2;
