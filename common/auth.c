@@ -155,6 +155,35 @@ void auth_free(struct auth **ap)
 	*ap = NULL;
 }
 
+int auth_set_secret(struct auth *a, const char *client_secret)
+{
+	char *copy = strdup(client_secret), *esc = NULL, *esc_copy = NULL;
+	int rc = -1;
+
+	if (copy == NULL || (esc = curl_easy_escape(NULL, client_secret, 0)) == NULL ||
+	    (esc_copy = strdup(esc)) == NULL)
+		goto out;
+	pthread_mutex_lock(&a->mtx);
+	secret_free(&a->secret);
+	secret_free(&a->secret_esc);
+	a->secret = copy;
+	a->secret_esc = esc_copy;
+	copy = esc_copy = NULL;
+	/* A new secret deserves an attempt now, not after the backoff. */
+	a->nfail = 0;
+	a->retry_set = 0;
+	pthread_mutex_unlock(&a->mtx);
+	rc = 0;
+out:
+	if (esc != NULL) {
+		explicit_bzero(esc, strlen(esc));
+		curl_free(esc);
+	}
+	secret_free(&copy);
+	secret_free(&esc_copy);
+	return rc;
+}
+
 /* The form for the grant, malloc'd; NULL on ENOMEM. */
 static char *build_form(const struct auth *a, enum grant g)
 {

@@ -27,6 +27,13 @@ struct auth *auth_new(const char *client_id, const char *client_secret, unsigned
 void auth_free(struct auth **a);
 
 /*
+ * Replaces the client secret (after an operator fixed or rotated it) and
+ * cancels any backoff wait, so the next auth_begin() tries at once.  The
+ * token held, if any, stays in use.  0, or -1 on ENOMEM (nothing changed).
+ */
+int auth_set_secret(struct auth *a, const char *client_secret);
+
+/*
  * If a token request is due at time now (seconds, monotonic clock) and none
  * is outstanding, marks one outstanding, writes a malloc'd form body to
  * *form (grant_type=client_credentials&client_id=..&client_secret=.. or

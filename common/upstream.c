@@ -1058,6 +1058,14 @@ void upstream_free(struct upstream **up)
 	*up = NULL;
 }
 
+int upstream_set_secret(struct upstream *u, const char *client_secret)
+{
+	if (auth_set_secret(u->auth, client_secret) < 0)
+		return -1;
+	curl_multi_wakeup(u->multi);
+	return 0;
+}
+
 void upstream_auth_status(struct upstream *u, struct auth_status *out)
 {
 	auth_status(u->auth, out);

@@ -99,6 +99,10 @@ struct upstream *upstream_new(const struct config *cfg, const struct up_events *
 void upstream_shutdown(struct upstream *u);
 void upstream_free(struct upstream **u);
 
+/* A new client secret (SIGHUP): used for the next token request, which is
+ * made at once if the last one failed.  0, or -1 on ENOMEM.  Thread-safe. */
+int upstream_set_secret(struct upstream *u, const char *client_secret);
+
 /* Consistent snapshot of the token state, for /_kaleidod/health. */
 void upstream_auth_status(struct upstream *u, struct auth_status *out);
 const char *upstream_url(const struct upstream *u);

@@ -273,6 +273,39 @@ static void drain(struct upstream *up, double limit)
 	log_warnx("stopping with upstream transfers still running; their clients see an error");
 }
 
+/*
+ * SIGHUP: read the configuration again and take a new client secret (a
+ * rotated or corrected one) and log level without a restart; the cache and
+ * connections stay.  Anything else needs a restart, and saying so beats
+ * applying half of it.
+ */
+static void reload(const struct flags *fl, const struct config *cur, struct upstream *up)
+{
+	struct config *next = load_config(fl);
+	enum log_level lvl;
+
+	if (next == NULL) {
+		log_error("SIGHUP: the configuration has errors (above); keeping the running one");
+		return;
+	}
+	if (log_level_parse(next->log_level, &lvl) == 0)
+		log_setlevel(lvl);
+	if ((cur->client_id == NULL) != (next->client_id == NULL) ||
+	    (cur->client_id != NULL && strcmp(cur->client_id, next->client_id) != 0))
+		log_warnx("SIGHUP: a new client id takes a restart (cache keys depend on it)");
+	else if (next->client_secret != NULL &&
+		 (cur->client_secret == NULL ||
+		  strcmp(cur->client_secret, next->client_secret) != 0)) {
+		log_add_secret(next->client_secret);
+		if (upstream_set_secret(up, next->client_secret) == 0)
+			log_info("SIGHUP: new client secret (from %s); authenticating again",
+				 next->client_secret_source);
+	} else {
+		log_info("SIGHUP: client secret unchanged; other settings apply at restart");
+	}
+	config_free(&next);
+}
+
 static void on_trace(void *arg, char dir, const char *line, size_t len)
 {
 	log_debug("upstream %c %.*s", dir, (int)len, line);
@@ -379,7 +412,7 @@ int main(int argc, char **argv)
 		if (sigwait(&set, &sig) != 0)
 			continue;
 		if (sig == SIGHUP) {
-			log_info("SIGHUP: nothing to reload; restart kaleidod to apply changes");
+			reload(&fl, cfg, deps.up);
 			continue;
 		}
 		log_info("signal %d: stopping", sig);

@@ -489,6 +489,28 @@ static void test_bad_answers(void **state)
 	auth_free(&a);
 }
 
+/* A fixed secret (SIGHUP) is tried at once, not after the backoff wait. */
+static void test_set_secret_cancels_backoff(void **state)
+{
+	struct auth *a = new_auth(60, 600);
+	char *form = NULL;
+
+	(void)state;
+	begin_ok(a, 0, CC);
+	assert_int_equal(finish_json(a, 0, 401, "{\"detail\":\"bad\"}"), -1);
+	assert_true(auth_in_backoff(a, 1));
+	assert_int_equal(auth_begin(a, 1, 0, &form), 0);
+	assert_int_equal(auth_set_secret(a, "N3W-S3CR3T"), 0);
+	assert_false(auth_in_backoff(a, 1));
+	form = begin(a, 1, 0);
+	assert_non_null(strstr(form, "client_secret=N3W-S3CR3T"));
+	assert_null(strstr(form, "client_secret=S3CR3T"));
+	free(form);
+	assert_int_equal(finish_json(a, 1, 200, "{\"access_token\":\"AT2\"}"), 0);
+	assert_string_equal(auth_token(a, 2, NULL), "AT2");
+	auth_free(&a);
+}
+
 static void test_state_names(void **state)
 {
 	(void)state;
@@ -512,6 +534,7 @@ int main(void)
 		cmocka_unit_test(test_force),
 		cmocka_unit_test(test_reason_scrubbed),
 		cmocka_unit_test(test_bad_answers),
+		cmocka_unit_test(test_set_secret_cancels_backoff),
 		cmocka_unit_test(test_state_names),
 	};
 
