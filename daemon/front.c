@@ -76,6 +76,11 @@ struct req {
 	int write_ended;
 
 	struct up_xfer *x;
+
+	/* For the debug access line. */
+	char method[16];
+	unsigned status;
+	struct timespec started;
 };
 
 /* ---- small helpers ---- */
@@ -107,6 +112,7 @@ static enum MHD_Result queue_and_drop(struct req *r, unsigned status, struct MHD
 		return MHD_NO;
 	if (r->xc != XC_NONE)
 		MHD_add_response_header(resp, "X-Cache", xcache_names[r->xc]);
+	r->status = status;
 	ret = MHD_queue_response(r->conn, status, resp);
 	MHD_destroy_response(resp);
 	return ret;
@@ -731,6 +737,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
 	r->conn = conn;
 	if (!r->seen) {
 		r->seen = 1;
+		snprintf(r->method, sizeof(r->method), "%s", method);
 		if (classify(r, method) < 0)
 			return MHD_NO;
 		return MHD_YES;
@@ -769,6 +776,7 @@ static void *on_uri(void *cls, const char *uri, struct MHD_Connection *conn)
 	r->f = cls;
 	r->conn = conn;
 	r->family = -1;
+	clock_gettime(CLOCK_MONOTONIC, &r->started);
 	atomic_init(&r->suspended, 0);
 	if ((r->target = strdup(uri != NULL ? uri : "/")) == NULL) {
 		free(r);
@@ -785,6 +793,16 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
 	if (r == NULL)
 		return;
 	*con_cls = NULL;
+	if (log_getlevel() >= LOG_LVL_DEBUG && r->seen) {
+		struct timespec end;
+
+		clock_gettime(CLOCK_MONOTONIC, &end);
+		log_debug("%s %s -> %u%s%s %.1f ms%s", r->method, r->target, r->status,
+			  r->xc != XC_NONE ? " " : "", r->xc != XC_NONE ? xcache_names[r->xc] : "",
+			  (double)(end.tv_sec - r->started.tv_sec) * 1e3 +
+				  (double)(end.tv_nsec - r->started.tv_nsec) / 1e6,
+			  toe == MHD_REQUEST_TERMINATED_COMPLETED_OK ? "" : " (cut short)");
+	}
 	upstream_xfer_release(&r->x);
 	cache_entry_free(&r->stale);
 	free(r->key);
