@@ -660,7 +660,9 @@ static enum MHD_Result admin(struct req *r, const char *method)
 /* ---- libmicrohttpd callbacks ---- */
 
 /* First call: classify the request and decide how its body travels. */
-static int classify(struct req *r, const char *method)
+enum { CLASSIFY_OK = 0, CLASSIFY_FAIL = -1, CLASSIFY_REJECT_FRAMING = 1, CLASSIFY_REJECT_HOST };
+
+static int classify(struct req *r, const char *method, const char *version)
 {
 	struct front *f = r->f;
 	const char *cl = MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, "Content-Length");
@@ -670,6 +672,15 @@ static int classify(struct req *r, const char *method)
 	r->family = -1;
 	r->body_len = te != NULL ? -1 : (cl != NULL ? strtoll(cl, NULL, 10) : -2);
 	stats_inc(f->d.stats, -1, STATS_REQUESTS);
+	/* Both framings at once is how requests are smuggled past proxies
+	 * (RFC 9112 6.1), and HTTP/1.1 requires Host (3.2): refuse both.
+	 * Answering on this first call also makes libmicrohttpd close the
+	 * connection, so nothing that follows is read as another request. */
+	if (cl != NULL && te != NULL)
+		return CLASSIFY_REJECT_FRAMING;
+	if (strcmp(version, MHD_HTTP_VERSION_1_1) == 0 &&
+	    MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, "Host") == NULL)
+		return CLASSIFY_REJECT_HOST;
 	if (strncmp(r->target, ADMIN_PREFIX, strlen(ADMIN_PREFIX)) == 0) {
 		r->route = R_ADMIN;
 		return 0;
@@ -738,9 +749,19 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
 	if (!r->seen) {
 		r->seen = 1;
 		snprintf(r->method, sizeof(r->method), "%s", method);
-		if (classify(r, method) < 0)
+		switch (classify(r, method, version)) {
+		case CLASSIFY_OK:
+			return MHD_YES;
+		case CLASSIFY_REJECT_FRAMING:
+			return respond_error(r, MHD_HTTP_BAD_REQUEST, "bad request",
+					     "the request has both Content-Length and "
+					     "Transfer-Encoding; send one");
+		case CLASSIFY_REJECT_HOST:
+			return respond_error(r, MHD_HTTP_BAD_REQUEST, "bad request",
+					     "an HTTP/1.1 request needs a Host header");
+		default:
 			return MHD_NO;
-		return MHD_YES;
+		}
 	}
 	if (*upload_data_size > 0) {
 		if (r->streaming) {

@@ -59,7 +59,6 @@ def test_mock_generations_faults_hold_and_bodies(mock):
     assert request(mock.port, "GET", "/programs", auth).status == 200
 
     mock.hold("/entity_slices")
-    conn, _ = None, None
     import threading
     res = []
     t = threading.Thread(target=lambda: res.append(

@@ -273,9 +273,12 @@ class Handler(BaseHTTPRequestHandler):
         if truncate is None:
             truncate = self._truncate
         unread = self.has_body() and not self._body_consumed
+        if status in (204, 304):
+            body = b""      # never a body (RFC 9110 15.3.5, 15.4.5)
         self.send_response(status)
-        self.send_header("Content-Type", ctype)
-        self.send_header("Content-Length", str(len(body)))
+        if status != 204:
+            self.send_header("Content-Type", ctype)
+            self.send_header("Content-Length", str(len(body)))
         for k, v in headers:
             self.send_header(k, v)
         if unread or truncate:
