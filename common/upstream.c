@@ -35,6 +35,7 @@
 #define RING_CAP (256 * 1024) /* per direction, per transfer */
 #define TOKEN_BODY_MAX (64 * 1024)
 #define TOKEN_PATH "/auth/oauth/token"
+#define REAUTH_GAP 30.0 /* s between re-authentications forced by a 401 */
 
 struct ring {
 	char *buf;
@@ -126,7 +127,8 @@ struct upstream {
 	int tok_overflow;
 	char tok_err[CURL_ERROR_SIZE];
 	int force_auth;
-	int draining; /* stopping: queued starts fail */
+	double reauth_at; /* when a 401 last forced a new token */
+	int draining;     /* stopping: queued starts fail */
 	unsigned logged_gen;
 	char *logged_token; /* the token registered with the log */
 	enum auth_state reported;
@@ -183,6 +185,18 @@ static size_t ring_get(struct ring *r, char *out, size_t max)
 	if (r->len == 0)
 		r->head = 0;
 	return n;
+}
+
+/* Appends to a curl header list, keeping the list on failure (curl's own
+ * append returns NULL and the caller would lose it).  0 or -1. */
+static int slist_add(struct curl_slist **list, const char *line)
+{
+	struct curl_slist *n = curl_slist_append(*list, line);
+
+	if (n == NULL)
+		return -1;
+	*list = n;
+	return 0;
 }
 
 /* ---- references and the command queue ---- */
@@ -261,6 +275,18 @@ static void want_unpause_locked(struct up_xfer *x, int *queue)
 	}
 }
 
+/* Sends the unpause that want_unpause_locked() asked for; if it cannot be
+ * queued (no memory, or the worker is gone) the flag is cleared so a later
+ * read asks again instead of waiting forever. */
+static void request_unpause(struct up_xfer *x)
+{
+	if (cmd_push(x->u, CMD_UNPAUSE, x) < 0) {
+		pthread_mutex_lock(&x->lock);
+		x->unpause_queued = 0;
+		pthread_mutex_unlock(&x->lock);
+	}
+}
+
 /* Called with x->lock held: clears the park flag; the caller unparks unlocked. */
 static int take_park_locked(struct up_xfer *x)
 {
@@ -277,6 +303,21 @@ static void unpark(struct up_xfer *x, int do_it)
 }
 
 /* ---- curl callbacks (worker thread) ---- */
+
+/*
+ * A 401 earns a fresh token and one replay.  But within REAUTH_GAP of the
+ * last re-authentication a 401 is passed through as it is: an endpoint that
+ * always answers 401 (a permission problem, not an expired token) must not
+ * throw away the token every client shares, again and again.
+ */
+static int may_reauth(struct upstream *u, struct up_xfer *x, double now)
+{
+	unsigned gen;
+
+	if (auth_token(u->auth, now, &gen) == NULL || gen != x->token_gen)
+		return 1; /* a newer token exists already: replaying is cheap */
+	return u->reauth_at == 0 || now - u->reauth_at >= REAUTH_GAP;
+}
 
 static size_t on_header(char *line, size_t size, size_t nitems, void *arg)
 {
@@ -300,7 +341,8 @@ static size_t on_header(char *line, size_t size, size_t nitems, void *arg)
 	curl_easy_getinfo(x->easy, CURLINFO_RESPONSE_CODE, &status);
 	if (status < 200)
 		return len;
-	if (status == 401 && !x->replayed && x->body_mode != UP_BODY_STREAM) {
+	if (status == 401 && !x->replayed && x->body_mode != UP_BODY_STREAM &&
+	    may_reauth(x->u, x, x->last_progress)) {
 		x->discard = 1;
 		return len;
 	}
@@ -309,19 +351,22 @@ static size_t on_header(char *line, size_t size, size_t nitems, void *arg)
 		const char *te = hdr_get(x->building, "Transfer-Encoding");
 		const char *ce = hdr_get(x->building, "Content-Encoding");
 
-		x->cl_framed = cl != NULL;
-		x->chunk_framed = te != NULL && strstr(te, "chunked") != NULL;
+		x->chunk_framed = te != NULL && strcasestr(te, "chunked") != NULL;
+		/* Chunked framing wins over a Content-Length sent with it (RFC
+		 * 9112 6.3); a length that is not all digits is no length. */
+		x->cl_framed = !x->chunk_framed && cl != NULL && cl[0] != '\0' &&
+			       strspn(cl, "0123456789") == strlen(cl);
 		x->decoded = x->identity && ce != NULL && strcasecmp(ce, "identity") != 0;
 		pthread_mutex_lock(&x->lock);
 		x->status = status;
 		hdr_free(&x->headers);
 		x->headers = x->building;
 		x->building = hdr_new();
-		x->length = (cl != NULL && !x->decoded) ? strtoll(cl, NULL, 10) : -1;
-		if (x->decoded) {
-			hdr_remove(x->headers, "Content-Encoding");
+		x->length = (x->cl_framed && !x->decoded) ? strtoll(cl, NULL, 10) : -1;
+		if (x->decoded || !x->cl_framed)
 			hdr_remove(x->headers, "Content-Length");
-		}
+		if (x->decoded)
+			hdr_remove(x->headers, "Content-Encoding");
 		x->state = UP_HEADERS;
 		wake = take_park_locked(x);
 		pthread_mutex_unlock(&x->lock);
@@ -615,25 +660,35 @@ static void xfer_fail(struct upstream *u, struct up_xfer *x, enum up_error e, co
 	xfer_retire(u, x);
 }
 
-static void add_auth_headers(struct upstream *u, struct up_xfer *x, const char *token)
+/* The headers of one attempt: the client's, the configured ones, the token.
+ * 0, or -1 on ENOMEM (a request never leaves with a header missing). */
+static int add_auth_headers(struct upstream *u, struct up_xfer *x, const char *token)
 {
 	char line[4096];
+	int rc = -1;
 
 	curl_slist_free_all(x->sent_headers);
 	x->sent_headers = NULL;
 	for (struct curl_slist *s = x->fwd_headers; s != NULL; s = s->next)
-		x->sent_headers = curl_slist_append(x->sent_headers, s->data);
+		if (slist_add(&x->sent_headers, s->data) < 0)
+			goto out;
 	for (int i = 0; i < u->cfg->nheaders; i++)
-		x->sent_headers = curl_slist_append(x->sent_headers, u->cfg->headers[i]);
+		if (slist_add(&x->sent_headers, u->cfg->headers[i]) < 0)
+			goto out;
 	if (u->cfg->auth_header != CONFIG_AUTH_X_KAL) {
 		snprintf(line, sizeof(line), "Authorization: Bearer %s", token);
-		x->sent_headers = curl_slist_append(x->sent_headers, line);
+		if (slist_add(&x->sent_headers, line) < 0)
+			goto out;
 	}
 	if (u->cfg->auth_header != CONFIG_AUTH_AUTHORIZATION) {
 		snprintf(line, sizeof(line), "X-Kal-Authorization: Bearer %s", token);
-		x->sent_headers = curl_slist_append(x->sent_headers, line);
+		if (slist_add(&x->sent_headers, line) < 0)
+			goto out;
 	}
+	rc = 0;
+out:
 	explicit_bzero(line, sizeof(line));
+	return rc;
 }
 
 static int xfer_setup_easy(struct upstream *u, struct up_xfer *x)
@@ -655,18 +710,21 @@ static int xfer_setup_easy(struct upstream *u, struct up_xfer *x)
 	curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, on_write);
 	curl_easy_setopt(e, CURLOPT_WRITEDATA, x);
 	if (x->identity) {
-		/* Cached answers are kept decoded: curl asks for what it can
-		 * decode and hands us identity bytes. */
-		curl_easy_setopt(e, CURLOPT_ACCEPT_ENCODING, "");
+		/* Answers to be cached are asked for in the identity encoding;
+		 * setting it through curl also makes curl decode an API that
+		 * ignores the request, so the cache only ever holds identity. */
+		curl_easy_setopt(e, CURLOPT_ACCEPT_ENCODING, "identity");
 	} else {
 		curl_easy_setopt(e, CURLOPT_HTTP_CONTENT_DECODING, 0L);
 		curl_easy_setopt(e, CURLOPT_HTTP_TRANSFER_DECODING, 1L);
 	}
-	if (strcmp(x->method, "HEAD") == 0) {
+	/* CURLOPT_UPLOAD alone means PUT to curl: name the method whenever it
+	 * is not a plain GET, and always when a body goes with it. */
+	if (strcmp(x->method, "HEAD") == 0)
 		curl_easy_setopt(e, CURLOPT_NOBODY, 1L);
-	} else if (strcmp(x->method, "GET") != 0) {
+	else if (strcmp(x->method, "GET") != 0 || x->body_mode != UP_BODY_NONE)
 		curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, x->method);
-	}
+	curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
 	if (x->body_mode != UP_BODY_NONE) {
 		curl_off_t len = x->body_mode == UP_BODY_BUFFERED ? (curl_off_t)x->body_size :
 								    (curl_off_t)x->body_len;
@@ -686,12 +744,11 @@ static void xfer_launch(struct upstream *u, struct up_xfer *x, const char *token
 {
 	double now = mono_now();
 
-	add_auth_headers(u, x, token);
 	x->token_gen = gen;
 	x->discard = 0;
 	x->body_off = 0;
 	x->started = x->last_progress = now;
-	if (x->sent_headers == NULL || xfer_setup_easy(u, x) < 0) {
+	if (add_auth_headers(u, x, token) < 0 || xfer_setup_easy(u, x) < 0) {
 		xfer_fail(u, x, UP_ERR_INTERNAL, "out of memory starting the upstream request");
 		return;
 	}
@@ -729,6 +786,8 @@ static void xfer_dispatch(struct upstream *u, struct up_xfer *x, double now)
 		xfer_fail(u, x, UP_ERR_AUTH, "%s", why);
 		return;
 	}
+	if (!x->replayed)
+		x->started = now;
 	x->phase = PH_WAITING;
 	x->wnext = u->waiting;
 	u->waiting = x;
@@ -780,6 +839,7 @@ static enum up_error classify(CURLcode rc)
 static void xfer_done(struct upstream *u, struct up_xfer *x, CURLcode rc, double now)
 {
 	int wake, whole;
+	unsigned gen;
 
 	if (x->discard && rc == CURLE_OK) {
 		/* 401: a fresh token, then the same request once more. */
@@ -787,8 +847,11 @@ static void xfer_done(struct upstream *u, struct up_xfer *x, CURLcode rc, double
 		list_remove(&u->running, x);
 		x->phase = PH_NEW;
 		x->replayed = 1;
-		auth_invalidate(u->auth, x->token_gen);
-		u->force_auth = 1;
+		if (auth_token(u->auth, now, &gen) != NULL && gen == x->token_gen) {
+			auth_invalidate(u->auth, x->token_gen);
+			u->force_auth = 1;
+			u->reauth_at = now;
+		}
 		pthread_mutex_lock(&u->clock);
 		u->counters.replayed_401++;
 		pthread_mutex_unlock(&u->clock);
@@ -837,7 +900,9 @@ static double check_deadlines(struct upstream *u, double now)
 		nx = x->wnext;
 		pthread_mutex_lock(&x->lock);
 		pending = x->state == UP_PENDING;
-		client_slow = x->paused_recv;
+		/* A front parked on a full upload ring is not reading: its
+		 * paused receive is a standoff, not a slow client. */
+		client_slow = x->paused_recv && !(x->parked && !x->up_end);
 		client_sending = x->paused_send && !x->up_end;
 		pthread_mutex_unlock(&x->lock);
 		/* Waiting on our own client is not the API's fault. */
@@ -850,6 +915,20 @@ static double check_deadlines(struct upstream *u, double now)
 		if (left <= 0) {
 			xfer_fail(u, x, UP_ERR_TIMEOUT, "no answer from %s within %u s", u->url,
 				  (unsigned)limit);
+			continue;
+		}
+		if (left < next)
+			next = left;
+	}
+	/* Waiting for a token is bounded too (the token request has its own
+	 * timeout, but a transfer must never depend on that alone). */
+	for (x = u->waiting; x != NULL; x = nx) {
+		double left = x->started + (double)u->cfg->timeout - now;
+
+		nx = x->wnext;
+		if (left <= 0) {
+			xfer_fail(u, x, UP_ERR_TIMEOUT, "no upstream token within %u s",
+				  u->cfg->timeout);
 			continue;
 		}
 		if (left < next)
@@ -1093,11 +1172,17 @@ void upstream_counters(struct upstream *u, struct upstream_counters *out)
 struct up_xfer *upstream_start(struct upstream *u, const struct up_request *req,
 			       const struct up_hooks *hooks)
 {
-	struct up_xfer *x = calloc(1, sizeof(*x));
+	struct up_xfer *x;
 	size_t ulen;
 
-	if (x == NULL)
-		goto fail_nox;
+	/* Only origin-form targets: anything else pasted after the API's URL
+	 * could change the host the token is sent to. */
+	if (req->target[0] != '/' || strchr(req->target, '#') != NULL ||
+	    (x = calloc(1, sizeof(*x))) == NULL) {
+		if (hooks->complete_free != NULL)
+			hooks->complete_free(hooks->complete_arg);
+		return NULL;
+	}
 	pthread_mutex_init(&x->lock, NULL);
 	x->refs = 2; /* the front's and the worker's */
 	x->worker_ref = 1;
@@ -1127,7 +1212,7 @@ struct up_xfer *upstream_start(struct upstream *u, const struct up_request *req,
 		const char *name = hdr_name(req->headers, i), *value = hdr_value(req->headers, i);
 		size_t llen = strlen(name) + strlen(value) + 3;
 		char *line = malloc(llen);
-		struct curl_slist *n;
+		int rc;
 
 		if (line == NULL)
 			goto fail;
@@ -1136,15 +1221,13 @@ struct up_xfer *upstream_start(struct upstream *u, const struct up_request *req,
 			snprintf(line, llen, "%s;", name);
 		else
 			snprintf(line, llen, "%s: %s", name, value);
-		n = curl_slist_append(x->fwd_headers, line);
+		rc = slist_add(&x->fwd_headers, line);
 		free(line);
-		if (n == NULL)
+		if (rc < 0)
 			goto fail;
-		x->fwd_headers = n;
 	}
 	/* curl would wait a second for 100-continue on large bodies. */
-	x->fwd_headers = curl_slist_append(x->fwd_headers, "Expect:");
-	if (x->fwd_headers == NULL)
+	if (slist_add(&x->fwd_headers, "Expect:") < 0)
 		goto fail;
 	pthread_mutex_lock(&u->clock);
 	u->counters.started++;
@@ -1165,12 +1248,10 @@ struct up_xfer *upstream_start(struct upstream *u, const struct up_request *req,
 	 * command's own reference is dropped once it ran. */
 	return x;
 fail:
+	/* xfer_free() releases complete_arg too: it is the transfer's now. */
 	x->refs = 1;
 	x->worker_ref = 0;
 	xfer_free(x);
-fail_nox:
-	if (hooks->complete_free != NULL)
-		hooks->complete_free(hooks->complete_arg);
 	return NULL;
 }
 
@@ -1179,8 +1260,11 @@ void upstream_xfer_write(struct up_xfer *x, const char *data, size_t len, size_t
 	int queue = 0;
 
 	pthread_mutex_lock(&x->lock);
-	if (x->state == UP_FAILED || x->down_eof || x->down_broken || !x->worker_ref) {
-		*consumed = len; /* nobody will read it any more */
+	/* After a failure, the end, or an early final answer (curl stops
+	 * sending once a status >= 300 arrived), nobody reads the rest. */
+	if (x->state == UP_FAILED || x->down_eof || x->down_broken || !x->worker_ref ||
+	    (x->state == UP_HEADERS && x->status >= 300)) {
+		*consumed = len;
 		pthread_mutex_unlock(&x->lock);
 		return;
 	}
@@ -1201,7 +1285,7 @@ void upstream_xfer_write(struct up_xfer *x, const char *data, size_t len, size_t
 	}
 	pthread_mutex_unlock(&x->lock);
 	if (queue)
-		cmd_push(x->u, CMD_UNPAUSE, x);
+		request_unpause(x);
 }
 
 void upstream_xfer_write_end(struct up_xfer *x)
@@ -1214,7 +1298,7 @@ void upstream_xfer_write_end(struct up_xfer *x)
 		want_unpause_locked(x, &queue);
 	pthread_mutex_unlock(&x->lock);
 	if (queue)
-		cmd_push(x->u, CMD_UNPAUSE, x);
+		request_unpause(x);
 }
 
 enum up_state upstream_xfer_poll(struct up_xfer *x)
@@ -1287,7 +1371,7 @@ ssize_t upstream_xfer_read(struct up_xfer *x, char *buf, size_t max)
 	}
 	pthread_mutex_unlock(&x->lock);
 	if (queue)
-		cmd_push(x->u, CMD_UNPAUSE, x);
+		request_unpause(x);
 	return n;
 }
 

@@ -14,6 +14,7 @@
 
 #include <arpa/inet.h>
 #include <cjson/cJSON.h>
+#include <curl/curl.h>
 #include <errno.h>
 #include <microhttpd.h>
 #include <netinet/in.h>
@@ -41,6 +42,7 @@
 #define ADMIN_PREFIX "/_kaleidod/"
 #define SMALL_BODY_MAX (64 * 1024) /* token endpoint and admin bodies */
 #define READ_BLOCK (64 * 1024)
+#define NO_BODY (-2LL) /* req.body_len: no Content-Length, no Transfer-Encoding */
 
 struct front {
 	struct front_deps d;
@@ -70,7 +72,7 @@ struct req {
 
 	/* Request body: buffered (token endpoint, small forwarded bodies) or streamed. */
 	int streaming;
-	long long body_len; /* declared, or -1 */
+	long long body_len; /* declared; -1 chunked; NO_BODY */
 	struct membuf body;
 	int too_large;
 	int write_ended;
@@ -351,7 +353,7 @@ static int start_upstream(struct req *r, const char *method)
 	struct store *s = NULL;
 	struct hdr *h;
 
-	rq.identity = r->family >= 0;
+	rq.identity = r->family >= 0 && r->may_store;
 	if ((h = forward_headers(r, rq.identity)) == NULL)
 		return -1;
 	rq.method = method;
@@ -400,7 +402,8 @@ static ssize_t body_reader(void *cls, uint64_t pos, char *buf, size_t max)
 		return 0; /* parked: suspended until the worker has more */
 	if (n == -1)
 		return MHD_CONTENT_READER_END_OF_STREAM;
-	log_warnx("%s: the API's answer broke off; the client sees it truncated", r->target);
+	log_warnx("%.*s: the API's answer broke off; the client sees it truncated",
+		  path_len(r->target), r->target);
 	return MHD_CONTENT_READER_END_WITH_ERROR;
 }
 
@@ -439,8 +442,16 @@ static enum MHD_Result relay_answer(struct req *r, const char *method)
 		hdr_free(&out);
 		return MHD_NO;
 	}
-	resp = MHD_create_response_from_callback(len >= 0 ? (uint64_t)len : MHD_SIZE_UNKNOWN,
-						 READ_BLOCK, body_reader, r, NULL);
+	if (r->xc != XC_NONE)
+		hdr_remove(out, "X-Cache"); /* ours says what this proxy did */
+	/* Answers that never have a body get an empty one: a body reader of
+	 * unknown size would make libmicrohttpd frame a 304 as chunked. */
+	if (status < 200 || status == 204 || status == 304)
+		resp = MHD_create_response_from_buffer(0, (void *)"", MHD_RESPMEM_PERSISTENT);
+	else
+		resp = MHD_create_response_from_callback(len >= 0 ? (uint64_t)len :
+								    MHD_SIZE_UNKNOWN,
+							 READ_BLOCK, body_reader, r, NULL);
 	for (size_t i = 0; resp != NULL && i < hdr_count(out); i++)
 		MHD_add_response_header(resp, hdr_name(out, i), hdr_value(out, i));
 	hdr_free(&out);
@@ -548,27 +559,34 @@ struct grant {
 	int has_refresh;
 };
 
+/* One pair of an application/x-www-form-urlencoded body, decoded by curl. */
+static char *form_field(const char *p, size_t len)
+{
+	int outlen = 0;
+	char *d = curl_easy_unescape(NULL, p, (int)len, &outlen);
+	char *copy = d != NULL ? strndup(d, (size_t)outlen) : NULL;
+
+	curl_free(d);
+	return copy;
+}
+
 static void grant_from_form(struct grant *g, const char *body, size_t len)
 {
-	/* Parsed with curl's unescape, one key=value pair at a time. */
 	const char *p = body, *end = body + len;
 
 	while (p < end) {
 		const char *amp = memchr(p, '&', (size_t)(end - p));
 		const char *stop = amp ? amp : end;
 		const char *eq = memchr(p, '=', (size_t)(stop - p));
+		char *key = eq ? form_field(p, (size_t)(eq - p)) : NULL;
 
-		if (eq != NULL) {
-			size_t klen = (size_t)(eq - p);
-
-			if (klen == 10 && memcmp(p, "grant_type", 10) == 0) {
-				free(g->grant_type);
-				g->grant_type = strndup(eq + 1, (size_t)(stop - eq - 1));
-			} else if (klen == 13 && memcmp(p, "refresh_token", 13) == 0 &&
-				   stop > eq + 1) {
-				g->has_refresh = 1;
-			}
+		if (key != NULL && strcmp(key, "grant_type") == 0) {
+			free(g->grant_type);
+			g->grant_type = form_field(eq + 1, (size_t)(stop - eq - 1));
+		} else if (key != NULL && strcmp(key, "refresh_token") == 0 && stop > eq + 1) {
+			g->has_refresh = 1;
 		}
+		free(key);
 		p = stop + 1;
 	}
 }
@@ -660,7 +678,13 @@ static enum MHD_Result admin(struct req *r, const char *method)
 /* ---- libmicrohttpd callbacks ---- */
 
 /* First call: classify the request and decide how its body travels. */
-enum { CLASSIFY_OK = 0, CLASSIFY_FAIL = -1, CLASSIFY_REJECT_FRAMING = 1, CLASSIFY_REJECT_HOST };
+enum {
+	CLASSIFY_OK = 0,
+	CLASSIFY_FAIL = -1,
+	CLASSIFY_REJECT_FRAMING = 1,
+	CLASSIFY_REJECT_HOST,
+	CLASSIFY_REJECT_TARGET,
+};
 
 static int classify(struct req *r, const char *method, const char *version)
 {
@@ -670,7 +694,7 @@ static int classify(struct req *r, const char *method, const char *version)
 	int plen = path_len(r->target);
 
 	r->family = -1;
-	r->body_len = te != NULL ? -1 : (cl != NULL ? strtoll(cl, NULL, 10) : -2);
+	r->body_len = te != NULL ? -1 : (cl != NULL ? strtoll(cl, NULL, 10) : NO_BODY);
 	stats_inc(f->d.stats, -1, STATS_REQUESTS);
 	/* Both framings at once is how requests are smuggled past proxies
 	 * (RFC 9112 6.1), and HTTP/1.1 requires Host (3.2): refuse both.
@@ -678,6 +702,13 @@ static int classify(struct req *r, const char *method, const char *version)
 	 * connection, so nothing that follows is read as another request. */
 	if (cl != NULL && te != NULL)
 		return CLASSIFY_REJECT_FRAMING;
+	/* Only origin-form ("/path?query"): kaleidod is not a forward proxy,
+	 * and nothing but a path may follow the API's URL. */
+	if (r->target[0] != '/' || strchr(r->target, '#') != NULL)
+		return CLASSIFY_REJECT_TARGET;
+	/* A bodiless method that declares an empty body has none. */
+	if (r->body_len == 0 && (strcmp(method, "GET") == 0 || strcmp(method, "HEAD") == 0))
+		r->body_len = NO_BODY;
 	if (strcmp(version, MHD_HTTP_VERSION_1_1) == 0 &&
 	    MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, "Host") == NULL)
 		return CLASSIFY_REJECT_HOST;
@@ -707,8 +738,11 @@ static int classify(struct req *r, const char *method, const char *version)
 			if (pc.no_cache || pc.no_store ||
 			    (pragma != NULL && strcasestr(pragma, "no-cache") != NULL))
 				r->xc = XC_BYPASS;
-			if (MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, "Range") !=
-			    NULL) {
+			/* A slice, or a GET with a body, is not the answer others get. */
+			const char *range =
+				MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, "Range");
+
+			if (range != NULL || r->body_len != NO_BODY) {
 				r->xc = XC_BYPASS;
 				r->may_store = 0;
 			}
@@ -759,6 +793,11 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
 		case CLASSIFY_REJECT_HOST:
 			return respond_error(r, MHD_HTTP_BAD_REQUEST, "bad request",
 					     "an HTTP/1.1 request needs a Host header");
+		case CLASSIFY_REJECT_TARGET:
+			return respond_error(
+				r, MHD_HTTP_BAD_REQUEST, "bad request",
+				"the request target must be a path starting with '/' "
+				"(kaleidod is the API's base URL, not a forward proxy)");
 		default:
 			return MHD_NO;
 		}
@@ -878,8 +917,12 @@ struct front *front_new(const struct front_deps *deps, int listen_fd, char *err,
 
 void front_quiesce(struct front *f)
 {
-	if (f != NULL && f->mhd != NULL)
-		MHD_quiesce_daemon(f->mhd);
+	MHD_socket fd;
+
+	/* The listening socket is ours again once quiesced: close it, so new
+	 * clients are refused at once rather than left in the backlog. */
+	if (f != NULL && f->mhd != NULL && (fd = MHD_quiesce_daemon(f->mhd)) != MHD_INVALID_SOCKET)
+		close(fd);
 }
 
 void front_free(struct front **fp)

@@ -273,16 +273,26 @@ static void drain(struct upstream *up, double limit)
 	log_warnx("stopping with upstream transfers still running; their clients see an error");
 }
 
+static void wipe_free(char **p)
+{
+	if (*p != NULL)
+		explicit_bzero(*p, strlen(*p));
+	free(*p);
+	*p = NULL;
+}
+
 /*
  * SIGHUP: read the configuration again and take a new client secret (a
  * rotated or corrected one) and log level without a restart; the cache and
  * connections stay.  Anything else needs a restart, and saying so beats
  * applying half of it.
  */
-static void reload(const struct flags *fl, const struct config *cur, struct upstream *up)
+static void reload(const struct flags *fl, const struct config *cur, struct upstream *up,
+		   char **secret)
 {
 	struct config *next = load_config(fl);
 	enum log_level lvl;
+	char *copy = NULL;
 
 	if (next == NULL) {
 		log_error("SIGHUP: the configuration has errors (above); keeping the running one");
@@ -294,12 +304,19 @@ static void reload(const struct flags *fl, const struct config *cur, struct upst
 	    (cur->client_id != NULL && strcmp(cur->client_id, next->client_id) != 0))
 		log_warnx("SIGHUP: a new client id takes a restart (cache keys depend on it)");
 	else if (next->client_secret != NULL &&
-		 (cur->client_secret == NULL ||
-		  strcmp(cur->client_secret, next->client_secret) != 0)) {
+		 (*secret == NULL || strcmp(*secret, next->client_secret) != 0)) {
 		log_add_secret(next->client_secret);
-		if (upstream_set_secret(up, next->client_secret) == 0)
+		if ((copy = strdup(next->client_secret)) != NULL &&
+		    upstream_set_secret(up, next->client_secret) == 0) {
+			/* Compared with the secret in use, not the one read at start. */
+			wipe_free(secret);
+			*secret = copy;
 			log_info("SIGHUP: new client secret (from %s); authenticating again",
 				 next->client_secret_source);
+		} else {
+			wipe_free(&copy);
+			log_error("SIGHUP: out of memory; keeping the running secret");
+		}
 	} else {
 		log_info("SIGHUP: client secret unchanged; other settings apply at restart");
 	}
@@ -345,7 +362,7 @@ int main(int argc, char **argv)
 	struct up_events ev = { 0 };
 	enum log_level lvl = LOG_LVL_INFO;
 	sigset_t set;
-	char err[1024], where[INET6_ADDRSTRLEN + 16];
+	char err[1024], where[INET6_ADDRSTRLEN + 16], *secret = NULL;
 	int fd, sig, rc = 1;
 
 	log_init("kaleidod", LOG_LVL_INFO);
@@ -360,8 +377,11 @@ int main(int argc, char **argv)
 	}
 	log_level_parse(cfg->log_level, &lvl);
 	log_setlevel(lvl);
-	if (cfg->client_secret != NULL)
+	if (cfg->client_secret != NULL) {
 		log_add_secret(cfg->client_secret);
+		if ((secret = strdup(cfg->client_secret)) == NULL)
+			fatalx("out of memory");
+	}
 
 	/* Threads inherit this mask, so signals reach only sigwait() below. */
 	signal(SIGPIPE, SIG_IGN);
@@ -412,7 +432,7 @@ int main(int argc, char **argv)
 		if (sigwait(&set, &sig) != 0)
 			continue;
 		if (sig == SIGHUP) {
-			reload(&fl, cfg, deps.up);
+			reload(&fl, cfg, deps.up, &secret);
 			continue;
 		}
 		log_info("signal %d: stopping", sig);
@@ -434,6 +454,7 @@ out:
 	policy_free(&deps.policy);
 	stats_free(&deps.stats);
 	config_free(&cfg);
+	wipe_free(&secret);
 	curl_global_cleanup();
 	return rc;
 }
