@@ -13,6 +13,7 @@
 
 import os
 import signal
+import socket
 import sys
 
 import pytest
@@ -246,3 +247,13 @@ def daemon(daemon_factory, mock):
 def sdk(daemon):
     """A kalpy-like client of the default daemon."""
     return harness.Sdk(daemon.port)
+
+
+@pytest.fixture
+def closed_port():
+    """A port bound on 127.0.0.1 with no listener: connections are refused,
+    and nobody else can take it during the test."""
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    yield s.getsockname()[1]
+    s.close()

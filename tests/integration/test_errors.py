@@ -3,26 +3,14 @@
 with a JSON body {"error", "detail"} that names the upstream and the cause.
 """
 
-import socket
 import time
 
-import pytest
 
 from harness import Sdk, wait_for
 
 
 def xc(r):
     return r.header("X-Cache")
-
-
-@pytest.fixture
-def closed_port():
-    """A port bound on 127.0.0.1 with no listener: connections are refused,
-    and nobody else can take it during the test."""
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    yield s.getsockname()[1]
-    s.close()
 
 
 def check_error_body(r, status, upstream_port, *causes):

@@ -12,7 +12,6 @@ import sqlite3
 import threading
 import time
 
-import pytest
 
 from harness import Sdk, wait_for
 
@@ -33,16 +32,6 @@ def user_version(path):
         return db.execute("PRAGMA user_version").fetchone()[0]
     finally:
         db.close()
-
-
-@pytest.fixture
-def closed_port():
-    """A port bound on 127.0.0.1 with no listener: connections are refused,
-    and nobody else can take it during the test."""
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    yield s.getsockname()[1]
-    s.close()
 
 
 def test_corrupt_cache_file_is_moved_aside_and_caching_works(daemon_factory, mock, tmp_path):
