@@ -294,6 +294,37 @@ class Handler(BaseHTTPRequestHandler):
             return
         self.wfile.write(body)
 
+    @staticmethod
+    def padded(obj, n):
+        """obj as JSON padded (a "pad" field) to exactly n bytes when it fits."""
+        body = json.dumps(obj).encode()
+        if n > len(body) + 10:
+            obj = dict(obj, pad="")
+            obj["pad"] = "x" * (n - len(json.dumps(obj).encode()))
+            body = json.dumps(obj).encode()
+        return body
+
+    def linger(self, always=False, limit_s=30.0):
+        """After an answer that leaves the request body unread (or a raw one):
+        half-close, then read and drop what the client still sends until it
+        closes (bounded), so the answer is not lost to a reset."""
+        if not always and (self._body_consumed or not self.has_body()):
+            return
+        self.close_connection = True
+        try:
+            self.wfile.flush()
+            self.connection.shutdown(socket.SHUT_WR)
+            self.connection.settimeout(1.0)
+            deadline = time.monotonic() + limit_s
+            while time.monotonic() < deadline:
+                try:
+                    if not self.rfile.read1(CHUNK):
+                        break
+                except socket.timeout:
+                    continue
+        except OSError:
+            pass
+
     def abort(self):
         """Closes the connection at once with a reset."""
         self.close_connection = True
@@ -376,9 +407,13 @@ class Handler(BaseHTTPRequestHandler):
         if p == "/_mock/fault" and method == "POST":
             f = {"path": data.get("path", "/"), "method": data.get("method"),
                  "kind": data.get("kind", "status"), "status": int(data.get("status", 503)),
-                 "delay_ms": int(data.get("delay_ms", 0)), "times": data.get("times")}
-            if f["kind"] not in ("status", "reset", "slow", "truncate", "hang"):
+                 "delay_ms": int(data.get("delay_ms", 0)), "times": data.get("times"),
+                 "body_bytes": data.get("body_bytes"), "drain": bool(data.get("drain", True)),
+                 "raw": data.get("raw")}
+            if f["kind"] not in ("status", "reset", "slow", "truncate", "hang", "raw"):
                 return self.send(400, {"detail": "unknown kind"})
+            if f["kind"] == "raw" and not isinstance(f["raw"], str):
+                return self.send(400, {"detail": "kind raw needs raw (a string)"})
             with st.lock:
                 st.faults.append(f)
             return self.send(200, f)
@@ -429,9 +464,19 @@ class Handler(BaseHTTPRequestHandler):
             if kind == "reset":
                 return self.abort()
             if kind == "status":
+                if fault["drain"]:
+                    self.drain_small()
+                body = {"detail": "injected fault", "status": fault["status"]}
+                if fault["body_bytes"] is not None:
+                    body = self.padded(body, int(fault["body_bytes"]))
+                self.send(fault["status"], body)
+                return self.linger()
+            if kind == "raw":
                 self.drain_small()
-                return self.send(fault["status"], {"detail": "injected fault", "status":
-                                                   fault["status"]})
+                self.close_connection = True
+                self.wfile.write(fault["raw"].encode("latin-1"))
+                self.wfile.flush()
+                return self.linger(always=True)
             if kind == "slow":
                 time.sleep(fault["delay_ms"] / 1000.0)
             if kind == "hang":
