@@ -318,7 +318,7 @@ class Handler(BaseHTTPRequestHandler):
             deadline = time.monotonic() + limit_s
             while time.monotonic() < deadline:
                 try:
-                    if not self.rfile.read1(CHUNK):
+                    if not self.connection.recv(CHUNK):
                         break
                 except socket.timeout:
                     continue
@@ -470,7 +470,9 @@ class Handler(BaseHTTPRequestHandler):
                 if fault["body_bytes"] is not None:
                     body = self.padded(body, int(fault["body_bytes"]))
                 self.send(fault["status"], body)
-                return self.linger()
+                if not fault["drain"]:
+                    self.linger()
+                return
             if kind == "raw":
                 self.drain_small()
                 self.close_connection = True
