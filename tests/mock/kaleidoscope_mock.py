@@ -267,7 +267,8 @@ class Handler(BaseHTTPRequestHandler):
         self._entry["body_len"] = self.read_body(keep=0)[0]
 
     # ---- answer helpers ----------------------------------------------
-    def send(self, status, body=b"", ctype="application/json", headers=(), truncate=None):
+    def send(self, status, body=b"", ctype="application/json", headers=(), truncate=None,
+             say_close=True):
         if isinstance(body, (dict, list)):
             body = json.dumps(body).encode()
         if truncate is None:
@@ -282,7 +283,8 @@ class Handler(BaseHTTPRequestHandler):
         for k, v in headers:
             self.send_header(k, v)
         if unread or truncate:
-            self.send_header("Connection", "close")
+            if say_close or truncate:
+                self.send_header("Connection", "close")
             self.close_connection = True
         self.end_headers()
         if self.command == "HEAD":
@@ -304,11 +306,11 @@ class Handler(BaseHTTPRequestHandler):
             body = json.dumps(obj).encode()
         return body
 
-    def linger(self, always=False, limit_s=30.0):
-        """After an answer that leaves the request body unread (or a raw one):
-        half-close, then read and drop what the client still sends until it
-        closes (bounded), so the answer is not lost to a reset."""
-        if not always and (self._body_consumed or not self.has_body()):
+    def linger(self, limit_s=30.0):
+        """After an answer that leaves the request body unread: half-close,
+        then read and drop what the client still sends until it closes
+        (bounded), so the answer is not lost to a reset."""
+        if self._body_consumed or not self.has_body():
             return
         self.close_connection = True
         try:
@@ -469,7 +471,9 @@ class Handler(BaseHTTPRequestHandler):
                 body = {"detail": "injected fault", "status": fault["status"]}
                 if fault["body_bytes"] is not None:
                     body = self.padded(body, int(fault["body_bytes"]))
-                self.send(fault["status"], body)
+                # Undrained: the answer does not say "Connection: close"
+                # (curl keeps sending a body to an answer that does).
+                self.send(fault["status"], body, say_close=fault["drain"])
                 if not fault["drain"]:
                     self.linger()
                 return
@@ -478,7 +482,7 @@ class Handler(BaseHTTPRequestHandler):
                 self.close_connection = True
                 self.wfile.write(fault["raw"].encode("latin-1"))
                 self.wfile.flush()
-                return self.linger(always=True)
+                return
             if kind == "slow":
                 time.sleep(fault["delay_ms"] / 1000.0)
             if kind == "hang":
