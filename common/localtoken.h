@@ -1,8 +1,10 @@
 /*
- * localtoken: the opaque tokens kaleidod hands to local clients.
+ * localtoken: the local token endpoint's logic, without HTTP.
  *
- * They come from getrandom(2) and have no relation to the upstream token,
- * which never leaves the daemon.
+ * Reads what a client asks of POST /auth/oauth/token (the SDKs send a form;
+ * JSON is accepted too) and makes the answer, in the API's shape, with
+ * opaque tokens from getrandom(2) that have no relation to the upstream
+ * token, which never leaves the daemon.
  */
 #ifndef KD_LOCALTOKEN_H
 #define KD_LOCALTOKEN_H
@@ -13,5 +15,24 @@
  * hold LOCALTOKEN_LEN + 1 bytes.  0, or -1 when the kernel gave no randomness. */
 #define LOCALTOKEN_LEN 46
 int localtoken_new(char *out, size_t outlen);
+
+enum localtoken_grant {
+	LOCALTOKEN_CLIENT_CREDENTIALS = 0,
+	LOCALTOKEN_REFRESH,     /* refresh_token, with a refresh_token */
+	LOCALTOKEN_MISSING,     /* no grant_type at all */
+	LOCALTOKEN_UNSUPPORTED, /* another grant_type, or refresh without a token */
+};
+
+/*
+ * What a token request asks for: content_type (may be NULL) picks JSON or
+ * application/x-www-form-urlencoded (fields percent-decoded by curl).
+ * Client ids and secrets are not looked at: on loopback any are accepted.
+ */
+enum localtoken_grant localtoken_parse(const char *content_type, const char *body, size_t len);
+
+/* The token answer as JSON text: {"access_token", "refresh_token",
+ * "expires_in": lifetime, "token_type": "bearer"}, with fresh tokens.
+ * malloc'd; NULL when no randomness or memory. */
+char *localtoken_answer(unsigned lifetime);
 
 #endif

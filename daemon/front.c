@@ -14,7 +14,6 @@
 
 #include <arpa/inet.h>
 #include <cjson/cJSON.h>
-#include <curl/curl.h>
 #include <errno.h>
 #include <microhttpd.h>
 #include <netinet/in.h>
@@ -554,63 +553,10 @@ static enum MHD_Result forward(struct req *r, const char *method)
 
 /* ---- the local token endpoint ---- */
 
-struct grant {
-	char *grant_type;
-	int has_refresh;
-};
-
-/* One pair of an application/x-www-form-urlencoded body, decoded by curl. */
-static char *form_field(const char *p, size_t len)
-{
-	int outlen = 0;
-	char *d = curl_easy_unescape(NULL, p, (int)len, &outlen);
-	char *copy = d != NULL ? strndup(d, (size_t)outlen) : NULL;
-
-	curl_free(d);
-	return copy;
-}
-
-static void grant_from_form(struct grant *g, const char *body, size_t len)
-{
-	const char *p = body, *end = body + len;
-
-	while (p < end) {
-		const char *amp = memchr(p, '&', (size_t)(end - p));
-		const char *stop = amp ? amp : end;
-		const char *eq = memchr(p, '=', (size_t)(stop - p));
-		char *key = eq ? form_field(p, (size_t)(eq - p)) : NULL;
-
-		if (key != NULL && strcmp(key, "grant_type") == 0) {
-			free(g->grant_type);
-			g->grant_type = form_field(eq + 1, (size_t)(stop - eq - 1));
-		} else if (key != NULL && strcmp(key, "refresh_token") == 0 && stop > eq + 1) {
-			g->has_refresh = 1;
-		}
-		free(key);
-		p = stop + 1;
-	}
-}
-
-static void grant_from_json(struct grant *g, const char *body, size_t len)
-{
-	cJSON *o = cJSON_ParseWithLength(body, len);
-	const cJSON *gt = cJSON_GetObjectItemCaseSensitive(o, "grant_type");
-	const cJSON *rt = cJSON_GetObjectItemCaseSensitive(o, "refresh_token");
-
-	if (cJSON_IsString(gt))
-		g->grant_type = strdup(gt->valuestring);
-	g->has_refresh = cJSON_IsString(rt) && rt->valuestring[0] != '\0';
-	cJSON_Delete(o);
-}
-
 static enum MHD_Result local_token(struct req *r, const char *method)
 {
-	struct front *f = r->f;
 	const char *ct = MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, "Content-Type");
-	struct grant g = { 0 };
-	char access[LOCALTOKEN_LEN + 1], refresh[LOCALTOKEN_LEN + 1];
-	cJSON *o;
-	char *text;
+	char *answer;
 
 	if (strcmp(method, "POST") != 0)
 		return respond_error(r, MHD_HTTP_METHOD_NOT_ALLOWED, "method not allowed",
@@ -618,40 +564,24 @@ static enum MHD_Result local_token(struct req *r, const char *method)
 	if (r->too_large)
 		return respond_error(r, MHD_HTTP_CONTENT_TOO_LARGE, "request too large",
 				     "a token request body is at most 64 KiB");
-	if (ct != NULL && strncasecmp(ct, "application/json", 16) == 0)
-		grant_from_json(&g, r->body.data ? r->body.data : "", r->body.len);
-	else
-		grant_from_form(&g, r->body.data ? r->body.data : "", r->body.len);
-	if (g.grant_type == NULL) {
-		free(g.grant_type);
+	switch (localtoken_parse(ct, r->body.data ? r->body.data : "", r->body.len)) {
+	case LOCALTOKEN_CLIENT_CREDENTIALS:
+	case LOCALTOKEN_REFRESH:
+		break;
+	case LOCALTOKEN_MISSING:
 		return respond_error(r, MHD_HTTP_BAD_REQUEST, "invalid_request",
 				     "grant_type is missing: send grant_type=client_credentials "
 				     "(form-encoded or JSON)");
+	case LOCALTOKEN_UNSUPPORTED:
+		return respond_error(r, MHD_HTTP_BAD_REQUEST, "unsupported_grant_type",
+				     "grant_type must be client_credentials, or refresh_token with "
+				     "a refresh_token");
 	}
-	if (strcmp(g.grant_type, "client_credentials") != 0 &&
-	    !(strcmp(g.grant_type, "refresh_token") == 0 && g.has_refresh)) {
-		enum MHD_Result ret = respond_error(
-			r, MHD_HTTP_BAD_REQUEST, "unsupported_grant_type",
-			"grant_type must be client_credentials, or refresh_token with a "
-			"refresh_token");
-
-		free(g.grant_type);
-		return ret;
-	}
-	free(g.grant_type);
-	if (localtoken_new(access, sizeof(access)) < 0 ||
-	    localtoken_new(refresh, sizeof(refresh)) < 0)
+	if ((answer = localtoken_answer(r->f->d.cfg->token_lifetime)) == NULL)
 		return respond_error(r, MHD_HTTP_INTERNAL_SERVER_ERROR, "internal error",
-				     "no randomness available for a token");
-	stats_inc(f->d.stats, -1, STATS_LOCAL_GRANTS);
-	o = cJSON_CreateObject();
-	cJSON_AddStringToObject(o, "access_token", access);
-	cJSON_AddStringToObject(o, "refresh_token", refresh);
-	cJSON_AddNumberToObject(o, "expires_in", f->d.cfg->token_lifetime);
-	cJSON_AddStringToObject(o, "token_type", "bearer");
-	text = cJSON_PrintUnformatted(o);
-	cJSON_Delete(o);
-	return respond_json(r, MHD_HTTP_OK, text);
+				     "no randomness or memory available for a token");
+	stats_inc(r->f->d.stats, -1, STATS_LOCAL_GRANTS);
+	return respond_json(r, MHD_HTTP_OK, answer);
 }
 
 /* ---- admin ---- */

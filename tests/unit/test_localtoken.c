@@ -5,6 +5,7 @@
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include <cmocka.h>
@@ -69,6 +70,68 @@ static void test_short_buffer(void **state)
 	assert_int_equal(tok[0], '#');
 }
 
+static enum localtoken_grant parse(const char *ct, const char *body)
+{
+	return localtoken_parse(ct, body, strlen(body));
+}
+
+static void test_parse_form(void **state)
+{
+	const char *form = "application/x-www-form-urlencoded";
+
+	(void)state;
+	assert_int_equal(parse(form, "grant_type=client_credentials&client_id=a&client_secret=b"),
+			 LOCALTOKEN_CLIENT_CREDENTIALS);
+	assert_int_equal(parse(NULL, "client_id=a&grant_type=client%5Fcredentials"),
+			 LOCALTOKEN_CLIENT_CREDENTIALS);
+	assert_int_equal(parse(form, "grant%5Ftype=refresh_token&refresh_token=kd_x"),
+			 LOCALTOKEN_REFRESH);
+	assert_int_equal(parse(form, "grant_type=refresh_token&refresh_token="),
+			 LOCALTOKEN_UNSUPPORTED);
+	assert_int_equal(parse(form, "grant_type=refresh_token"), LOCALTOKEN_UNSUPPORTED);
+	assert_int_equal(parse(form, "grant_type=password&username=u"), LOCALTOKEN_UNSUPPORTED);
+	assert_int_equal(parse(form, "client_id=a&client_secret=b"), LOCALTOKEN_MISSING);
+	assert_int_equal(parse(form, ""), LOCALTOKEN_MISSING);
+	assert_int_equal(parse(form, "&&grant_type&="), LOCALTOKEN_MISSING);
+	/* The last grant_type wins, as with any repeated form field. */
+	assert_int_equal(parse(form, "grant_type=password&grant_type=client_credentials"),
+			 LOCALTOKEN_CLIENT_CREDENTIALS);
+}
+
+static void test_parse_json(void **state)
+{
+	const char *json = "application/json; charset=utf-8";
+
+	(void)state;
+	assert_int_equal(parse(json, "{\"grant_type\":\"client_credentials\",\"client_id\":\"a\"}"),
+			 LOCALTOKEN_CLIENT_CREDENTIALS);
+	assert_int_equal(parse(json, "{\"grant_type\":\"refresh_token\",\"refresh_token\":\"x\"}"),
+			 LOCALTOKEN_REFRESH);
+	assert_int_equal(parse(json, "{\"grant_type\":\"refresh_token\",\"refresh_token\":1}"),
+			 LOCALTOKEN_UNSUPPORTED);
+	assert_int_equal(parse(json, "{\"grant_type\":7}"), LOCALTOKEN_MISSING);
+	assert_int_equal(parse(json, "not json"), LOCALTOKEN_MISSING);
+	/* A JSON body labelled as a form is read as a form: no grant_type. */
+	assert_int_equal(parse(NULL, "{\"grant_type\":\"client_credentials\"}"),
+			 LOCALTOKEN_MISSING);
+}
+
+static void test_answer(void **state)
+{
+	char *a = localtoken_answer(1234), *b = localtoken_answer(1234);
+
+	(void)state;
+	assert_non_null(a);
+	assert_non_null(b);
+	assert_non_null(strstr(a, "\"access_token\":\"kd_"));
+	assert_non_null(strstr(a, "\"refresh_token\":\"kd_"));
+	assert_non_null(strstr(a, "\"expires_in\":1234"));
+	assert_non_null(strstr(a, "\"token_type\":\"bearer\""));
+	assert_string_not_equal(a, b);
+	free(a);
+	free(b);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -76,6 +139,9 @@ int main(void)
 		cmocka_unit_test(test_distinct),
 		cmocka_unit_test(test_alphabet_covered),
 		cmocka_unit_test(test_short_buffer),
+		cmocka_unit_test(test_parse_form),
+		cmocka_unit_test(test_parse_json),
+		cmocka_unit_test(test_answer),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
