@@ -144,6 +144,41 @@ static int is_loopback(const struct sockaddr_storage *ss)
 	return 0;
 }
 
+#define NOT_LOOPBACK                                                                  \
+	"refusing to listen on %s: it is not a loopback address, and anyone who can " \
+	"connect would use the workspace's credentials. Listen on 127.0.0.1 (the "    \
+	"shared-gateway mode with local accounts is not available yet)"
+
+/* Resolves [server] listen (numeric or "localhost"), refusing what is not
+ * loopback.  *out comes from getaddrinfo().  0 or -1. */
+static int resolve_listen(const struct config *cfg, struct addrinfo **out, char *err, size_t errlen)
+{
+	char host[256], portstr[16];
+	unsigned port;
+	struct addrinfo hints = { 0 };
+	int rc;
+
+	if (config_parse_listen(cfg->listen, host, sizeof(host), &port) < 0) {
+		snprintf(err, errlen, "listen: cannot parse '%s'", cfg->listen);
+		return -1;
+	}
+	snprintf(portstr, sizeof(portstr), "%u", port);
+	hints.ai_family = AF_UNSPEC;
+	hints.ai_socktype = SOCK_STREAM;
+	hints.ai_flags = AI_PASSIVE | AI_NUMERICSERV;
+	if ((rc = getaddrinfo(host, portstr, &hints, out)) != 0) {
+		snprintf(err, errlen, "listen %s: %s", cfg->listen, gai_strerror(rc));
+		return -1;
+	}
+	if (!is_loopback((const struct sockaddr_storage *)(void *)(*out)->ai_addr)) {
+		snprintf(err, errlen, NOT_LOOPBACK, cfg->listen);
+		freeaddrinfo(*out);
+		*out = NULL;
+		return -1;
+	}
+	return 0;
+}
+
 /*
  * The listening socket: handed over by systemd (socket activation), or
  * bound here.  Only loopback is served until local accounts exist: anyone
@@ -153,10 +188,8 @@ static int open_listener(const struct config *cfg, char *err, size_t errlen)
 {
 	struct sockaddr_storage ss;
 	socklen_t sl = sizeof(ss);
-	char host[256], portstr[16];
-	unsigned port;
-	struct addrinfo hints = { 0 }, *ai = NULL;
-	int fd = -1, n, on = 1, rc;
+	struct addrinfo *ai = NULL;
+	int fd = -1, n, on = 1;
 
 	if ((n = sd_listen_fds(1)) > 1) {
 		snprintf(err, errlen, "systemd passed %d sockets; kaleidod takes one", n);
@@ -169,49 +202,24 @@ static int open_listener(const struct config *cfg, char *err, size_t errlen)
 				 "the socket systemd passed is not a listening stream socket");
 			return -1;
 		}
-	} else {
-		if (config_parse_listen(cfg->listen, host, sizeof(host), &port) < 0) {
-			snprintf(err, errlen, "listen: cannot parse '%s'", cfg->listen);
+		if (getsockname(fd, (struct sockaddr *)&ss, &sl) < 0 || !is_loopback(&ss)) {
+			snprintf(err, errlen, NOT_LOOPBACK, "the socket systemd passed");
 			return -1;
 		}
-		snprintf(portstr, sizeof(portstr), "%u", port);
-		hints.ai_family = AF_UNSPEC;
-		hints.ai_socktype = SOCK_STREAM;
-		hints.ai_flags = AI_PASSIVE | AI_NUMERICSERV;
-		if ((rc = getaddrinfo(host, portstr, &hints, &ai)) != 0) {
-			snprintf(err, errlen, "listen %s: %s", cfg->listen, gai_strerror(rc));
-			return -1;
-		}
-		if (!is_loopback((const struct sockaddr_storage *)(void *)ai->ai_addr))
-			goto not_loopback;
-		fd = socket(ai->ai_family, ai->ai_socktype | SOCK_CLOEXEC, 0);
-		if (fd < 0 || setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &on, sizeof(on)) < 0 ||
-		    bind(fd, ai->ai_addr, ai->ai_addrlen) < 0 || listen(fd, 1024) < 0) {
-			snprintf(err, errlen, "listen %s: %s", cfg->listen, strerror(errno));
-			goto fail;
-		}
-		freeaddrinfo(ai);
-		ai = NULL;
+		return fd;
 	}
-	if (getsockname(fd, (struct sockaddr *)&ss, &sl) < 0) {
-		snprintf(err, errlen, "getsockname: %s", strerror(errno));
-		goto fail;
+	if (resolve_listen(cfg, &ai, err, errlen) < 0)
+		return -1;
+	fd = socket(ai->ai_family, ai->ai_socktype | SOCK_CLOEXEC, 0);
+	if (fd < 0 || setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &on, sizeof(on)) < 0 ||
+	    bind(fd, ai->ai_addr, ai->ai_addrlen) < 0 || listen(fd, 1024) < 0) {
+		snprintf(err, errlen, "listen %s: %s", cfg->listen, strerror(errno));
+		if (fd >= 0)
+			close(fd);
+		fd = -1;
 	}
-	if (!is_loopback(&ss))
-		goto not_loopback;
+	freeaddrinfo(ai);
 	return fd;
-not_loopback:
-	snprintf(err, errlen,
-		 "refusing to listen on %s: it is not a loopback address, and anyone who can "
-		 "connect would use the workspace's credentials. Listen on 127.0.0.1 (the "
-		 "shared-gateway mode with local accounts is not available yet)",
-		 n == 1 ? "the socket systemd passed" : cfg->listen);
-fail:
-	if (ai != NULL)
-		freeaddrinfo(ai);
-	if (fd >= 0 && n != 1)
-		close(fd);
-	return -1;
 }
 
 /* A cache that cannot be opened never stops the proxy: move it aside, or run without. */
@@ -371,6 +379,15 @@ int main(int argc, char **argv)
 	if ((cfg = load_config(&fl)) == NULL)
 		return 1;
 	if (fl.check) {
+		struct addrinfo *ai = NULL;
+
+		/* The listen address is part of a valid configuration. */
+		if (resolve_listen(cfg, &ai, err, sizeof(err)) < 0) {
+			fprintf(stderr, "kaleidod: %s\n", err);
+			config_free(&cfg);
+			return 1;
+		}
+		freeaddrinfo(ai);
 		config_print(cfg, stdout);
 		config_free(&cfg);
 		return 0;

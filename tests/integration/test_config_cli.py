@@ -112,6 +112,16 @@ def test_listen_off_loopback_refused(tmp_path, addr):
     assert "loopback" in p.stderr.decode().lower() or "listen" in p.stderr.decode(), p.stderr
 
 
+@pytest.mark.parametrize("addr", ["0.0.0.0:8765", "[::]:8765"])
+def test_check_config_refuses_listen_off_loopback(tmp_path, addr):
+    # --check-config validates what a start would refuse, without binding.
+    p = run_kaleidod(["--listen", addr, "--check-config"],
+                     env={"KALEIDOSCOPE_API_CLIENT_SECRET": "x"}, timeout=10)
+    assert p.returncode == 1, p
+    assert "loopback" in p.stderr.decode(), p.stderr
+    assert p.stdout == b"", p.stdout
+
+
 @pytest.mark.parametrize("addr", ["127.0.0.1:0", "[::1]:0"])
 def test_listen_on_loopback_accepted(tmp_path, addr):
     path = write(tmp_path, "[upstream]\nurl = http://127.0.0.1:9\nclient_id = x\n"
