@@ -89,6 +89,24 @@ static int token_valid(const struct auth *a, double now)
 	return a->access != NULL && now < a->expiry;
 }
 
+/*
+ * Without a client id or secret there is nothing to ask the API with: say so
+ * as the failure, and wait (forever, or until auth_set_secret()) instead of
+ * sending empty credentials on every backoff step.
+ */
+static void no_credentials_check(struct auth *a)
+{
+	if (a->client_id[0] != '\0' && a->secret[0] != '\0')
+		return;
+	a->retry_set = 1;
+	a->retry_at = INFINITY;
+	a->last_failed = 1;
+	a->failing_since = wall_now();
+	snprintf(a->last_error, sizeof(a->last_error),
+		 "no API client credentials: set KALEIDOSCOPE_API_CLIENT_ID and "
+		 "KALEIDOSCOPE_API_CLIENT_SECRET (or client_secret_file)");
+}
+
 struct auth *auth_new(const char *client_id, const char *client_secret, unsigned retry_min,
 		      unsigned retry_max)
 {
@@ -128,6 +146,7 @@ struct auth *auth_new(const char *client_id, const char *client_secret, unsigned
 		clock_gettime(CLOCK_MONOTONIC, &ts);
 		a->seed = (unsigned)ts.tv_nsec ^ (unsigned)ts.tv_sec;
 	}
+	no_credentials_check(a);
 	return a;
 fail:
 	if (esc != NULL) {
@@ -172,6 +191,7 @@ int auth_set_secret(struct auth *a, const char *client_secret)
 	/* A new secret deserves an attempt now, not after the backoff. */
 	a->nfail = 0;
 	a->retry_set = 0;
+	no_credentials_check(a);
 	pthread_mutex_unlock(&a->mtx);
 	rc = 0;
 out:

@@ -22,6 +22,8 @@ enum auth_state {
 	AUTH_FAILING,      /* last attempt failed and no valid token is held */
 };
 
+/* An empty client id or secret makes a machine that never asks: it is
+ * FAILING with a reason saying what to set (auth_set_secret() can fix it). */
 struct auth *auth_new(const char *client_id, const char *client_secret, unsigned retry_min,
 		      unsigned retry_max);
 void auth_free(struct auth **a);

@@ -160,3 +160,16 @@ def test_cache_still_served_while_credentials_rejected(mock_factory, daemon_fact
     assert r.status == 200, r
     assert r.header("X-Cache") in ("HIT", "STALE"), r
     assert r.body == first.body
+
+
+def test_without_credentials_says_what_to_set_and_never_asks(mock, daemon_factory):
+    d = daemon_factory(mock, secret=None).start()
+    h = d.health()
+    assert h["upstream"]["auth"]["state"] == "failing", h
+    assert "KALEIDOSCOPE_API_CLIENT_SECRET" in h["upstream"]["auth"]["last_error"], h
+    r = Sdk(d.port).get("/activities")
+    assert r.status == 502, r
+    assert "KALEIDOSCOPE_API_CLIENT_SECRET" in r.json()["detail"], r.json()
+    assert mock.stats()["token"]["client_credentials"] == 0
+    assert mock.count("POST /auth/oauth/token") == 0
+    assert "no API client credentials" in d.log()

@@ -511,6 +511,35 @@ static void test_set_secret_cancels_backoff(void **state)
 	auth_free(&a);
 }
 
+/* Empty credentials are a failure stated once, not a request on every step. */
+static void test_no_credentials_never_asks(void **state)
+{
+	struct auth *a = auth_new("id", "", 1, 2);
+	struct auth_status st;
+	char *form = NULL;
+
+	(void)state;
+	assert_non_null(a);
+	auth_status(a, &st);
+	assert_int_equal(st.state, AUTH_FAILING);
+	assert_non_null(strstr(st.last_error, "KALEIDOSCOPE_API_CLIENT_SECRET"));
+	assert_true(st.failing_since > 0);
+	for (double t = 0; t < 10000; t += 500)
+		assert_int_equal(auth_begin(a, t, 1, &form), 0);
+	assert_true(auth_in_backoff(a, 10000));
+	assert_int_equal(auth_set_secret(a, "now-set"), 0);
+	form = begin(a, 10001, 0);
+	assert_non_null(strstr(form, "client_secret=now-set"));
+	free(form);
+	auth_free(&a);
+
+	a = auth_new("", "secret", 1, 2);
+	assert_int_equal(auth_begin(a, 0, 0, &form), 0);
+	assert_int_equal(auth_set_secret(a, "other"), 0); /* still no client id */
+	assert_int_equal(auth_begin(a, 1, 0, &form), 0);
+	auth_free(&a);
+}
+
 static void test_state_names(void **state)
 {
 	(void)state;
@@ -535,6 +564,7 @@ int main(void)
 		cmocka_unit_test(test_reason_scrubbed),
 		cmocka_unit_test(test_bad_answers),
 		cmocka_unit_test(test_set_secret_cancels_backoff),
+		cmocka_unit_test(test_no_credentials_never_asks),
 		cmocka_unit_test(test_state_names),
 	};
 
