@@ -29,6 +29,8 @@
 #include "auth.h"
 
 #define DEFAULT_LIFETIME 3600.0
+#define LIFETIME_MIN 1.0
+#define LIFETIME_MAX (366.0 * 86400.0)
 #define REFRESH_LEAD_MAX 600.0
 #define BODY_EXCERPT 120
 
@@ -68,6 +70,14 @@ static void secret_free(char **p)
 	explicit_bzero(*p, strlen(*p));
 	free(*p);
 	*p = NULL;
+}
+
+static int token_chars_ok(const char *t)
+{
+	for (; *t != '\0'; t++)
+		if (*t <= ' ' || *t > '~')
+			return 0;
+	return 1;
 }
 
 static double wall_now(void)
@@ -476,9 +486,23 @@ int auth_finish(struct auth *a, double now, long status, const char *body, size_
 			 "token endpoint answered %ld without an access_token", status);
 		goto fail;
 	}
+	/* Tokens go into header lines: printable ASCII only, no spaces. */
+	if (!token_chars_ok(got_access) || (got_refresh != NULL && !token_chars_ok(got_refresh))) {
+		snprintf(reason, sizeof(reason),
+			 "token endpoint answered %ld with a token holding characters a header "
+			 "cannot carry",
+			 status);
+		goto fail;
+	}
 	exp = cJSON_GetObjectItemCaseSensitive(json, "expires_in");
-	if (cJSON_IsNumber(exp))
-		lifetime = exp->valuedouble >= 1 ? exp->valuedouble : 1;
+	/* A lifetime that is no lifetime (zero, negative, infinite) counts as
+	 * absent: honouring it would mean a token request every second, or
+	 * never a refresh.  If the token really is dead, the API's 401 says so
+	 * (and such re-authentication is rate-limited upstream). */
+	if (cJSON_IsNumber(exp) && isfinite(exp->valuedouble) && exp->valuedouble > 0)
+		lifetime = exp->valuedouble < LIFETIME_MIN ? LIFETIME_MIN :
+			   exp->valuedouble > LIFETIME_MAX ? LIFETIME_MAX :
+							     exp->valuedouble;
 
 	new_access = strdup(got_access);
 	new_refresh = got_refresh != NULL ? strdup(got_refresh) : NULL;

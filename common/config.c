@@ -190,6 +190,10 @@ static const char *check_url(char *value)
 		value[--len] = '\0';
 	if (len == skip || value[skip] == '/')
 		return "has no host";
+	/* user:password@ would travel in logs, health and error bodies. */
+	if (memchr(value + skip, '@', strcspn(value + skip, "/")) != NULL)
+		return "must not carry credentials (user@ or user:password@); kaleidod "
+		       "authenticates with the client id and secret";
 	return NULL;
 }
 
@@ -727,8 +731,25 @@ static char *cfg_reader(char *str, int num, void *stream)
 			ctx_error(ctx, "line too long (at most %d bytes)", num - 1);
 		}
 	}
-	skip = strspn(str, " \t");
+	skip = 0;
+	while (str[skip] != '\0' && isspace((unsigned char)str[skip]) && str[skip] != '\n')
+		skip++;
 	memmove(str, str + skip, len - skip + 1);
+	/* Debian's inih cuts a value at " ;" (an inline comment) without a
+	 * word: a secret or header holding one would be silently shortened. */
+	if (str[0] != ';' && str[0] != '#' && str[0] != '[') {
+		const char *eq = strchr(str, '=');
+
+		for (const char *p = eq; p != NULL && *p != '\0'; p++) {
+			if (*p == ';' && isspace((unsigned char)p[-1])) {
+				ctx_error(ctx,
+					  "inline comments are not supported (' ;' in a value); "
+					  "put comments on their own line, and a secret holding "
+					  "' ;' in client_secret_file");
+				break;
+			}
+		}
+	}
 
 	/* inih does not report sections; check them here so an empty one fails too */
 	if (str[0] == '[') {
@@ -1134,19 +1155,6 @@ static void print_list(FILE *out, const char *key, char *const *list, int n)
 	fputc('\n', out);
 }
 
-/* A URL's userinfo may hold a password; show only that it is there. */
-static void print_url(FILE *out, const char *key, const char *url)
-{
-	const char *host = strstr(url, "://"), *at;
-
-	host = host != NULL ? host + 3 : url;
-	at = strchr(host, '@');
-	if (at != NULL && at < host + strcspn(host, "/"))
-		fprintf(out, "%s = %.*s%s%s\n", key, (int)(host - url), url, MASK, at);
-	else
-		fprintf(out, "%s = %s\n", key, url);
-}
-
 static void print_key(FILE *out, const struct config *cfg, const void *base, const struct ckey *k)
 {
 	const void *f = cfield(base, k->off);
@@ -1164,8 +1172,6 @@ static void print_key(FILE *out, const struct config *cfg, const void *base, con
 					cfg->client_secret_source != NULL ?
 						cfg->client_secret_source :
 						"unknown source");
-		} else if (k->check == check_url && s != NULL) {
-			print_url(out, k->key, s);
 		} else {
 			fprintf(out, "%s =%s%s\n", k->key, s != NULL ? " " : "",
 				s != NULL ? s : "");

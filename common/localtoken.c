@@ -84,9 +84,13 @@ int localtoken_new(char *out, size_t outlen)
 static char *form_field(const char *p, size_t len)
 {
 	int outlen = 0;
-	char *d = curl_easy_unescape(NULL, p, (int)len, &outlen);
-	char *copy = d != NULL ? strndup(d, (size_t)outlen) : NULL;
+	char *d, *copy;
 
+	/* curl reads a length of 0 as "up to the NUL": not what we mean. */
+	if (len == 0)
+		return strdup("");
+	d = curl_easy_unescape(NULL, p, (int)len, &outlen);
+	copy = d != NULL ? strndup(d, (size_t)outlen) : NULL;
 	curl_free(d);
 	return copy;
 }

@@ -126,6 +126,7 @@ void log_add_secret(const char *secret)
 {
 	size_t len;
 	char *copy;
+	int i;
 
 	if (secret == NULL)
 		return;
@@ -141,12 +142,10 @@ void log_add_secret(const char *secret)
 		abort();
 
 	pthread_mutex_lock(&log_mtx);
-	if (secret_find(secret, len) >= 0) {
-		pthread_mutex_unlock(&log_mtx);
-		explicit_bzero(copy, len);
-		free(copy);
-		return;
-	}
+	/* Registered again: it becomes the newest, so eviction by age never
+	 * drops the secret in use (a SIGHUP back to an older one, say). */
+	if ((i = secret_find(secret, len)) >= 0)
+		secret_drop(i);
 	if (log_nsecrets == LOG_MAX_SECRETS)
 		secret_drop(0);
 	log_secrets[log_nsecrets].s = copy;

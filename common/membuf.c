@@ -17,8 +17,19 @@ int membuf_append(struct membuf *b, const void *p, size_t n)
 
 		while (ncap < b->len + n + 1)
 			ncap *= 2;
-		if ((d = realloc(b->data, ncap)) == NULL)
-			return -1;
+		if (!b->secret) {
+			if ((d = realloc(b->data, ncap)) == NULL)
+				return -1;
+		} else {
+			/* realloc would free the old copy without wiping it. */
+			if ((d = malloc(ncap)) == NULL)
+				return -1;
+			if (b->data != NULL) {
+				memcpy(d, b->data, b->len);
+				explicit_bzero(b->data, b->cap);
+				free(b->data);
+			}
+		}
 		b->data = d;
 		b->cap = ncap;
 	}
@@ -31,7 +42,7 @@ int membuf_append(struct membuf *b, const void *p, size_t n)
 
 void membuf_free(struct membuf *b, int wipe)
 {
-	if (wipe && b->data != NULL)
+	if ((wipe || b->secret) && b->data != NULL)
 		explicit_bzero(b->data, b->cap);
 	free(b->data);
 	b->data = NULL;

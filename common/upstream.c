@@ -549,6 +549,7 @@ static void token_start(struct upstream *u, double now)
 	}
 	u->tok_form = form;
 	u->tok_overflow = 0;
+	u->tok_body.secret = 1;
 	u->tok_err[0] = '\0';
 	h = curl_slist_append(h, "Content-Type: application/x-www-form-urlencoded");
 	h = curl_slist_append(h, "Accept: application/json");

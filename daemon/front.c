@@ -144,7 +144,9 @@ static enum MHD_Result respond_error(struct req *r, unsigned status, const char 
 static enum MHD_Result respond_error(struct req *r, unsigned status, const char *error,
 				     const char *fmt, ...)
 {
-	char detail[1024], clean[1024];
+	/* Formatted whole before redaction: a secret cut at the end of a
+	 * short buffer would no longer match. */
+	char detail[4096], clean[1024];
 	va_list ap;
 	cJSON *o = cJSON_CreateObject();
 	char *text;
@@ -648,6 +650,7 @@ static int classify(struct req *r, const char *method, const char *version)
 	}
 	if (path_is(r, TOKEN_PATH)) {
 		r->route = R_TOKEN;
+		r->body.secret = 1; /* it holds a client secret */
 		return 0;
 	}
 	r->route = R_FORWARD;

@@ -394,6 +394,14 @@ int main(int argc, char **argv)
 	}
 	log_level_parse(cfg->log_level, &lvl);
 	log_setlevel(lvl);
+	/* Configured header values may be credentials for a proxy in front of
+	 * the API; they never need to appear in a log line either. */
+	for (int i = 0; i < cfg->nheaders; i++) {
+		const char *v = strchr(cfg->headers[i], ':');
+
+		if (v != NULL)
+			log_add_secret(v + 1 + strspn(v + 1, " \t"));
+	}
 	if (cfg->client_secret != NULL) {
 		log_add_secret(cfg->client_secret);
 		if ((secret = strdup(cfg->client_secret)) == NULL)

@@ -157,12 +157,52 @@ static void test_expires_in_default_and_clamp(void **state)
 	assert_null(auth_token(a, 3600, NULL));
 	auth_free(&a);
 
-	/* A non-positive lifetime counts as one second, not as already expired. */
+	/* Zero or negative is no lifetime: the default, not a token request
+	 * every second; a short real one is honoured (at least 1 s). */
 	a = new_auth(1, 60);
 	begin_ok(a, 0, CC);
 	assert_int_equal(finish_json(a, 0, 200, "{\"access_token\":\"tok\",\"expires_in\":-5}"), 0);
+	assert_non_null(auth_token(a, 3599, NULL));
+	assert_true(near(auth_next_due(a, 0), 3240));
+	auth_free(&a);
+	a = new_auth(1, 60);
+	begin_ok(a, 0, CC);
+	assert_int_equal(finish_json(a, 0, 200, "{\"access_token\":\"tok\",\"expires_in\":0.2}"),
+			 0);
 	assert_non_null(auth_token(a, 0.5, NULL));
 	assert_null(auth_token(a, 1, NULL));
+	auth_free(&a);
+
+	/* Infinity (1e999 in JSON) is no lifetime: the default; a huge finite
+	 * one is capped at a year. */
+	a = new_auth(1, 60);
+	begin_ok(a, 0, CC);
+	assert_int_equal(finish_json(a, 0, 200, "{\"access_token\":\"tok\",\"expires_in\":1e999}"),
+			 0);
+	assert_non_null(auth_token(a, 3599, NULL));
+	assert_null(auth_token(a, 3600, NULL));
+	auth_free(&a);
+	a = new_auth(1, 60);
+	begin_ok(a, 0, CC);
+	assert_int_equal(finish_json(a, 0, 200, "{\"access_token\":\"tok\",\"expires_in\":1e12}"),
+			 0);
+	assert_non_null(auth_token(a, 366.0 * 86400 - 1, NULL));
+	assert_null(auth_token(a, 366.0 * 86400, NULL));
+	auth_free(&a);
+}
+
+/* A token is put in a header line: one with CR/LF or spaces is refused. */
+static void test_token_charset(void **state)
+{
+	struct auth *a = new_auth(1, 60);
+	struct auth_status st;
+
+	(void)state;
+	begin_ok(a, 0, CC);
+	assert_int_equal(finish_json(a, 0, 200, "{\"access_token\":\"tok\\r\\nX-Evil: 1\"}"), -1);
+	assert_null(auth_token(a, 1, NULL));
+	auth_status(a, &st);
+	assert_non_null(strstr(st.last_error, "cannot carry"));
 	auth_free(&a);
 }
 
@@ -275,13 +315,13 @@ static void test_failure_backoff(void **state)
 	}
 	/* Success resets the failure run and the backoff step. */
 	begin_ok(a, now, CC);
-	assert_int_equal(finish_json(a, now, 200, "{\"access_token\":\"tok\",\"expires_in\":1}"),
+	assert_int_equal(finish_json(a, now, 200, "{\"access_token\":\"tok\",\"expires_in\":10}"),
 			 0);
 	auth_status(a, &st);
 	assert_int_equal(st.state, AUTH_OK);
 	assert_true(st.failing_since == 0);
 	assert_string_equal(st.last_error, "");
-	now += 1;
+	now += 10;
 	begin_ok(a, now, CC);
 	assert_int_equal(finish_json(a, now, 500, "oops"), -1);
 	d = auth_next_due(a, now);
@@ -554,6 +594,7 @@ int main(void)
 		cmocka_unit_test(test_first_begin_form),
 		cmocka_unit_test(test_success_schedule),
 		cmocka_unit_test(test_expires_in_default_and_clamp),
+		cmocka_unit_test(test_token_charset),
 		cmocka_unit_test(test_refresh_uses_refresh_grant),
 		cmocka_unit_test(test_failed_refresh_falls_back),
 		cmocka_unit_test(test_failure_backoff),

@@ -225,6 +225,24 @@ static void test_redact_oldest_dropped(void **state)
 	assert_string_equal(out, "***|***");
 }
 
+/* Registering a secret again makes it the newest: rotation never evicts it. */
+static void test_redact_reregistered_kept(void **state)
+{
+	char out[64], name[16];
+	int i;
+
+	(void)state;
+	log_add_secret("the-client-secret");
+	for (i = 0; i < LOG_MAX_SECRETS - 1; i++) {
+		snprintf(name, sizeof(name), "token%d", i);
+		log_add_secret(name);
+	}
+	log_add_secret("the-client-secret");
+	log_add_secret("token-new");
+	log_redact(out, sizeof(out), "the-client-secret|token0|token1");
+	assert_string_equal(out, "***|token0|***");
+}
+
 static void test_redact_truncation(void **state)
 {
 	char out[8];
@@ -471,6 +489,7 @@ int main(void)
 		cmocka_unit_test_setup(test_redact_overlapping, reset),
 		cmocka_unit_test_setup(test_redact_forget, reset),
 		cmocka_unit_test_setup(test_redact_oldest_dropped, reset),
+		cmocka_unit_test_setup(test_redact_reregistered_kept, reset),
 		cmocka_unit_test_setup(test_redact_truncation, reset),
 		cmocka_unit_test_setup(test_line_format, reset),
 		cmocka_unit_test_setup(test_warn_errno, reset),

@@ -56,12 +56,32 @@ static void test_overflow_refused(void **state)
 	membuf_free(&b, 0);
 }
 
+/* A secret buffer grows by copy-and-wipe; its content must survive that. */
+static void test_secret_growth_keeps_content(void **state)
+{
+	struct membuf b = { .secret = 1 };
+	char chunk[3000];
+
+	(void)state;
+	for (int i = 0; i < 10; i++) {
+		memset(chunk, 'a' + i, sizeof(chunk));
+		assert_int_equal(membuf_append(&b, chunk, sizeof(chunk)), 0);
+	}
+	assert_int_equal(b.len, 30000);
+	for (int i = 0; i < 10; i++)
+		assert_int_equal(b.data[i * 3000 + 1500], 'a' + i);
+	membuf_free(&b, 0);
+	assert_null(b.data);
+	assert_int_equal(b.secret, 1);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_append_grows_and_terminates),
 		cmocka_unit_test(test_binary_and_empty),
 		cmocka_unit_test(test_overflow_refused),
+		cmocka_unit_test(test_secret_growth_keeps_content),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
