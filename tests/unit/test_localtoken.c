@@ -98,6 +98,22 @@ static void test_parse_form(void **state)
 			 LOCALTOKEN_CLIENT_CREDENTIALS);
 }
 
+/* Empty keys and values, in a buffer with no NUL after it (ASan checks the
+ * parser stays inside). */
+static void test_parse_empty_fields_stay_in_bounds(void **state)
+{
+	const char body[] = "=&x=&grant_type=client_credentials&=";
+	char *copy = malloc(sizeof(body) - 1);
+
+	(void)state;
+	assert_non_null(copy);
+	memcpy(copy, body, sizeof(body) - 1);
+	assert_int_equal(localtoken_parse(NULL, copy, sizeof(body) - 1),
+			 LOCALTOKEN_CLIENT_CREDENTIALS);
+	assert_int_equal(localtoken_parse(NULL, copy, 4), LOCALTOKEN_MISSING);
+	free(copy);
+}
+
 static void test_parse_json(void **state)
 {
 	const char *json = "application/json; charset=utf-8";
@@ -140,6 +156,7 @@ int main(void)
 		cmocka_unit_test(test_alphabet_covered),
 		cmocka_unit_test(test_short_buffer),
 		cmocka_unit_test(test_parse_form),
+		cmocka_unit_test(test_parse_empty_fields_stay_in_bounds),
 		cmocka_unit_test(test_parse_json),
 		cmocka_unit_test(test_answer),
 	};
