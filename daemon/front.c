@@ -46,6 +46,7 @@
 struct front {
 	struct front_deps d;
 	struct MHD_Daemon *mhd;
+	MHD_socket quiesced_fd; /* the listening socket, ours after quiescing */
 };
 
 enum route { R_FORWARD = 0, R_TOKEN, R_ADMIN };
@@ -826,6 +827,7 @@ struct front *front_new(const struct front_deps *deps, int listen_fd, char *err,
 		return NULL;
 	}
 	f->d = *deps;
+	f->quiesced_fd = MHD_INVALID_SOCKET;
 	if (threads == 0) {
 		long n = sysconf(_SC_NPROCESSORS_ONLN);
 
@@ -850,12 +852,12 @@ struct front *front_new(const struct front_deps *deps, int listen_fd, char *err,
 
 void front_quiesce(struct front *f)
 {
-	MHD_socket fd;
-
-	/* The listening socket is ours again once quiesced: close it, so new
-	 * clients are refused at once rather than left in the backlog. */
-	if (f != NULL && f->mhd != NULL && (fd = MHD_quiesce_daemon(f->mhd)) != MHD_INVALID_SOCKET)
-		close(fd);
+	/* The listening socket is ours again once quiesced, but the pool
+	 * threads drop it from their epoll sets on their own time: it is
+	 * closed only after MHD_stop_daemon() (closing it here made
+	 * libmicrohttpd abort, "Failed to remove listen FD from epoll set"). */
+	if (f != NULL && f->mhd != NULL && f->quiesced_fd == MHD_INVALID_SOCKET)
+		f->quiesced_fd = MHD_quiesce_daemon(f->mhd);
 }
 
 void front_free(struct front **fp)
@@ -866,6 +868,8 @@ void front_free(struct front **fp)
 		return;
 	if (f->mhd != NULL)
 		MHD_stop_daemon(f->mhd);
+	if (f->quiesced_fd != MHD_INVALID_SOCKET)
+		close(f->quiesced_fd);
 	free(f);
 	*fp = NULL;
 }
