@@ -131,7 +131,6 @@ struct upstream {
 	int draining;     /* stopping: queued starts fail */
 	unsigned logged_gen;
 	char *logged_token; /* the token registered with the log */
-	enum auth_state reported;
 
 	pthread_mutex_t clock; /* counters */
 	struct upstream_counters counters;
@@ -528,7 +527,6 @@ static void report_auth(struct upstream *u, double now)
 		return;
 	auth_status(u->auth, &st);
 	u->events.auth_changed(u->events.arg, &st, auth_next_due(u->auth, now));
-	u->reported = st.state;
 }
 
 static void token_start(struct upstream *u, double now)
