@@ -194,6 +194,36 @@ static enum MHD_Result respond_entry(struct req *r, struct cache_entry *e, enum 
 	return queue_and_drop(r, (unsigned)e->status, resp);
 }
 
+/*
+ * A cache that fails (a full disk, a file damaged at run time) fails on
+ * every request: say so at most once a minute, with how many were hidden.
+ */
+static void cache_warn(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static void cache_warn(const char *fmt, ...)
+{
+	static atomic_llong last;
+	static atomic_ulong hidden;
+	long long now = (long long)time(NULL), prev = atomic_load(&last);
+	unsigned long n;
+	char msg[512];
+	va_list ap;
+
+	if (now - prev < 60 || !atomic_compare_exchange_strong(&last, &prev, now)) {
+		atomic_fetch_add(&hidden, 1);
+		return;
+	}
+	va_start(ap, fmt);
+	vsnprintf(msg, sizeof(msg), fmt, ap);
+	va_end(ap);
+	n = atomic_exchange(&hidden, 0);
+	if (n > 0)
+		log_warnx("cache: %s (and %lu more cache errors in the last minute); answers "
+			  "still come from the API",
+			  msg, n);
+	else
+		log_warnx("cache: %s; answers still come from the API", msg);
+}
+
 /* ---- park/unpark: the upstream module suspends and resumes us ---- */
 
 static void park(void *arg)
@@ -259,8 +289,8 @@ static void store_complete(void *arg, struct up_xfer *x)
 	if (e.headers == NULL)
 		goto out;
 	if (cache_put(f->d.cache, s->key, policy_family_name(f->d.policy, s->family), &e) < 0)
-		log_warnx("cache: cannot store %s: %s", policy_family_name(f->d.policy, s->family),
-			  cache_errmsg(f->d.cache));
+		cache_warn("cannot store %s: %s", policy_family_name(f->d.policy, s->family),
+			   cache_errmsg(f->d.cache));
 out:
 	free(e.headers);
 	hdr_free(&keep);
@@ -418,8 +448,8 @@ static void invalidate_after_write(struct req *r, const char *method)
 		if (!(mask & (1u << i)) || f->d.cache == NULL)
 			continue;
 		if (cache_invalidate_family(f->d.cache, policy_family_name(f->d.policy, i)) < 0)
-			log_warnx("cache: cannot invalidate %s: %s",
-				  policy_family_name(f->d.policy, i), cache_errmsg(f->d.cache));
+			cache_warn("cannot invalidate %s: %s", policy_family_name(f->d.policy, i),
+				   cache_errmsg(f->d.cache));
 		stats_inc(f->d.stats, i, STATS_INVALIDATIONS);
 		log_debug("%s %.*s invalidated %s", method, path_len(r->target), r->target,
 			  policy_family_name(f->d.policy, i));
@@ -513,7 +543,7 @@ static enum MHD_Result forward(struct req *r, const char *method)
 			int rc = cache_get(f->d.cache, r->key, &e);
 
 			if (rc < 0)
-				log_warnx("cache: lookup failed: %s", cache_errmsg(f->d.cache));
+				cache_warn("lookup failed: %s", cache_errmsg(f->d.cache));
 			if (rc == 1 && e->expires_at > now_wall()) {
 				enum MHD_Result ret = respond_entry(r, e, XC_HIT);
 
