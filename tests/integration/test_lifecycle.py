@@ -203,4 +203,3 @@ def test_auth_retry_backoff_does_not_hammer(daemon_factory, mock):
     assert 1 < seen < 10, "%d token requests in %.0f s with auth_retry 1..2 s" % (seen, window)
     h = d.health()
     assert h["upstream"]["auth"]["state"] == "failing", h
-
