@@ -145,6 +145,25 @@ static void test_success_schedule(void **state)
 	}
 }
 
+/* Grants a token whose answer carries expires_in_json (NULL: none) at 0 and
+ * checks it is valid until, and not at, the lifetime kaleidod took. */
+static void expect_lifetime(const char *expires_in_json, double lifetime)
+{
+	struct auth *a = new_auth(1, 60);
+	char body[128];
+
+	if (expires_in_json != NULL)
+		snprintf(body, sizeof(body), "{\"access_token\":\"tok\",\"expires_in\":%s}",
+			 expires_in_json);
+	else
+		snprintf(body, sizeof(body), "{\"access_token\":\"tok\"}");
+	begin_ok(a, 0, CC);
+	assert_int_equal(finish_json(a, 0, 200, body), 0);
+	assert_non_null(auth_token(a, lifetime - 0.5, NULL));
+	assert_null(auth_token(a, lifetime, NULL));
+	auth_free(&a);
+}
+
 static void test_expires_in_default_and_clamp(void **state)
 {
 	struct auth *a = new_auth(1, 60);
@@ -153,42 +172,17 @@ static void test_expires_in_default_and_clamp(void **state)
 	begin_ok(a, 0, CC);
 	assert_int_equal(finish_json(a, 0, 200, "{\"access_token\":\"tok\"}"), 0);
 	assert_true(near(auth_next_due(a, 0), 3240));
-	assert_non_null(auth_token(a, 3599.5, NULL));
-	assert_null(auth_token(a, 3600, NULL));
 	auth_free(&a);
-
-	/* Zero or negative is no lifetime: the default, not a token request
-	 * every second; a short real one is honoured (at least 1 s). */
-	a = new_auth(1, 60);
-	begin_ok(a, 0, CC);
-	assert_int_equal(finish_json(a, 0, 200, "{\"access_token\":\"tok\",\"expires_in\":-5}"), 0);
-	assert_non_null(auth_token(a, 3599, NULL));
-	assert_true(near(auth_next_due(a, 0), 3240));
-	auth_free(&a);
-	a = new_auth(1, 60);
-	begin_ok(a, 0, CC);
-	assert_int_equal(finish_json(a, 0, 200, "{\"access_token\":\"tok\",\"expires_in\":0.2}"),
-			 0);
-	assert_non_null(auth_token(a, 0.5, NULL));
-	assert_null(auth_token(a, 1, NULL));
-	auth_free(&a);
-
-	/* Infinity (1e999 in JSON) is no lifetime: the default; a huge finite
-	 * one is capped at a year. */
-	a = new_auth(1, 60);
-	begin_ok(a, 0, CC);
-	assert_int_equal(finish_json(a, 0, 200, "{\"access_token\":\"tok\",\"expires_in\":1e999}"),
-			 0);
-	assert_non_null(auth_token(a, 3599, NULL));
-	assert_null(auth_token(a, 3600, NULL));
-	auth_free(&a);
-	a = new_auth(1, 60);
-	begin_ok(a, 0, CC);
-	assert_int_equal(finish_json(a, 0, 200, "{\"access_token\":\"tok\",\"expires_in\":1e12}"),
-			 0);
-	assert_non_null(auth_token(a, 366.0 * 86400 - 1, NULL));
-	assert_null(auth_token(a, 366.0 * 86400, NULL));
-	auth_free(&a);
+	expect_lifetime(NULL, 3600);
+	/* Zero, negative or infinite (1e999) is no lifetime: the default, not a
+	 * token request every second, nor never a refresh. */
+	expect_lifetime("0", 3600);
+	expect_lifetime("-5", 3600);
+	expect_lifetime("1e999", 3600);
+	/* A short real one is honoured (at least 1 s); a huge one is capped. */
+	expect_lifetime("0.2", 1);
+	expect_lifetime("42", 42);
+	expect_lifetime("1e12", 366.0 * 86400);
 }
 
 /* A token is put in a header line: one with CR/LF or spaces is refused. */
