@@ -51,6 +51,7 @@ enum ctype {
 	CT_AUTH,     /* enum config_auth_header */
 	CT_HEADER,   /* repeatable "Name: value" */
 	CT_PREFIXES, /* space-separated path prefixes */
+	CT_BOOL,     /* yes/no, true/false, on/off, 1/0 */
 };
 
 enum cscope {
@@ -106,6 +107,14 @@ static const struct ckey ckeys[] = {
 
 	{ "cache", "file", CT_STRING, NULL, M(cache_file), 0, 0, 0, NULL },
 	{ "cache", "max_entry_size", CT_SIZE, "64M", M(max_entry_size), 0, 0, SIZE_MAX, NULL },
+	{ "cache", "max_size", CT_SIZE, "256M", M(max_size), 0, 0, SIZE_MAX, NULL },
+	{ "cache", "memory", CT_SIZE, "8M", M(memory), 0, 0, SIZE_MAX, NULL },
+	{ "cache", "stale_while_revalidate", CT_DURATION, "60", M(stale_while_revalidate), 0, 0,
+	  U_MAX, NULL },
+	{ "cache", "stale_if_error", CT_DURATION, "7d", M(stale_if_error), 0, 0, U_MAX, NULL },
+	{ "cache", "refresh_ahead", CT_BOOL, "yes", M(refresh_ahead), 0, 0, 0, NULL },
+	{ "cache", "maintenance_interval", CT_DURATION, "60", M(maintenance_interval), 0, 1, U_MAX,
+	  NULL },
 
 	{ "log", "level", CT_STRING, "info", M(log_level), 0, 0, 0, check_level },
 
@@ -529,6 +538,20 @@ static int set_value(struct config *cfg, void *base, const struct ckey *k, const
 			return -1;
 		*(size_t *)field(base, k->off) = (size_t)n;
 		return 0;
+	case CT_BOOL: {
+		static const char *const yes[] = { "yes", "true", "on", "1" }, *const no[] = {
+			"no", "false", "off", "0"
+		};
+
+		for (i = 0; i < 4; i++) {
+			if (strcasecmp(value, yes[i]) == 0 || strcasecmp(value, no[i]) == 0) {
+				*(int *)field(base, k->off) = strcasecmp(value, yes[i]) == 0;
+				return 0;
+			}
+		}
+		*why = "expected yes or no";
+		return -1;
+	}
 	case CT_AUTH:
 		for (i = 0; i < (int)(sizeof(auth_names) / sizeof(auth_names[0])); i++) {
 			if (strcasecmp(value, auth_names[i]) == 0) {
@@ -1187,6 +1210,9 @@ static void print_key(FILE *out, const struct config *cfg, const void *base, con
 		break;
 	case CT_AUTH:
 		fprintf(out, "%s = %s\n", k->key, auth_names[*(const enum config_auth_header *)f]);
+		break;
+	case CT_BOOL:
+		fprintf(out, "%s = %s\n", k->key, *(const int *)f ? "yes" : "no");
 		break;
 	case CT_HEADER: {
 		char *const *list = f;

@@ -28,6 +28,9 @@ static const char *const counter_names[STATS_COUNTERS] = {
 	[STATS_INVALIDATIONS] = "invalidations",
 	[STATS_LOCAL_GRANTS] = "local_grants",
 	[STATS_FORWARDED] = "forwarded",
+	[STATS_REVALIDATED] = "revalidated",
+	[STATS_COALESCED] = "coalesced",
+	[STATS_REFRESHES] = "refreshes",
 };
 
 struct stats *stats_new(int nfamilies)

@@ -16,6 +16,9 @@ enum stats_counter {
 	STATS_INVALIDATIONS,
 	STATS_LOCAL_GRANTS, /* tokens issued by the local token endpoint */
 	STATS_FORWARDED,    /* requests sent upstream */
+	STATS_REVALIDATED,  /* expired entries the API confirmed with a 304 */
+	STATS_COALESCED,    /* requests that waited on another's fetch */
+	STATS_REFRESHES,    /* fetches kaleidod started itself (warm-up, ahead, behind) */
 	STATS_COUNTERS
 };
 

@@ -60,8 +60,10 @@ struct up_xfer {
 	long long body_len;
 	int identity;
 	size_t collect_max;
+	int detached;
 
 	/* Worker-only. */
+	int whole, completed; /* detached: the outcome, and complete() ran */
 	CURL *easy;
 	struct curl_slist *sent_headers;
 	enum phase phase;
@@ -383,6 +385,16 @@ static size_t on_write(char *data, size_t size, size_t nmemb, void *arg)
 	x->last_progress = mono_now();
 	if (x->discard)
 		return len;
+	if (x->detached) {
+		/* Nobody streams it: the collected copy is the answer. */
+		if (x->collect.len + len > x->collect_max ||
+		    membuf_append(&x->collect, data, len) < 0) {
+			x->collect_over = 1;
+			membuf_free(&x->collect, 0);
+			return 0; /* aborts the transfer */
+		}
+		return len;
+	}
 	pthread_mutex_lock(&x->lock);
 	if (x->released) {
 		pthread_mutex_unlock(&x->lock);
@@ -568,6 +580,16 @@ static void token_start(struct upstream *u, double now)
 	curl_multi_add_handle(u->multi, u->tok_easy);
 }
 
+/* The token request's form holds the client secret: wiped, then freed. */
+static void wipe_form(struct upstream *u)
+{
+	if (u->tok_form != NULL) {
+		explicit_bzero(u->tok_form, strlen(u->tok_form));
+		free(u->tok_form);
+		u->tok_form = NULL;
+	}
+}
+
 static void token_done(struct upstream *u, CURLcode rc, double now)
 {
 	long status = 0;
@@ -580,11 +602,7 @@ static void token_done(struct upstream *u, CURLcode rc, double now)
 	curl_easy_cleanup(u->tok_easy);
 	curl_slist_free_all(h);
 	u->tok_easy = NULL;
-	if (u->tok_form != NULL) {
-		explicit_bzero(u->tok_form, strlen(u->tok_form));
-		free(u->tok_form);
-		u->tok_form = NULL;
-	}
+	wipe_form(u);
 	if (rc != CURLE_OK) {
 		snprintf(why, sizeof(why), "%s: %s", curl_easy_strerror(rc),
 			 u->tok_err[0] ? u->tok_err : "no detail");
@@ -632,6 +650,15 @@ static void xfer_retire(struct upstream *u, struct up_xfer *x)
 	xfer_unref(x);
 }
 
+/* A detached transfer reports its end once, whatever the end was. */
+static void complete_detached(struct up_xfer *x)
+{
+	if (x->detached && !x->completed && x->hooks.complete != NULL) {
+		x->completed = 1;
+		x->hooks.complete(x->hooks.complete_arg, x);
+	}
+}
+
 /* Ends a transfer that never got its headers, or breaks one that did. */
 static void xfer_fail(struct upstream *u, struct up_xfer *x, enum up_error e, const char *fmt, ...)
 	__attribute__((format(printf, 4, 5)));
@@ -653,6 +680,7 @@ static void xfer_fail(struct upstream *u, struct up_xfer *x, enum up_error e, co
 	wake = take_park_locked(x);
 	pthread_mutex_unlock(&x->lock);
 	unpark(x, wake);
+	complete_detached(x);
 	pthread_mutex_lock(&u->clock);
 	u->counters.failed++;
 	pthread_mutex_unlock(&u->clock);
@@ -866,9 +894,13 @@ static void xfer_done(struct upstream *u, struct up_xfer *x, CURLcode rc, double
 	/* A close-delimited body cut short still ends CURLE_OK: only framed
 	 * bodies are whole for sure. */
 	whole = x->cl_framed || x->chunk_framed || x->decoded;
-	if (x->hooks.complete != NULL && x->collect_max > 0 && whole && !x->collect_over &&
-	    x->state == UP_HEADERS)
+	/* Answers that never carry a body are whole without framing. */
+	if (x->status == 304 || x->status == 204)
+		whole = 1;
+	if (!x->detached && x->hooks.complete != NULL && x->collect_max > 0 && whole &&
+	    !x->collect_over && x->state == UP_HEADERS)
 		x->hooks.complete(x->hooks.complete_arg, x);
+	x->whole = whole && !x->collect_over && x->state == UP_HEADERS;
 	pthread_mutex_lock(&x->lock);
 	if (x->state == UP_PENDING) {
 		x->state = UP_FAILED;
@@ -879,6 +911,7 @@ static void xfer_done(struct upstream *u, struct up_xfer *x, CURLcode rc, double
 	wake = take_park_locked(x);
 	pthread_mutex_unlock(&x->lock);
 	unpark(x, wake);
+	complete_detached(x);
 	xfer_retire(u, x);
 }
 
@@ -1021,6 +1054,7 @@ static void shutdown_all(struct upstream *u)
 		curl_easy_cleanup(u->tok_easy);
 		curl_slist_free_all(h);
 		u->tok_easy = NULL;
+		wipe_form(u); /* a token request still out at shutdown */
 	}
 }
 
@@ -1195,6 +1229,7 @@ struct up_xfer *upstream_start(struct upstream *u, const struct up_request *req,
 	x->body_len = req->body_len;
 	x->identity = req->identity;
 	x->collect_max = req->collect_max;
+	x->detached = req->detached;
 	x->length = -1;
 	if (x->method == NULL || x->url == NULL || x->building == NULL)
 		goto fail;
@@ -1238,6 +1273,11 @@ struct up_xfer *upstream_start(struct upstream *u, const struct up_request *req,
 		pthread_mutex_unlock(&u->clock);
 		x->refs = 1;
 		x->worker_ref = 0;
+		if (x->detached) {
+			/* Nobody would ever hear of its end: refuse it now. */
+			xfer_free(x);
+			return NULL;
+		}
 		x->state = UP_FAILED;
 		x->err = UP_ERR_SHUTDOWN;
 		snprintf(x->detail, sizeof(x->detail), "kaleidod is shutting down");
@@ -1372,6 +1412,16 @@ ssize_t upstream_xfer_read(struct up_xfer *x, char *buf, size_t max)
 	if (queue)
 		request_unpause(x);
 	return n;
+}
+
+int upstream_xfer_whole(struct up_xfer *x)
+{
+	return x->whole;
+}
+
+int upstream_xfer_too_large(struct up_xfer *x)
+{
+	return x->collect_over;
 }
 
 const void *upstream_xfer_collected(struct up_xfer *x, size_t *len)

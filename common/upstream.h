@@ -73,6 +73,11 @@ struct up_request {
 	long long body_len; /* UP_BODY_STREAM: declared length or -1 (chunked) */
 	int identity;       /* cacheable: ask for and deliver identity encoding */
 	size_t collect_max; /* keep up to this many body bytes for complete(); 0 none */
+	/* No client reads this transfer (a cache fetch others wait on): the
+	 * body is only collected, a body over collect_max ends the transfer,
+	 * and complete() is called exactly once at the end whatever happened;
+	 * upstream_xfer_whole() then tells a whole answer from a failure. */
+	int detached;
 };
 
 enum up_state {
@@ -117,7 +122,7 @@ void upstream_counters(struct upstream *u, struct upstream_counters *out);
 /*
  * Hands a request to the worker.  The request is copied; the hooks are kept.
  * The returned handle belongs to the caller until upstream_xfer_release().
- * NULL on ENOMEM.
+ * NULL on ENOMEM, or for a detached request when the worker is gone.
  */
 struct up_xfer *upstream_start(struct upstream *u, const struct up_request *req,
 			       const struct up_hooks *hooks);
@@ -147,6 +152,12 @@ enum up_error upstream_xfer_error(struct up_xfer *x, const char **detail);
  * broke (the client must see a truncated answer).
  */
 ssize_t upstream_xfer_read(struct up_xfer *x, char *buf, size_t max);
+
+/* In a detached transfer's complete() hook: 1 when the answer arrived whole
+ * (status, headers and the collected body are final), 0 when it did not:
+ * upstream_xfer_error() says why, or upstream_xfer_too_large() is 1. */
+int upstream_xfer_whole(struct up_xfer *x);
+int upstream_xfer_too_large(struct up_xfer *x);
 
 /* The collected body, for the complete() hook. */
 const void *upstream_xfer_collected(struct up_xfer *x, size_t *len);

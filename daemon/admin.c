@@ -1,5 +1,5 @@
 /*
- * admin: /_kaleidod/health and /_kaleidod/stats, built with cJSON.
+ * admin: /_kaleidod/health, /_kaleidod/stats and /_kaleidod/purge, with cJSON.
  *
  * Health says whether kaleidod can do its job (a token, a cache) and why
  * not; stats are the counters an operator graphs.
@@ -9,14 +9,18 @@
 #include <cjson/cJSON.h>
 #include <stdint.h>
 #include <stdlib.h>
+#include <string.h>
 #include <time.h>
 
 #include "auth.h"
 #include "cache.h"
 #include "front.h"
+#include "hot.h"
+#include "keeper.h"
 #include "policy.h"
 #include "stats.h"
 #include "upstream.h"
+#include "warm.h"
 
 char *admin_health(const struct front_deps *d, unsigned *status)
 {
@@ -62,6 +66,84 @@ char *admin_health(const struct front_deps *d, unsigned *status)
 	return text;
 }
 
+static void add_cache_stats(const struct front_deps *d, cJSON *o)
+{
+	struct keeper_counters kc;
+	int64_t entries = 0, bytes = 0, mentries = 0, mbytes = 0;
+	cJSON *ca = cJSON_AddObjectToObject(o, "cache");
+
+	if (d->cache != NULL)
+		cache_usage(d->cache, &entries, &bytes);
+	hot_usage(d->hot, &mentries, &mbytes);
+	keeper_counters(d->keeper, &kc);
+	cJSON_AddNumberToObject(ca, "entries", (double)entries);
+	cJSON_AddNumberToObject(ca, "bytes", (double)bytes);
+	cJSON_AddNumberToObject(ca, "max_bytes", (double)kc.max_bytes);
+	cJSON_AddNumberToObject(ca, "memory_entries", (double)mentries);
+	cJSON_AddNumberToObject(ca, "memory_bytes", (double)mbytes);
+	cJSON_AddNumberToObject(ca, "evicted", (double)kc.evicted);
+	cJSON_AddNumberToObject(ca, "pruned", (double)kc.pruned);
+	cJSON_AddNumberToObject(ca, "purged", (double)kc.purged);
+	cJSON_AddNumberToObject(ca, "write_errors", (double)kc.write_errors);
+	cJSON_AddBoolToObject(ca, "warm", warm_done(d->warm));
+}
+
+char *admin_purge(const struct front_deps *d, const char *body, size_t len, unsigned *status,
+		  const char **why)
+{
+	cJSON *in = cJSON_ParseWithLength(body, len), *o;
+	const cJSON *fam = cJSON_GetObjectItemCaseSensitive(in, "family");
+	const cJSON *pre = cJSON_GetObjectItemCaseSensitive(in, "prefix");
+	const cJSON *all = cJSON_GetObjectItemCaseSensitive(in, "all");
+	enum cache_purge kind;
+	const char *what = NULL;
+	char *text = NULL;
+	long n;
+
+	*status = 400;
+	if (!cJSON_IsObject(in)) {
+		*why = "the body must be a JSON object";
+		goto out;
+	}
+	if ((fam != NULL) + (pre != NULL) + (all != NULL) != 1) {
+		*why = "name exactly one of family, prefix or all";
+		goto out;
+	}
+	if (cJSON_IsTrue(all)) {
+		kind = CACHE_PURGE_ALL;
+	} else if (cJSON_IsString(fam)) {
+		kind = CACHE_PURGE_FAMILY;
+		what = fam->valuestring;
+		int known = 0;
+
+		for (int i = 0; i < policy_family_count(d->policy); i++)
+			known |= strcmp(policy_family_name(d->policy, i), what) == 0;
+		if (!known) {
+			*why = "no such family (see /_kaleidod/stats for the names)";
+			goto out;
+		}
+	} else if (cJSON_IsString(pre) && pre->valuestring[0] == '/') {
+		kind = CACHE_PURGE_PREFIX;
+		what = pre->valuestring;
+	} else {
+		*why = "family must be a name, prefix a path starting with '/', all true";
+		goto out;
+	}
+	if ((n = keeper_purge(d->keeper, kind, what)) < 0) {
+		*status = 500;
+		*why = "the cache file refused the purge (see the log)";
+		goto out;
+	}
+	o = cJSON_CreateObject();
+	cJSON_AddNumberToObject(o, "purged", (double)n);
+	text = cJSON_PrintUnformatted(o);
+	cJSON_Delete(o);
+	*status = 200;
+out:
+	cJSON_Delete(in);
+	return text;
+}
+
 char *admin_stats(const struct front_deps *d, unsigned *status)
 {
 	const char *names[32];
@@ -85,6 +167,7 @@ char *admin_stats(const struct front_deps *d, unsigned *status)
 	cJSON_AddNumberToObject(up, "failed", (double)uc.failed);
 	cJSON_AddNumberToObject(up, "active", (double)uc.active);
 	cJSON_AddNumberToObject(up, "replayed_401", (double)uc.replayed_401);
+	add_cache_stats(d, o);
 	text = cJSON_PrintUnformatted(o);
 	cJSON_Delete(o);
 	*status = 200;

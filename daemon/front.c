@@ -29,7 +29,10 @@
 #include "admin.h"
 #include "cache.h"
 #include "config.h"
+#include "flight.h"
 #include "hdr.h"
+#include "hot.h"
+#include "keeper.h"
 #include "localtoken.h"
 #include "log.h"
 #include "membuf.h"
@@ -41,6 +44,10 @@
 #define ADMIN_PREFIX "/_kaleidod/"
 #define SMALL_BODY_MAX (64 * 1024) /* token endpoint and admin bodies */
 #define READ_BLOCK (64 * 1024)
+/* libmicrohttpd's per-connection pool (request headers, the send buffer):
+ * it zeroes the whole pool for every request, so a large one costs every
+ * hit (64 KiB measured at about 60% of 32 KiB's hit rate). */
+#define CONN_POOL (32 * 1024)
 #define NO_BODY (-2LL) /* req.body_len: no Content-Length, no Transfer-Encoding */
 
 struct front {
@@ -52,8 +59,8 @@ struct front {
 enum route { R_FORWARD = 0, R_TOKEN, R_ADMIN };
 
 /* X-Cache values, for cacheable requests only. */
-enum xcache { XC_NONE = 0, XC_HIT, XC_MISS, XC_STALE, XC_BYPASS };
-static const char *const xcache_names[] = { NULL, "HIT", "MISS", "STALE", "BYPASS" };
+enum xcache { XC_NONE = 0, XC_HIT, XC_MISS, XC_STALE, XC_BYPASS, XC_REVALIDATED };
+static const char *const xcache_names[] = { NULL, "HIT", "MISS", "STALE", "BYPASS", "REVALIDATED" };
 
 struct req {
 	struct front *f;
@@ -63,12 +70,19 @@ struct req {
 	enum route route;
 	atomic_int suspended; /* guards each suspend/resume pair */
 
-	/* Cache decisions (family >= 0: a cacheable GET). */
+	/* Cache decisions (family >= 0: a cacheable GET or HEAD). */
 	int family;
 	enum xcache xc;
 	int may_store;
+	int head;           /* HEAD: answered from the cache, never fetched for it */
+	int only_if_cached; /* the client takes a stored answer or nothing */
+	int gzip;           /* the client accepts gzip */
+	int direct;         /* fetch on our own, streaming, outside any flight */
+	int counted;        /* hit/miss/bypass already counted */
+	unsigned gen;       /* the family's generation when the fetch started */
 	char *key;
-	struct cache_entry *stale;
+	struct hot_entry *stale; /* an expired entry: the fallback if the API fails */
+	struct flight *flight;
 
 	/* Request body: buffered (token endpoint, small forwarded bodies) or streamed. */
 	int streaming;
@@ -164,64 +178,101 @@ static enum MHD_Result respond_error(struct req *r, unsigned status, const char 
 	return respond_json(r, status, text);
 }
 
-static void add_stored_headers(struct MHD_Response *resp, const char *text, size_t len)
+/* Whether an Accept-Encoding value admits gzip (a "q=0" refuses it). */
+static int accepts_gzip(const char *ae)
 {
-	struct hdr *h = hdr_parse(text, len);
+	while (ae != NULL && *ae != '\0') {
+		size_t n = strcspn(ae, ",");
+		const char *tok = ae, *semi;
 
-	for (size_t i = 0; h != NULL && i < hdr_count(h); i++)
-		MHD_add_response_header(resp, hdr_name(h, i), hdr_value(h, i));
-	hdr_free(&h);
-}
+		while (*tok == ' ' || *tok == '\t')
+			tok++;
+		semi = memchr(tok, ';', (size_t)(ae + n - tok));
+		size_t tlen = (size_t)((semi ? semi : ae + n) - tok);
 
-/* Answers from a cache entry (HIT or STALE); takes the body. */
-static enum MHD_Result respond_entry(struct req *r, struct cache_entry *e, enum xcache xc)
-{
-	struct MHD_Response *resp;
-	char age[32];
-	int64_t a = now_wall() - e->stored_at;
+		while (tlen > 0 && (tok[tlen - 1] == ' ' || tok[tlen - 1] == '\t'))
+			tlen--;
+		if ((tlen == 4 && strncasecmp(tok, "gzip", 4) == 0) ||
+		    (tlen == 6 && strncasecmp(tok, "x-gzip", 6) == 0) ||
+		    (tlen == 1 && tok[0] == '*')) {
+			const char *q = semi ? strcasestr(semi, "q=") : NULL;
 
-	resp = MHD_create_response_from_buffer(e->body_len, e->body, MHD_RESPMEM_MUST_FREE);
-	if (resp == NULL)
-		return MHD_NO;
-	e->body = NULL;
-	add_stored_headers(resp, e->headers, e->headers_len);
-	snprintf(age, sizeof(age), "%lld", (long long)(a > 0 ? a : 0));
-	MHD_add_response_header(resp, "Age", age);
-	if (xc == XC_STALE)
-		MHD_add_response_header(resp, "Warning", "110 kaleidod \"Response is Stale\"");
-	r->xc = xc;
-	stats_inc(r->f->d.stats, r->family, xc == XC_HIT ? STATS_HITS : STATS_STALE);
-	return queue_and_drop(r, (unsigned)e->status, resp);
-}
-
-/*
- * A cache that fails (a full disk, a file damaged at run time) fails on
- * every request: say so at most once a minute, with how many were hidden.
- */
-static void cache_warn(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-static void cache_warn(const char *fmt, ...)
-{
-	static atomic_llong last;
-	static atomic_ulong hidden;
-	long long now = (long long)time(NULL), prev = atomic_load(&last);
-	unsigned long n;
-	char msg[512];
-	va_list ap;
-
-	if (now - prev < 60 || !atomic_compare_exchange_strong(&last, &prev, now)) {
-		atomic_fetch_add(&hidden, 1);
-		return;
+			if (q == NULL || q >= ae + n || strtod(q + 2, NULL) > 0)
+				return 1;
+		}
+		ae += n;
+		if (*ae == ',')
+			ae++;
 	}
-	va_start(ap, fmt);
-	vsnprintf(msg, sizeof(msg), fmt, ap);
-	va_end(ap);
-	n = atomic_exchange(&hidden, 0);
-	if (n > 0)
-		log_warnx("cache: %s (and %lu more cache errors in the last minute); answers "
-			  "still come from the API",
-			  msg, n);
-	else
-		log_warnx("cache: %s; answers still come from the API", msg);
+	return 0;
+}
+
+/* Whether an If-None-Match value names etag (weak comparison, RFC 9110 13.1.2). */
+static int etag_matches(const char *inm, const char *etag)
+{
+	size_t elen;
+
+	if (inm == NULL || etag == NULL)
+		return 0;
+	if (strncmp(etag, "W/", 2) == 0)
+		etag += 2;
+	elen = strlen(etag);
+	while (*inm != '\0') {
+		size_t n;
+
+		while (*inm == ' ' || *inm == '\t' || *inm == ',')
+			inm++;
+		if (*inm == '*')
+			return 1;
+		if (strncmp(inm, "W/", 2) == 0)
+			inm += 2;
+		n = strcspn(inm, ", \t");
+		if (n == elen && n > 0 && strncmp(inm, etag, n) == 0)
+			return 1;
+		inm += n;
+	}
+	return 0;
+}
+
+/* Answers from an entry: a stored answer, or one a flight brought.  A
+ * fresh entry goes out as its shared HIT response; a client holding the
+ * entry's ETag gets a 304. */
+static enum MHD_Result respond_entry(struct req *r, struct hot_entry *e, enum xcache xc)
+{
+	struct front *f = r->f;
+	int64_t now = now_wall();
+	const char *inm = MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, "If-None-Match");
+	const struct hdr *h = hot_entry_headers(e);
+	struct MHD_Response *resp;
+
+	r->xc = xc;
+	if (xc == XC_HIT || xc == XC_STALE)
+		stats_inc(f->d.stats, r->family, xc == XC_HIT ? STATS_HITS : STATS_STALE);
+	if (hot_entry_status(e) == 200 && etag_matches(inm, hdr_get(h, "ETag"))) {
+		static const char *const keep[] = { "ETag",    "Last-Modified", "Cache-Control",
+						    "Expires", "Vary",          NULL };
+
+		resp = MHD_create_response_from_buffer(0, (void *)"", MHD_RESPMEM_PERSISTENT);
+		for (int i = 0; resp != NULL && keep[i] != NULL; i++)
+			if (hdr_get(h, keep[i]) != NULL)
+				MHD_add_response_header(resp, keep[i], hdr_get(h, keep[i]));
+		return queue_and_drop(r, MHD_HTTP_NOT_MODIFIED, resp);
+	}
+	if (xc == XC_HIT) {
+		r->status = (unsigned)hot_entry_status(e);
+		return hot_entry_queue_hit(e, r->conn, r->gzip, now) ? MHD_YES : MHD_NO;
+	}
+	resp = hot_entry_response(e, r->gzip, NULL, now);
+	if (resp != NULL && xc == XC_STALE)
+		MHD_add_response_header(resp, "Warning", "110 kaleidod \"Response is Stale\"");
+	return queue_and_drop(r, (unsigned)hot_entry_status(e), resp);
+}
+
+/* The expired entry may stand in for an answer the API failed to give. */
+static int stale_usable(const struct req *r)
+{
+	return r->stale != NULL && hot_entry_status(r->stale) == 200 &&
+	       now_wall() < hot_entry_expires_at(r->stale) + (int64_t)r->f->d.cfg->stale_if_error;
 }
 
 /* ---- park/unpark: the upstream module suspends and resumes us ---- */
@@ -244,12 +295,13 @@ static void unpark(void *arg)
 		MHD_resume_connection(r->conn);
 }
 
-/* ---- the cache store, on the upstream worker ---- */
+/* ---- the cache store of a streamed answer, on the upstream worker ---- */
 
 struct store {
 	struct front *f;
-	char *key;
+	char *key, *path;
 	int family;
+	unsigned gen;
 };
 
 static void store_free(void *arg)
@@ -257,43 +309,16 @@ static void store_free(void *arg)
 	struct store *s = arg;
 
 	free(s->key);
+	free(s->path);
 	free(s);
 }
-
-/* Fields a stored answer must not replay: framing and per-hop details. */
-static const char *const store_skip[] = { "Content-Length", "Content-Encoding", "Date",    "Age",
-					  "Set-Cookie",     "Warning",          "X-Cache", NULL };
 
 static void store_complete(void *arg, struct up_xfer *x)
 {
 	struct store *s = arg;
-	struct front *f = s->f;
-	const struct hdr *h = upstream_xfer_headers(x);
-	struct policy_cc cc;
-	struct cache_entry e = { 0 };
-	struct hdr *keep = NULL;
-	unsigned ttl;
+	struct hot_entry *e = flight_keep(s->f->d.flights, s->key, s->family, s->path, s->gen, x);
 
-	if (upstream_xfer_status(x) != 200 || f->d.cache == NULL)
-		return;
-	policy_parse_cache_control(hdr_get(h, "Cache-Control"), &cc);
-	if ((ttl = policy_ttl(f->d.policy, s->family, &cc)) == 0)
-		return;
-	if ((keep = hdr_new()) == NULL || hdr_copy_end_to_end(keep, h, store_skip) < 0)
-		goto out;
-	e.status = 200;
-	e.headers = hdr_serialize(keep, &e.headers_len);
-	e.body = (void *)upstream_xfer_collected(x, &e.body_len);
-	e.stored_at = now_wall();
-	e.expires_at = e.stored_at + ttl;
-	if (e.headers == NULL)
-		goto out;
-	if (cache_put(f->d.cache, s->key, policy_family_name(f->d.policy, s->family), &e) < 0)
-		cache_warn("cannot store %s: %s", policy_family_name(f->d.policy, s->family),
-			   cache_errmsg(f->d.cache));
-out:
-	free(e.headers);
-	hdr_free(&keep);
+	hot_entry_unref(&e);
 }
 
 /* ---- forwarding ---- */
@@ -402,14 +427,17 @@ static int start_upstream(struct req *r, const char *method)
 	hooks.park = park;
 	hooks.unpark = unpark;
 	hooks.arg = r;
-	if (r->family >= 0 && r->may_store && f->d.cache != NULL) {
-		if ((s = calloc(1, sizeof(*s))) == NULL || (s->key = strdup(r->key)) == NULL) {
-			free(s);
+	if (r->family >= 0 && r->may_store && !r->head) {
+		if ((s = calloc(1, sizeof(*s))) == NULL || (s->key = strdup(r->key)) == NULL ||
+		    (s->path = strndup(r->target, (size_t)path_len(r->target))) == NULL) {
+			if (s != NULL)
+				store_free(s);
 			hdr_free(&h);
 			return -1;
 		}
 		s->f = f;
 		s->family = r->family;
+		s->gen = hot_gen(f->d.hot, r->family);
 		rq.collect_max = f->d.cfg->max_entry_size;
 		hooks.complete = store_complete;
 		hooks.complete_free = store_free;
@@ -445,11 +473,9 @@ static void invalidate_after_write(struct req *r, const char *method)
 	uint32_t mask = policy_invalidates(f->d.policy, method, r->target, path_len(r->target));
 
 	for (int i = 0; mask != 0 && i < policy_family_count(f->d.policy); i++) {
-		if (!(mask & (1u << i)) || f->d.cache == NULL)
+		if (!(mask & (1u << i)))
 			continue;
-		if (cache_invalidate_family(f->d.cache, policy_family_name(f->d.policy, i)) < 0)
-			cache_warn("cannot invalidate %s: %s", policy_family_name(f->d.policy, i),
-				   cache_errmsg(f->d.cache));
+		keeper_invalidate(f->d.keeper, i);
 		stats_inc(f->d.stats, i, STATS_INVALIDATIONS);
 		log_debug("%s %.*s invalidated %s", method, path_len(r->target), r->target,
 			  policy_family_name(f->d.policy, i));
@@ -490,19 +516,17 @@ static enum MHD_Result relay_answer(struct req *r, const char *method)
 	return queue_and_drop(r, (unsigned)status, resp);
 }
 
-static enum MHD_Result answer_failure(struct req *r)
+/* The API gave no answer: a stale copy if one may stand in, else our error. */
+static enum MHD_Result answer_failure(struct req *r, enum up_error e, const char *detail)
 {
-	const char *detail;
-	enum up_error e = upstream_xfer_error(r->x, &detail);
 	const char *url = upstream_url(r->f->d.up);
 
-	if (r->stale != NULL && (e == UP_ERR_CONNECT || e == UP_ERR_TIMEOUT || e == UP_ERR_AUTH ||
-				 e == UP_ERR_PROTOCOL)) {
+	stats_inc(r->f->d.stats, r->family, STATS_UPSTREAM_ERRORS);
+	if (stale_usable(r) && (e == UP_ERR_CONNECT || e == UP_ERR_TIMEOUT || e == UP_ERR_AUTH ||
+				e == UP_ERR_PROTOCOL)) {
 		log_info("%s: serving stale copy: %s", r->target, detail);
-		stats_inc(r->f->d.stats, r->family, STATS_UPSTREAM_ERRORS);
 		return respond_entry(r, r->stale, XC_STALE);
 	}
-	stats_inc(r->f->d.stats, r->family, STATS_UPSTREAM_ERRORS);
 	switch (e) {
 	case UP_ERR_TIMEOUT:
 		return respond_error(r, MHD_HTTP_GATEWAY_TIMEOUT, "upstream timeout",
@@ -529,34 +553,25 @@ static enum MHD_Result answer_failure(struct req *r)
 	}
 }
 
-/* The request has been read whole: answer it, from the cache or the API. */
-static enum MHD_Result forward(struct req *r, const char *method)
+static void count(struct req *r, enum stats_counter c)
+{
+	if (!r->counted) {
+		r->counted = 1;
+		stats_inc(r->f->d.stats, r->family, c);
+	}
+}
+
+/* A request kaleidod forwards on its own connection to the API, streaming
+ * both ways: everything but a cacheable GET, and the exceptions to it. */
+static enum MHD_Result forward_direct(struct req *r, const char *method)
 {
 	struct front *f = r->f;
 
-	if (r->too_large)
-		return respond_error(r, MHD_HTTP_CONTENT_TOO_LARGE, "request too large",
-				     "the request body exceeds what kaleidod accepts here");
 	if (r->x == NULL) {
-		if (r->xc == XC_NONE && r->family >= 0 && f->d.cache != NULL) {
-			struct cache_entry *e = NULL;
-			int rc = cache_get(f->d.cache, r->key, &e);
-
-			if (rc < 0)
-				cache_warn("lookup failed: %s", cache_errmsg(f->d.cache));
-			if (rc == 1 && e->expires_at > now_wall()) {
-				enum MHD_Result ret = respond_entry(r, e, XC_HIT);
-
-				cache_entry_free(&e);
-				return ret;
-			}
-			r->stale = e;
-		}
 		if (r->family >= 0) {
 			if (r->xc == XC_NONE)
 				r->xc = XC_MISS;
-			stats_inc(f->d.stats, r->family,
-				  r->xc == XC_BYPASS ? STATS_BYPASS : STATS_MISSES);
+			count(r, r->xc == XC_BYPASS ? STATS_BYPASS : STATS_MISSES);
 		}
 		if (start_upstream(r, method) < 0)
 			return respond_error(r, MHD_HTTP_INTERNAL_SERVER_ERROR, "internal error",
@@ -569,12 +584,16 @@ static enum MHD_Result forward(struct req *r, const char *method)
 	switch (upstream_xfer_poll(r->x)) {
 	case UP_PENDING:
 		return MHD_YES; /* parked; called again when the API answered */
-	case UP_FAILED:
-		return answer_failure(r);
+	case UP_FAILED: {
+		const char *detail;
+		enum up_error e = upstream_xfer_error(r->x, &detail);
+
+		return answer_failure(r, e, detail);
+	}
 	case UP_HEADERS:
 		break;
 	}
-	if (r->stale != NULL && upstream_xfer_status(r->x) >= 500) {
+	if (stale_usable(r) && upstream_xfer_status(r->x) >= 500) {
 		log_info("%s: the API answered %ld; serving stale copy", r->target,
 			 upstream_xfer_status(r->x));
 		stats_inc(f->d.stats, r->family, STATS_UPSTREAM_ERRORS);
@@ -582,6 +601,121 @@ static enum MHD_Result forward(struct req *r, const char *method)
 		return respond_entry(r, r->stale, XC_STALE);
 	}
 	return relay_answer(r, method);
+}
+
+/* What a flight this request waited on ended with. */
+static enum MHD_Result flight_ended(struct req *r, const char *method)
+{
+	struct hot_entry *e;
+	const char *detail;
+	enum up_error err;
+	int reval = 0;
+
+	switch (flight_outcome(r->flight)) {
+	case FLIGHT_ENTRY:
+		e = flight_entry(r->flight, &reval);
+		if (hot_entry_status(e) >= 500 && stale_usable(r)) {
+			log_info("%s: the API answered %ld; serving stale copy", r->target,
+				 hot_entry_status(e));
+			stats_inc(r->f->d.stats, r->family, STATS_UPSTREAM_ERRORS);
+			return respond_entry(r, r->stale, XC_STALE);
+		}
+		if (reval)
+			stats_inc(r->f->d.stats, r->family, STATS_REVALIDATED);
+		return respond_entry(r, e, reval ? XC_REVALIDATED : XC_MISS);
+	case FLIGHT_ERROR:
+		err = flight_error(r->flight, &detail);
+		return answer_failure(r, err, detail);
+	case FLIGHT_DIRECT:
+		break;
+	}
+	/* Too large to keep: everyone who waited fetches it for themselves. */
+	flight_unref(&r->flight);
+	r->direct = 1;
+	r->may_store = 0;
+	return forward_direct(r, method);
+}
+
+/* A cacheable GET or HEAD: memory, the file, or the one fetch of its key. */
+static enum MHD_Result forward_cached(struct req *r, const char *method)
+{
+	struct front *f = r->f;
+	struct flight_req rq = { 0 };
+	struct hot_entry *e;
+	struct hdr *h;
+	int64_t now = now_wall();
+	int started = 0;
+
+	if (r->flight != NULL)
+		return flight_ended(r, method);
+	e = keeper_lookup(f->d.keeper, r->key, r->family);
+	if (e != NULL && hot_entry_status(e) != 200)
+		hot_entry_unref(&e);
+	rq.key = r->key;
+	rq.family = r->family;
+	rq.target = r->target;
+	rq.stale = e;
+	if (e != NULL && now < hot_entry_expires_at(e)) {
+		enum MHD_Result ret = respond_entry(r, e, XC_HIT);
+
+		hot_entry_unref(&e);
+		return ret;
+	}
+	r->stale = e;
+	if (r->only_if_cached) {
+		if (e != NULL)
+			return respond_entry(r, e, XC_STALE);
+		r->xc = XC_MISS;
+		count(r, STATS_MISSES);
+		return respond_error(r, MHD_HTTP_GATEWAY_TIMEOUT, "not cached",
+				     "the request said only-if-cached and kaleidod has no "
+				     "stored answer for it; ask again without it");
+	}
+	if (e != NULL &&
+	    now < hot_entry_expires_at(e) + (int64_t)f->d.cfg->stale_while_revalidate) {
+		/* Serve what we have now; one fetch behind it brings it up to date. */
+		if ((h = forward_headers(r, 1)) != NULL) {
+			rq.headers = h;
+			if (flight_start(f->d.flights, &rq) == 1)
+				stats_inc(f->d.stats, r->family, STATS_REFRESHES);
+			hdr_free(&h);
+		}
+		return respond_entry(r, e, XC_STALE);
+	}
+	if (r->head) {
+		r->direct = 1;
+		return forward_direct(r, method);
+	}
+	if ((h = forward_headers(r, 1)) == NULL)
+		return respond_error(r, MHD_HTTP_INTERNAL_SERVER_ERROR, "internal error",
+				     "out of memory preparing the upstream request");
+	rq.headers = h;
+	r->flight = flight_join(f->d.flights, &rq, &started);
+	hdr_free(&h);
+	r->xc = XC_MISS;
+	count(r, STATS_MISSES);
+	if (r->flight == NULL) {
+		r->direct = 1;
+		return forward_direct(r, method);
+	}
+	if (!started)
+		stats_inc(f->d.stats, r->family, STATS_COALESCED);
+	else
+		stats_inc(f->d.stats, r->family, STATS_FORWARDED);
+	if (flight_wait(r->flight, park, unpark, r))
+		return MHD_YES; /* parked; resumed when the flight ends */
+	return flight_ended(r, method);
+}
+
+/* The request has been read whole: answer it, from the cache or the API. */
+static enum MHD_Result forward(struct req *r, const char *method)
+{
+	if (r->too_large)
+		return respond_error(r, MHD_HTTP_CONTENT_TOO_LARGE, "request too large",
+				     "the request body exceeds what kaleidod accepts here");
+	if (r->family >= 0 && r->xc != XC_BYPASS && !r->direct && r->x == NULL)
+		return forward_cached(r, method);
+	return forward_direct(r, method);
 }
 
 /* ---- the local token endpoint ---- */
@@ -624,9 +758,29 @@ static enum MHD_Result admin(struct req *r, const char *method)
 	unsigned status = 200;
 	char *body = NULL;
 
+	if (path_is(r, ADMIN_PREFIX "purge")) {
+		const char *why = NULL;
+
+		if (strcmp(method, "POST") != 0)
+			return respond_error(
+				r, MHD_HTTP_METHOD_NOT_ALLOWED, "method not allowed",
+				"purge takes POST with a JSON body: {\"family\": NAME}, "
+				"{\"prefix\": \"/path\"} or {\"all\": true}");
+		if (r->too_large)
+			return respond_error(r, MHD_HTTP_CONTENT_TOO_LARGE, "request too large",
+					     "a purge request body is at most 64 KiB");
+		body = admin_purge(&r->f->d, r->body.data ? r->body.data : "", r->body.len, &status,
+				   &why);
+		if (body == NULL && why != NULL)
+			return respond_error(r, status, "bad purge request",
+					     "%s: send {\"family\": NAME}, {\"prefix\": "
+					     "\"/path\"} or {\"all\": true}",
+					     why);
+		return respond_json(r, status, body);
+	}
 	if (strcmp(method, "GET") != 0 && strcmp(method, "HEAD") != 0)
 		return respond_error(r, MHD_HTTP_METHOD_NOT_ALLOWED, "method not allowed",
-				     "the admin endpoints take GET");
+				     "the admin endpoints take GET (purge takes POST)");
 	if (path_is(r, ADMIN_PREFIX "health"))
 		body = admin_health(&r->f->d, &status);
 	else if (path_is(r, ADMIN_PREFIX "stats"))
@@ -634,7 +788,7 @@ static enum MHD_Result admin(struct req *r, const char *method)
 	else
 		return respond_error(r, MHD_HTTP_NOT_FOUND, "not found",
 				     "kaleidod's own endpoints are " ADMIN_PREFIX
-				     "health and " ADMIN_PREFIX "stats");
+				     "health, " ADMIN_PREFIX "stats and " ADMIN_PREFIX "purge");
 	return respond_json(r, status, body);
 }
 
@@ -685,7 +839,8 @@ static int classify(struct req *r, const char *method, const char *version)
 		return 0;
 	}
 	r->route = R_FORWARD;
-	if (strcmp(method, "GET") == 0) {
+	r->head = strcmp(method, "HEAD") == 0;
+	if (strcmp(method, "GET") == 0 || r->head) {
 		int fam = policy_family(f->d.policy, r->target, (size_t)plen);
 
 		if (fam >= 0 && policy_family_ttl(f->d.policy, fam) > 0) {
@@ -698,7 +853,10 @@ static int classify(struct req *r, const char *method, const char *version)
 			r->family = fam;
 			stats_inc(f->d.stats, fam, STATS_REQUESTS);
 			policy_parse_cache_control(cc, &pc);
-			r->may_store = !pc.no_store;
+			r->may_store = !pc.no_store && !r->head;
+			r->only_if_cached = pc.only_if_cached;
+			r->gzip = accepts_gzip(MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND,
+									   "Accept-Encoding"));
 			if (pc.no_cache || pc.no_store ||
 			    (pragma != NULL && strcasestr(pragma, "no-cache") != NULL))
 				r->xc = XC_BYPASS;
@@ -746,7 +904,11 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
 	r->conn = conn;
 	if (!r->seen) {
 		r->seen = 1;
-		snprintf(r->method, sizeof(r->method), "%s", method);
+		/* Kept for the access line; a longer method is cut, not an error. */
+		size_t mlen = strnlen(method, sizeof(r->method) - 1);
+
+		memcpy(r->method, method, mlen);
+		r->method[mlen] = '\0';
 		switch (classify(r, method, version)) {
 		case CLASSIFY_OK:
 			return MHD_YES;
@@ -828,7 +990,10 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
 			  toe == MHD_REQUEST_TERMINATED_COMPLETED_OK ? "" : " (cut short)");
 	}
 	upstream_xfer_release(&r->x);
-	cache_entry_free(&r->stale);
+	if (r->flight != NULL)
+		flight_leave(r->flight, r);
+	flight_unref(&r->flight);
+	hot_entry_unref(&r->stale);
 	free(r->key);
 	membuf_free(&r->body, 1); /* it may hold a client's secret */
 	free(r->target);
@@ -870,7 +1035,7 @@ struct front *front_new(const struct front_deps *deps, int listen_fd, char *err,
 				  MHD_OPTION_THREAD_POOL_SIZE, threads, MHD_OPTION_CONNECTION_LIMIT,
 				  deps->cfg->max_connections, MHD_OPTION_CONNECTION_TIMEOUT,
 				  deps->cfg->connection_timeout, MHD_OPTION_CONNECTION_MEMORY_LIMIT,
-				  (size_t)(64 * 1024), MHD_OPTION_URI_LOG_CALLBACK, on_uri, f,
+				  (size_t)CONN_POOL, MHD_OPTION_URI_LOG_CALLBACK, on_uri, f,
 				  MHD_OPTION_NOTIFY_COMPLETED, on_completed, f, MHD_OPTION_END);
 	if (f->mhd == NULL) {
 		snprintf(err, errlen, "libmicrohttpd refused to start (see the debug log)");

@@ -13,14 +13,22 @@ struct upstream;
 struct cache;
 struct policy;
 struct stats;
+struct hot;
+struct keeper;
+struct flights;
+struct warm;
 struct front;
 
 struct front_deps {
 	const struct config *cfg;
 	struct upstream *up;
-	struct cache *cache; /* NULL: run without a cache */
+	struct cache *cache; /* NULL: run without a cache file (memory only) */
 	struct policy *policy;
 	struct stats *stats;
+	struct hot *hot;
+	struct keeper *keeper;
+	struct flights *flights;
+	struct warm *warm;
 };
 
 /*

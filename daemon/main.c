@@ -27,17 +27,22 @@
 #include "front.h"
 #include "kdbuild.h"
 #include "log.h"
+#include "flight.h"
+#include "hot.h"
+#include "keeper.h"
 #include "policy.h"
 #include "stats.h"
 #include "upstream.h"
+#include "warm.h"
 
 #define DRAIN_SECONDS 5.0
+#define TICK_NS 250000000L /* the main loop's tick: warm-up and refresh-ahead */
 
 static void usage(FILE *out)
 {
 	fprintf(out, "usage: kaleidod [--config FILE] [--listen ADDR:PORT] [--cache FILE]\n"
 		     "                [--log-level error|warn|info|debug] [--check-config]\n"
-		     "                [--version] [--help]\n"
+		     "                [--purge all|FAMILY|/PREFIX] [--version] [--help]\n"
 		     "\n"
 		     "A caching proxy for the Kaleidoscope API.  Credentials come from the\n"
 		     "environment (KALEIDOSCOPE_API_URL, KALEIDOSCOPE_API_CLIENT_ID,\n"
@@ -46,7 +51,7 @@ static void usage(FILE *out)
 }
 
 struct flags {
-	const char *config, *listen, *cache, *log_level;
+	const char *config, *listen, *cache, *log_level, *purge;
 	int check;
 };
 
@@ -58,13 +63,14 @@ static int parse_flags(int argc, char **argv, struct flags *fl)
 		{ "cache", required_argument, NULL, 'C' },
 		{ "log-level", required_argument, NULL, 'L' },
 		{ "check-config", no_argument, NULL, 'n' },
+		{ "purge", required_argument, NULL, 'P' },
 		{ "version", no_argument, NULL, 'V' },
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 },
 	};
 	int ch;
 
-	while ((ch = getopt_long(argc, argv, "c:l:C:L:nVh", opts, NULL)) != -1) {
+	while ((ch = getopt_long(argc, argv, "c:l:C:L:nP:Vh", opts, NULL)) != -1) {
 		switch (ch) {
 		case 'c':
 			fl->config = optarg;
@@ -80,6 +86,9 @@ static int parse_flags(int argc, char **argv, struct flags *fl)
 			break;
 		case 'n':
 			fl->check = 1;
+			break;
+		case 'P':
+			fl->purge = optarg;
 			break;
 		case 'V':
 			printf("kaleidod %s\n", PACKAGE_VERSION);
@@ -241,7 +250,9 @@ static struct cache *open_cache(const char *path)
 			log_warn("cache: %s; cannot move it aside", err);
 		}
 	}
-	log_warnx("cache: %s; running WITHOUT a cache (every request goes to the API)", err);
+	log_warnx("cache: %s; running WITHOUT a cache file (answers are kept in memory only, "
+		  "and lost at exit)",
+		  err);
 	return NULL;
 }
 
@@ -336,6 +347,52 @@ static void on_trace(void *arg, char dir, const char *line, size_t len)
 	log_debug("upstream %c %.*s", dir, (int)len, line);
 }
 
+/*
+ * kaleidod --purge: acts on the cache file itself, so it works whether or
+ * not a daemon runs on it (WAL and SQLite's locks make that safe; the daemon
+ * notices within a second and drops what it holds in memory).
+ */
+static int purge_cli(const struct config *cfg, const char *what)
+{
+	enum cache_purge kind = CACHE_PURGE_FAMILY;
+	enum cache_err why;
+	struct cache *c;
+	char err[1024];
+	int n, known = 0;
+
+	if (strcmp(what, "all") == 0) {
+		kind = CACHE_PURGE_ALL;
+	} else if (what[0] == '/') {
+		kind = CACHE_PURGE_PREFIX;
+	} else {
+		for (int i = 0; i < cfg->nfamilies; i++)
+			known |= strcmp(cfg->families[i].name, what) == 0;
+		if (!known) {
+			fprintf(stderr,
+				"kaleidod: --purge %s: no such family; give all, a family (", what);
+			for (int i = 0; i < cfg->nfamilies; i++)
+				fprintf(stderr, "%s%s", i ? ", " : "", cfg->families[i].name);
+			fprintf(stderr, ") or a path prefix starting with '/'\n");
+			return 1;
+		}
+	}
+	if ((c = cache_open(cfg->cache_file, &why, err, sizeof(err))) == NULL) {
+		fprintf(stderr, "kaleidod: --purge: %s\n", err);
+		return 1;
+	}
+	if ((n = cache_purge(c, kind, what, NULL, NULL)) < 0) {
+		fprintf(stderr, "kaleidod: --purge: %s\n", cache_errmsg(c));
+		cache_close(&c);
+		return 1;
+	}
+	if (cache_vacuum(c) < 0)
+		fprintf(stderr, "kaleidod: --purge: vacuum: %s (the entries are gone)\n",
+			cache_errmsg(c));
+	printf("purged %d entr%s from %s\n", n, n == 1 ? "y" : "ies", cache_path(c));
+	cache_close(&c);
+	return 0;
+}
+
 /* "ADDR:PORT" of the socket actually served (systemd may have passed it). */
 static void sock_name(int fd, char *out, size_t len)
 {
@@ -392,6 +449,11 @@ int main(int argc, char **argv)
 		config_free(&cfg);
 		return 0;
 	}
+	if (fl.purge != NULL) {
+		rc = purge_cli(cfg, fl.purge);
+		config_free(&cfg);
+		return rc;
+	}
 	log_level_parse(cfg->log_level, &lvl);
 	log_setlevel(lvl);
 	/* Configured header values may be credentials for a proxy in front of
@@ -410,6 +472,8 @@ int main(int argc, char **argv)
 
 	/* Threads inherit this mask, so signals reach only sigwait() below. */
 	signal(SIGPIPE, SIG_IGN);
+	/* A file size limit must fail a cache write (EFBIG), not kill us. */
+	signal(SIGXFSZ, SIG_IGN);
 	sigemptyset(&set);
 	sigaddset(&set, SIGTERM);
 	sigaddset(&set, SIGINT);
@@ -444,6 +508,18 @@ int main(int argc, char **argv)
 		log_error("%s", err);
 		goto out;
 	}
+	deps.hot = hot_new(cfg->memory, policy_family_count(deps.policy));
+	if (deps.hot == NULL ||
+	    (deps.keeper = keeper_new(cfg, deps.cache, deps.hot, deps.policy, err, sizeof(err))) ==
+		    NULL ||
+	    (deps.flights = flights_new(cfg, deps.up, deps.keeper, deps.hot, deps.policy)) ==
+		    NULL ||
+	    (deps.warm = warm_new(cfg, deps.up, deps.keeper, deps.flights, deps.policy,
+				  deps.stats)) == NULL) {
+		log_error("cannot set up the cache: %s",
+			  deps.hot && !deps.keeper ? err : "out of memory");
+		goto out;
+	}
 	if ((front = front_new(&deps, fd, err, sizeof(err))) == NULL) {
 		log_error("%s", err);
 		goto out;
@@ -454,8 +530,12 @@ int main(int argc, char **argv)
 	sd_notify(0, "READY=1\nSTATUS=serving");
 
 	for (;;) {
-		if (sigwait(&set, &sig) != 0)
+		const struct timespec tick = { 0, TICK_NS };
+
+		if ((sig = sigtimedwait(&set, NULL, &tick)) < 0) {
+			warm_tick(deps.warm);
 			continue;
+		}
 		if (sig == SIGHUP) {
 			reload(&fl, cfg, deps.up, &secret);
 			continue;
@@ -473,7 +553,13 @@ out:
 		drain(deps.up, DRAIN_SECONDS);
 	if (deps.up != NULL)
 		upstream_shutdown(deps.up);
+	if (deps.flights != NULL && !flights_drain(deps.flights, DRAIN_SECONDS))
+		log_warnx("cache fetches did not end in time");
 	front_free(&front);
+	warm_free(&deps.warm);
+	flights_free(&deps.flights);
+	keeper_free(&deps.keeper); /* writes what is queued */
+	hot_free(&deps.hot);
 	upstream_free(&deps.up);
 	cache_close(&deps.cache);
 	policy_free(&deps.policy);

@@ -1,7 +1,9 @@
 /*
- * test_cache: the SQLite cache file: round trips, invalidation, persistence,
- * the three ways opening can fail, quarantine, and readers running beside
- * the writer.  Every case works in its own mkdtemp directory.
+ * test_cache: the SQLite cache file: round trips, invalidation, refresh,
+ * LRU eviction, pruning and purges, vacuuming, persistence, the migration
+ * from schema 1, the three ways opening can fail, quarantine, noticing other
+ * writers, and readers running beside the writer.  Every case works in its
+ * own mkdtemp directory.
  */
 /* nftw, FTW_DEPTH. */
 #define _XOPEN_SOURCE 700
@@ -13,6 +15,7 @@
 
 #include <cmocka.h>
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <ftw.h>
@@ -89,12 +92,110 @@ static void put(struct cache *c, const char *key, const char *family, const char
 		.headers_len = strlen(headers),
 		.body = (void *)body,
 		.body_len = body_len,
+		.identity_len = body_len,
 		.stored_at = 1700000000,
 		.expires_at = expires,
 	};
+	char path[128];
 
-	if (cache_put(c, key, family, &e) != 0)
+	snprintf(path, sizeof(path), "/%s", key);
+	if (cache_put(c, key, family, path, &e) != 0)
 		fail_msg("cache_put(%s): %s", key, cache_errmsg(c));
+}
+
+/* For eviction, pruning and purges: the same 100-byte body and 5-byte
+ * headers everywhere, so an entry's size is strlen(key) + 105. */
+#define BODY100 \
+	"0123456789012345678901234567890123456789012345678901234567890123456789012345678901234567890123456789"
+
+static void put_at(struct cache *c, const char *key, const char *family, const char *path,
+		   int64_t stored_at, int64_t expires_at)
+{
+	struct cache_entry e = {
+		.status = 200,
+		.headers = "H: 1\n",
+		.headers_len = 5,
+		.body = BODY100,
+		.body_len = 100,
+		.identity_len = 100,
+		.stored_at = stored_at,
+		.expires_at = expires_at,
+	};
+
+	if (cache_put(c, key, family, path, &e) != 0)
+		fail_msg("cache_put(%s): %s", key, cache_errmsg(c));
+}
+
+static int present(struct cache *c, const char *key)
+{
+	struct cache_entry *e = NULL;
+	int rc = cache_get(c, key, &e);
+
+	if (rc < 0)
+		fail_msg("cache_get(%s): %s", key, cache_errmsg(c));
+	cache_entry_free(&e);
+	return rc;
+}
+
+/* What a delete's callback was told. */
+struct told {
+	char keys[32][64];
+	int n;
+};
+
+static void tell(void *arg, const char *key)
+{
+	struct told *t = arg;
+
+	if (t->n >= 32)
+		fail_msg("too many callbacks");
+	snprintf(t->keys[t->n++], sizeof(t->keys[0]), "%s", key);
+}
+
+static int was_told(const struct told *t, const char *key)
+{
+	int n = 0;
+
+	for (int i = 0; i < t->n; i++)
+		n += strcmp(t->keys[i], key) == 0;
+	return n;
+}
+
+/* The callback named exactly these keys, each once. */
+static void assert_told(const struct told *t, const char *const *keys, int n)
+{
+	if (t->n != n)
+		fail_msg("told %d keys, want %d", t->n, n);
+	for (int i = 0; i < n; i++)
+		if (was_told(t, keys[i]) != 1)
+			fail_msg("key %s told %d times, want once", keys[i], was_told(t, keys[i]));
+}
+
+/* One integer from the file through a connection of the test's own. */
+static long long file_int(const char *path, const char *sql)
+{
+	sqlite3 *db;
+	sqlite3_stmt *st;
+	long long v;
+
+	assert_int_equal(sqlite3_open_v2(path, &db, SQLITE_OPEN_READWRITE, NULL), SQLITE_OK);
+	if (sqlite3_prepare_v2(db, sql, -1, &st, NULL) != SQLITE_OK)
+		fail_msg("%s: %s", sql, sqlite3_errmsg(db));
+	assert_int_equal(sqlite3_step(st), SQLITE_ROW);
+	v = sqlite3_column_int64(st, 0);
+	sqlite3_finalize(st);
+	sqlite3_close(db);
+	return v;
+}
+
+static void file_exec(const char *path, const char *sql)
+{
+	sqlite3 *db;
+
+	assert_int_equal(sqlite3_open(path, &db), SQLITE_OK);
+	if (sqlite3_exec(db, sql, NULL, NULL, NULL) != SQLITE_OK)
+		fail_msg("%s: %s", sql, sqlite3_errmsg(db));
+	sqlite3_close(db);
 }
 
 static void test_round_trip(void **state)
@@ -133,7 +234,7 @@ static void test_empty_body_and_headers(void **state)
 	struct cache_entry in = { .status = 204, .stored_at = 1, .expires_at = 2 };
 	struct cache_entry *e = NULL;
 
-	assert_int_equal(cache_put(c, "empty", "programs", &in), 0);
+	assert_int_equal(cache_put(c, "empty", "programs", "/empty", &in), 0);
 	assert_int_equal(cache_get(c, "empty", &e), 1);
 	assert_int_equal(e->status, 204);
 	assert_int_equal(e->headers_len, 0);
@@ -161,7 +262,7 @@ static void test_replace(void **state)
 	cache_entry_free(&e);
 	assert_int_equal(cache_usage(c, &n, &bytes), 0);
 	assert_int_equal(n, 1);
-	assert_int_equal(bytes, 5 + 3);
+	assert_int_equal(bytes, 1 + 5 + 3);
 	/* The family moved with the replacement. */
 	assert_int_equal(cache_invalidate_family(c, "programs"), 0);
 	assert_int_equal(cache_invalidate_family(c, "record_views"), 1);
@@ -184,7 +285,8 @@ static void test_invalidate_and_usage(void **state)
 	put(c, "e1", "entity_slices", "H: 3\n", "", 0, 1);
 	assert_int_equal(cache_usage(c, &n, &bytes), 0);
 	assert_int_equal(n, 4);
-	assert_int_equal(bytes, (5 + 4) + (5 + 8) + (0 + 2) + (5 + 0));
+	/* Key, headers and body of each. */
+	assert_int_equal(bytes, (2 + 5 + 4) + (2 + 5 + 8) + (2 + 0 + 2) + (2 + 5 + 0));
 
 	assert_int_equal(cache_invalidate_family(c, "programs"), 2);
 	assert_int_equal(cache_get(c, "p1", &e), 0);
@@ -197,7 +299,7 @@ static void test_invalidate_and_usage(void **state)
 	assert_int_equal(cache_invalidate_family(c, "nonesuch"), 0);
 	assert_int_equal(cache_usage(c, &n, &bytes), 0);
 	assert_int_equal(n, 2);
-	assert_int_equal(bytes, 2 + 5);
+	assert_int_equal(bytes, (2 + 0 + 2) + (2 + 5 + 0));
 	cache_close(&c);
 }
 
@@ -259,7 +361,7 @@ static void test_wal_mode(void **state)
 	sqlite3_finalize(st);
 	assert_int_equal(sqlite3_prepare_v2(db, "PRAGMA user_version", -1, &st, NULL), SQLITE_OK);
 	assert_int_equal(sqlite3_step(st), SQLITE_ROW);
-	assert_int_equal(sqlite3_column_int(st, 0), 1);
+	assert_int_equal(sqlite3_column_int(st, 0), 2);
 	sqlite3_finalize(st);
 	sqlite3_close(db);
 }
@@ -336,23 +438,45 @@ static void test_newer_schema(void **state)
 
 	cache_close(&c);
 	assert_int_equal(sqlite3_open(f->path, &db), SQLITE_OK);
-	assert_int_equal(sqlite3_exec(db, "PRAGMA user_version = 2", NULL, NULL, NULL), SQLITE_OK);
+	assert_int_equal(sqlite3_exec(db, "PRAGMA user_version = 3", NULL, NULL, NULL), SQLITE_OK);
 	sqlite3_close(db);
 	expect_open_fails(f->path, CACHE_ERR_SCHEMA);
 }
 
+/* Version 1 tables are dropped by the migration, so "foreign" means a
+ * current version number over tables that are not ours (or ours without
+ * the trigger that deletes bodies), or an unversioned file that already has
+ * a table of our name. */
 static void test_foreign_table_is_corrupt(void **state)
 {
 	struct fixture *f = *state;
 	char path[160];
-	sqlite3 *db;
 
-	snprintf(path, sizeof(path), "%s/foreign.db", f->dir);
-	assert_int_equal(sqlite3_open(path, &db), SQLITE_OK);
-	assert_int_equal(sqlite3_exec(db, "CREATE TABLE entries(x); PRAGMA user_version = 1", NULL,
-				      NULL, NULL),
-			 SQLITE_OK);
-	sqlite3_close(db);
+	snprintf(path, sizeof(path), "%s/foreign2.db", f->dir);
+	file_exec(path, "CREATE TABLE entries(x); PRAGMA user_version = 2");
+	expect_open_fails(path, CACHE_ERR_CORRUPT);
+	snprintf(path, sizeof(path), "%s/foreign0.db", f->dir);
+	file_exec(path, "CREATE TABLE entries(x)");
+	expect_open_fails(path, CACHE_ERR_CORRUPT);
+	/* Early version 2 builds kept the body in entries; never shipped. */
+	snprintf(path, sizeof(path), "%s/onetable2.db", f->dir);
+	file_exec(path, "CREATE TABLE entries (key TEXT PRIMARY KEY, family TEXT NOT NULL,"
+			" path TEXT NOT NULL, status INTEGER NOT NULL, gzip INTEGER NOT NULL,"
+			" identity_len INTEGER NOT NULL, stored_at INTEGER NOT NULL,"
+			" expires_at INTEGER NOT NULL, accessed_at INTEGER NOT NULL,"
+			" size INTEGER NOT NULL, headers BLOB NOT NULL, body BLOB NOT NULL);"
+			"PRAGMA user_version = 2");
+	expect_open_fails(path, CACHE_ERR_CORRUPT);
+	/* Our tables, but nothing to delete the bodies with the entries. */
+	snprintf(path, sizeof(path), "%s/notrigger2.db", f->dir);
+	file_exec(path, "CREATE TABLE entries (id INTEGER PRIMARY KEY, key TEXT NOT NULL UNIQUE,"
+			" family TEXT NOT NULL, path TEXT NOT NULL, status INTEGER NOT NULL,"
+			" gzip INTEGER NOT NULL, identity_len INTEGER NOT NULL,"
+			" stored_at INTEGER NOT NULL, expires_at INTEGER NOT NULL,"
+			" accessed_at INTEGER NOT NULL, size INTEGER NOT NULL,"
+			" headers BLOB NOT NULL);"
+			"CREATE TABLE bodies (id INTEGER PRIMARY KEY, body BLOB NOT NULL);"
+			"PRAGMA user_version = 2");
 	expect_open_fails(path, CACHE_ERR_CORRUPT);
 }
 
@@ -603,6 +727,658 @@ static void test_reader_thread_exit(void **state)
 	cache_close(&c);
 }
 
+static void test_gzip_flag_round_trip(void **state)
+{
+	struct fixture *f = *state;
+	struct cache *c = open_ok(f->path);
+	static const unsigned char member[] = { 0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 3, 0xaa, 0xbb };
+	struct cache_entry in = {
+		.status = 200,
+		.headers = "Content-Type: text/plain\n",
+		.headers_len = 25,
+		.body = (void *)member,
+		.body_len = sizeof(member),
+		.gzip = 1,
+		.identity_len = 123456,
+		.stored_at = 10,
+		.expires_at = 20,
+	};
+	struct cache_entry *e = NULL;
+	int64_t bytes = 0;
+
+	assert_int_equal(cache_put(c, "gz", "programs", "/programs", &in), 0);
+	assert_int_equal(cache_get(c, "gz", &e), 1);
+	assert_int_equal(e->gzip, 1);
+	assert_int_equal(e->identity_len, 123456);
+	assert_int_equal(e->body_len, sizeof(member));
+	assert_memory_equal(e->body, member, sizeof(member));
+	cache_entry_free(&e);
+	/* The size counted is the stored one, not the identity length. */
+	assert_int_equal(cache_usage(c, NULL, &bytes), 0);
+	assert_int_equal(bytes, 2 + 25 + (int64_t)sizeof(member));
+	cache_close(&c);
+}
+
+/* identity_len of a plain body is its length, whatever the caller left. */
+static void test_plain_body_identity_len(void **state)
+{
+	struct fixture *f = *state;
+	struct cache *c = open_ok(f->path);
+	struct cache_entry in = {
+		.status = 200,
+		.body = "plain",
+		.body_len = 5,
+		.identity_len = 999,
+	};
+	struct cache_entry *e = NULL;
+
+	assert_int_equal(cache_put(c, "p", "programs", "/p", &in), 0);
+	assert_int_equal(cache_get(c, "p", &e), 1);
+	assert_int_equal(e->gzip, 0);
+	assert_int_equal(e->identity_len, 5);
+	cache_entry_free(&e);
+	cache_close(&c);
+}
+
+static void test_refresh_updates_headers_and_freshness(void **state)
+{
+	struct fixture *f = *state;
+	struct cache *c = open_ok(f->path);
+	static const char hdr[] = "ETag: \"v2\"\nCache-Control: max-age=60\n";
+	struct cache_entry *e = NULL;
+	int64_t bytes = 0;
+
+	put_at(c, "k1", "programs", "/programs", 1000, 1300);
+	assert_int_equal(cache_refresh(c, "k1", hdr, strlen(hdr), 2000, 2060), 1);
+	assert_int_equal(cache_get(c, "k1", &e), 1);
+	assert_int_equal(e->headers_len, strlen(hdr));
+	assert_string_equal(e->headers, hdr);
+	assert_int_equal(e->stored_at, 2000);
+	assert_int_equal(e->expires_at, 2060);
+	assert_int_equal(e->status, 200);
+	assert_int_equal(e->body_len, 100);
+	assert_memory_equal(e->body, BODY100, 100);
+	cache_entry_free(&e);
+	/* The size follows the new headers. */
+	assert_int_equal(cache_usage(c, NULL, &bytes), 0);
+	assert_int_equal(bytes, 2 + (int64_t)strlen(hdr) + 100);
+	cache_close(&c);
+}
+
+static void test_refresh_absent_is_0(void **state)
+{
+	struct fixture *f = *state;
+	struct cache *c = open_ok(f->path);
+	int64_t n = -1;
+
+	put_at(c, "k1", "programs", "/programs", 1000, 1300);
+	assert_int_equal(cache_refresh(c, "nonesuch", "A: b\n", 5, 2000, 2060), 0);
+	assert_int_equal(present(c, "nonesuch"), 0);
+	assert_int_equal(cache_usage(c, &n, NULL), 0);
+	assert_int_equal(n, 1);
+	cache_close(&c);
+}
+
+/* Each entry put_at makes with a two-byte key takes 107 bytes. */
+#define ENTRY 107
+
+static void test_evict_removes_least_recently_stored(void **state)
+{
+	struct fixture *f = *state;
+	struct cache *c = open_ok(f->path);
+	static const char *const gone[] = { "k1", "k2", "k3" };
+	struct told t = { .n = 0 };
+	int64_t n = 0, bytes = 0;
+
+	/* Stored out of key order, so the order has to come from stored_at. */
+	put_at(c, "k3", "programs", "/3", 300, 9999);
+	put_at(c, "k5", "programs", "/5", 500, 9999);
+	put_at(c, "k1", "programs", "/1", 100, 9999);
+	put_at(c, "k4", "programs", "/4", 400, 9999);
+	put_at(c, "k2", "programs", "/2", 200, 9999);
+	/* Room for two and a half: three must go. */
+	assert_int_equal(cache_evict(c, 2 * ENTRY + ENTRY / 2, tell, &t), 3);
+	assert_told(&t, gone, 3);
+	for (int i = 0; i < 3; i++)
+		assert_int_equal(present(c, gone[i]), 0);
+	assert_int_equal(present(c, "k4"), 1);
+	assert_int_equal(present(c, "k5"), 1);
+	assert_int_equal(cache_usage(c, &n, &bytes), 0);
+	assert_int_equal(n, 2);
+	assert_true(bytes <= 2 * ENTRY + ENTRY / 2);
+	cache_close(&c);
+}
+
+static void test_touched_entry_survives_evict(void **state)
+{
+	struct fixture *f = *state;
+	struct cache *c = open_ok(f->path);
+	static const char *const gone[] = { "k2" };
+	const char *used[] = { "k1", "absent" };
+	struct told t = { .n = 0 };
+	int64_t bytes = 0;
+
+	put_at(c, "k1", "programs", "/1", 100, 9999);
+	put_at(c, "k2", "programs", "/2", 200, 9999);
+	put_at(c, "k3", "programs", "/3", 300, 9999);
+	/* k1 is the oldest stored, but the most recently used. */
+	assert_int_equal(cache_touch(c, used, 2, 400), 0);
+	assert_int_equal(cache_evict(c, 2 * ENTRY, tell, &t), 1);
+	assert_told(&t, gone, 1);
+	assert_int_equal(present(c, "k1"), 1);
+	assert_int_equal(present(c, "k2"), 0);
+	assert_int_equal(present(c, "k3"), 1);
+	assert_int_equal(cache_usage(c, NULL, &bytes), 0);
+	assert_true(bytes <= 2 * ENTRY);
+	cache_close(&c);
+}
+
+/* A late touch with an older time does not make an entry look unused. */
+static void test_touch_never_moves_back(void **state)
+{
+	struct fixture *f = *state;
+	struct cache *c = open_ok(f->path);
+	const char *k1[] = { "k1" };
+
+	put_at(c, "k1", "programs", "/1", 100, 9999);
+	put_at(c, "k2", "programs", "/2", 200, 9999);
+	assert_int_equal(cache_touch(c, k1, 1, 500), 0);
+	assert_int_equal(cache_touch(c, k1, 1, 150), 0);
+	assert_int_equal(cache_evict(c, ENTRY, NULL, NULL), 1);
+	assert_int_equal(present(c, "k1"), 1);
+	assert_int_equal(present(c, "k2"), 0);
+	cache_close(&c);
+}
+
+/* A put counts as a use at stored_at: an entry stored after another was
+ * last touched is the newer one. */
+static void test_put_counts_as_use(void **state)
+{
+	struct fixture *f = *state;
+	struct cache *c = open_ok(f->path);
+	const char *k1[] = { "k1" };
+
+	put_at(c, "k1", "programs", "/1", 100, 9999);
+	assert_int_equal(cache_touch(c, k1, 1, 250), 0);
+	put_at(c, "k3", "programs", "/3", 300, 9999);
+	assert_int_equal(cache_evict(c, ENTRY, NULL, NULL), 1);
+	assert_int_equal(present(c, "k1"), 0);
+	assert_int_equal(present(c, "k3"), 1);
+	cache_close(&c);
+}
+
+/* A revalidated entry was just asked for: it counts as used when refreshed. */
+static void test_refresh_counts_as_use(void **state)
+{
+	struct fixture *f = *state;
+	struct cache *c = open_ok(f->path);
+
+	put_at(c, "k1", "programs", "/1", 100, 9999);
+	put_at(c, "k2", "programs", "/2", 200, 9999);
+	assert_int_equal(cache_refresh(c, "k1", "H: 2\n", 5, 300, 9999), 1);
+	assert_int_equal(cache_evict(c, ENTRY, NULL, NULL), 1);
+	assert_int_equal(present(c, "k1"), 1);
+	assert_int_equal(present(c, "k2"), 0);
+	cache_close(&c);
+}
+
+static void test_evict_under_limit_deletes_nothing(void **state)
+{
+	struct fixture *f = *state;
+	struct cache *c = open_ok(f->path);
+	struct told t = { .n = 0 };
+	int64_t n = 0;
+
+	put_at(c, "k1", "programs", "/1", 100, 9999);
+	put_at(c, "k2", "programs", "/2", 200, 9999);
+	assert_int_equal(cache_evict(c, 2 * ENTRY, tell, &t), 0);
+	assert_int_equal(t.n, 0);
+	assert_int_equal(cache_usage(c, &n, NULL), 0);
+	assert_int_equal(n, 2);
+	/* Limit zero empties the cache. */
+	assert_int_equal(cache_evict(c, 0, tell, &t), 2);
+	assert_int_equal(t.n, 2);
+	assert_int_equal(cache_usage(c, &n, NULL), 0);
+	assert_int_equal(n, 0);
+	cache_close(&c);
+}
+
+static void test_prune_removes_expired_only(void **state)
+{
+	struct fixture *f = *state;
+	struct cache *c = open_ok(f->path);
+	static const char *const gone[] = { "k1" };
+	struct told t = { .n = 0 };
+
+	put_at(c, "k1", "programs", "/1", 0, 100);
+	put_at(c, "k2", "programs", "/2", 0, 200);
+	put_at(c, "k3", "programs", "/3", 0, 300);
+	/* expires_at < before: an entry expiring at `before` stays. */
+	assert_int_equal(cache_prune(c, 200, tell, &t), 1);
+	assert_told(&t, gone, 1);
+	assert_int_equal(present(c, "k1"), 0);
+	assert_int_equal(present(c, "k2"), 1);
+	assert_int_equal(present(c, "k3"), 1);
+	/* No callback is fine too. */
+	assert_int_equal(cache_prune(c, 301, NULL, NULL), 2);
+	assert_int_equal(present(c, "k2"), 0);
+	assert_int_equal(present(c, "k3"), 0);
+	cache_close(&c);
+}
+
+static void test_purge_all(void **state)
+{
+	struct fixture *f = *state;
+	struct cache *c = open_ok(f->path);
+	static const char *const gone[] = { "k1", "k2", "k3" };
+	struct told t = { .n = 0 };
+	int64_t n = -1, bytes = -1;
+
+	put_at(c, "k1", "programs", "/1", 0, 100);
+	put_at(c, "k2", "record_views", "/2", 0, 200);
+	put_at(c, "k3", "entity_slices", "/3", 0, 300);
+	assert_int_equal(cache_purge(c, CACHE_PURGE_ALL, NULL, tell, &t), 3);
+	assert_told(&t, gone, 3);
+	assert_int_equal(cache_usage(c, &n, &bytes), 0);
+	assert_int_equal(n, 0);
+	assert_int_equal(bytes, 0);
+	assert_int_equal(cache_purge(c, CACHE_PURGE_ALL, NULL, tell, &t), 0);
+	cache_close(&c);
+}
+
+static void test_purge_family(void **state)
+{
+	struct fixture *f = *state;
+	struct cache *c = open_ok(f->path);
+	static const char *const gone[] = { "p1", "p2" };
+	struct told t = { .n = 0 };
+
+	put_at(c, "p1", "programs", "/programs", 0, 100);
+	put_at(c, "p2", "programs", "/programs/2", 0, 100);
+	put_at(c, "r1", "record_views", "/programs/3", 0, 100);
+	assert_int_equal(cache_purge(c, CACHE_PURGE_FAMILY, "programs", tell, &t), 2);
+	assert_told(&t, gone, 2);
+	assert_int_equal(present(c, "p1"), 0);
+	assert_int_equal(present(c, "p2"), 0);
+	assert_int_equal(present(c, "r1"), 1);
+	assert_int_equal(cache_purge(c, CACHE_PURGE_FAMILY, "program", NULL, NULL), 0);
+	cache_close(&c);
+}
+
+/* LIKE and GLOB metacharacters in a prefix are plain bytes. */
+static void test_purge_prefix_is_literal(void **state)
+{
+	struct fixture *f = *state;
+	struct cache *c = open_ok(f->path);
+	static const char *const pct[] = { "a1", "a2" };
+	static const char *const und[] = { "u1" };
+	static const char *const glob[] = { "g1" };
+	struct told t = { .n = 0 };
+
+	put_at(c, "a1", "f", "/a%b", 0, 100);
+	put_at(c, "a2", "f", "/a%b/x", 0, 100);
+	put_at(c, "a3", "f", "/aXb/x", 0, 100);
+	put_at(c, "a4", "f", "/a%", 0, 100);
+	put_at(c, "u1", "f", "/a_c", 0, 100);
+	put_at(c, "u2", "f", "/aYc", 0, 100);
+	put_at(c, "g1", "f", "/g*[x]?", 0, 100);
+	put_at(c, "g2", "f", "/gzx", 0, 100);
+	put_at(c, "g3", "f", "/g", 0, 100);
+	assert_int_equal(cache_purge(c, CACHE_PURGE_PREFIX, "/a%b", tell, &t), 2);
+	assert_told(&t, pct, 2);
+	t.n = 0;
+	assert_int_equal(cache_purge(c, CACHE_PURGE_PREFIX, "/a_", tell, &t), 1);
+	assert_told(&t, und, 1);
+	t.n = 0;
+	assert_int_equal(cache_purge(c, CACHE_PURGE_PREFIX, "/g*[", tell, &t), 1);
+	assert_told(&t, glob, 1);
+	assert_int_equal(present(c, "a3"), 1);
+	assert_int_equal(present(c, "a4"), 1);
+	assert_int_equal(present(c, "u2"), 1);
+	assert_int_equal(present(c, "g2"), 1);
+	assert_int_equal(present(c, "g3"), 1);
+	cache_close(&c);
+}
+
+/* Byte for byte: a prefix may end inside a UTF-8 character, or in 0xff. */
+static void test_purge_prefix_is_bytewise(void **state)
+{
+	struct fixture *f = *state;
+	struct cache *c = open_ok(f->path);
+	static const char *const cafe[] = { "c1" };
+	static const char *const high[] = { "h1", "h2" };
+	struct told t = { .n = 0 };
+
+	put_at(c, "c1", "f", "/caf\xc3\xa9", 0, 100);
+	put_at(c, "c2", "f", "/caf", 0, 100);
+	put_at(c, "h1", "f", "/z\xff", 0, 100);
+	put_at(c, "h2", "f", "/z\xff\xff/x", 0, 100);
+	put_at(c, "h3", "f", "/{", 0, 100); /* "/z" plus one */
+	put_at(c, "h4", "f", "/z", 0, 100);
+	assert_int_equal(cache_purge(c, CACHE_PURGE_PREFIX, "/caf\xc3", tell, &t), 1);
+	assert_told(&t, cafe, 1);
+	t.n = 0;
+	assert_int_equal(cache_purge(c, CACHE_PURGE_PREFIX, "/z\xff", tell, &t), 2);
+	assert_told(&t, high, 2);
+	assert_int_equal(present(c, "c2"), 1);
+	assert_int_equal(present(c, "h3"), 1);
+	assert_int_equal(present(c, "h4"), 1);
+	cache_close(&c);
+}
+
+static void test_new_file_has_incremental_auto_vacuum(void **state)
+{
+	struct fixture *f = *state;
+	struct cache *c = open_ok(f->path);
+
+	cache_close(&c);
+	assert_int_equal(file_int(f->path, "PRAGMA auto_vacuum"), 2);
+}
+
+static void test_vacuum_gives_space_back(void **state)
+{
+	struct fixture *f = *state;
+	struct cache *c = open_ok(f->path);
+	static char body[20000];
+	struct cache_entry e = { .status = 200, .body = body, .body_len = sizeof(body) };
+	struct stat before, after;
+	char key[32];
+
+	memset(body, 'b', sizeof(body));
+	for (int i = 0; i < 50; i++) {
+		snprintf(key, sizeof(key), "k%d", i);
+		e.identity_len = sizeof(body);
+		assert_int_equal(cache_put(c, key, "programs", "/p", &e), 0);
+	}
+	/* Everything into the main file first, so its size means something. */
+	assert_int_equal(file_int(f->path, "PRAGMA wal_checkpoint(TRUNCATE)"), 0);
+	assert_int_equal(stat(f->path, &before), 0);
+	assert_true(before.st_size > 50 * 20000);
+	assert_int_equal(cache_purge(c, CACHE_PURGE_ALL, NULL, NULL, NULL), 50);
+	assert_true(file_int(f->path, "PRAGMA freelist_count") > 200);
+	assert_int_equal(cache_vacuum(c), 0);
+	assert_int_equal(file_int(f->path, "PRAGMA freelist_count"), 0);
+	assert_int_equal(stat(f->path, &after), 0);
+	assert_true(after.st_size < before.st_size / 10);
+	put(c, "k", "programs", "", "x", 1, 1);
+	assert_int_equal(present(c, "k"), 1);
+	cache_close(&c);
+}
+
+/* The table, index and version kaleidod wrote before schema 2. */
+static const char schema_v1_sql[] = "CREATE TABLE entries ("
+				    " key TEXT PRIMARY KEY,"
+				    " family TEXT NOT NULL,"
+				    " status INTEGER NOT NULL,"
+				    " headers BLOB NOT NULL,"
+				    " body BLOB NOT NULL,"
+				    " stored_at INTEGER NOT NULL,"
+				    " expires_at INTEGER NOT NULL"
+				    ");"
+				    "CREATE INDEX entries_family ON entries(family);"
+				    "PRAGMA user_version = 1;";
+
+/* True when nothing named cache.db.bad-* sits beside the cache file. */
+static int nothing_moved_aside(const struct fixture *f)
+{
+	char dir[160];
+	struct dirent *d;
+	int found = 0;
+	DIR *dp;
+
+	snprintf(dir, sizeof(dir), "%s/state/kaleidod", f->dir);
+	assert_non_null(dp = opendir(dir));
+	while ((d = readdir(dp)) != NULL)
+		found += strstr(d->d_name, ".bad-") != NULL;
+	closedir(dp);
+	return found == 0;
+}
+
+static void test_migrates_version_1(void **state)
+{
+	struct fixture *f = *state;
+	struct cache *c = open_ok(f->path); /* makes the directories */
+	struct stat before, after;
+	int64_t n = -1;
+
+	cache_close(&c);
+	assert_int_equal(unlink(f->path), 0);
+	file_exec(f->path, "PRAGMA journal_mode = WAL;");
+	file_exec(f->path, schema_v1_sql);
+	file_exec(f->path, "INSERT INTO entries VALUES ('old', 'programs', 200, 'H: 1\n', "
+			   "zeroblob(50000), 1, 2)");
+	assert_int_equal(file_int(f->path, "PRAGMA auto_vacuum"), 0);
+	assert_int_equal(stat(f->path, &before), 0);
+
+	c = open_ok(f->path);
+	assert_int_equal(present(c, "old"), 0);
+	assert_int_equal(cache_usage(c, &n, NULL), 0);
+	assert_int_equal(n, 0);
+	put_at(c, "new", "programs", "/programs", 1, 2);
+	assert_int_equal(present(c, "new"), 1);
+	cache_close(&c);
+
+	assert_int_equal(file_int(f->path, "PRAGMA user_version"), 2);
+	assert_int_equal(file_int(f->path, "PRAGMA auto_vacuum"), 2);
+	assert_int_equal(file_int(f->path, "SELECT count(*) FROM sqlite_schema WHERE name IN"
+					   " ('bodies', 'entries_delete_body')"),
+			 2);
+	/* Migrated in place: the same file, not a fresh one after a quarantine. */
+	assert_int_equal(stat(f->path, &after), 0);
+	assert_int_equal(after.st_ino, before.st_ino);
+	assert_true(nothing_moved_aside(f));
+	/* And the old row's pages went with it. */
+	assert_true(after.st_size < before.st_size);
+}
+
+/* A migration cut short after dropping the old table carries on. */
+static void test_migration_resumes(void **state)
+{
+	struct fixture *f = *state;
+	struct cache *c = open_ok(f->path);
+
+	cache_close(&c);
+	assert_int_equal(unlink(f->path), 0);
+	file_exec(f->path, "PRAGMA journal_mode = WAL; PRAGMA user_version = 1;");
+	c = open_ok(f->path);
+	put_at(c, "new", "programs", "/programs", 1, 2);
+	assert_int_equal(present(c, "new"), 1);
+	cache_close(&c);
+	assert_int_equal(file_int(f->path, "PRAGMA user_version"), 2);
+	assert_int_equal(file_int(f->path, "PRAGMA auto_vacuum"), 2);
+}
+
+static long long wal_size(const char *path)
+{
+	char wal[160];
+	struct stat st;
+
+	snprintf(wal, sizeof(wal), "%s-wal", path);
+	return stat(wal, &st) == 0 ? (long long)st.st_size : 0;
+}
+
+/* Empties the WAL into the database and cuts it to nothing, so its size
+ * afterwards is what the next commit wrote. */
+static void wal_reset(sqlite3 *db, const char *path)
+{
+	sqlite3_stmt *st;
+
+	assert_int_equal(sqlite3_prepare_v2(db, "PRAGMA wal_checkpoint(TRUNCATE)", -1, &st, NULL),
+			 SQLITE_OK);
+	assert_int_equal(sqlite3_step(st), SQLITE_ROW);
+	assert_int_equal(sqlite3_column_int(st, 0), 0); /* not busy */
+	sqlite3_finalize(st);
+	assert_int_equal(wal_size(path), 0);
+}
+
+/*
+ * Touches and refreshes come all the time and must not rewrite the body: a
+ * commit that did would add the body's 256 pages and more to the WAL.  Each
+ * one here is its own commit, as in the daemon, and may add a few pages
+ * (entry row and index pages), never 32 KiB.  The first touch moves
+ * accessed_at from a one-byte integer to a four-byte one, and the headers
+ * change length on every refresh: rows that change size, which SQLite
+ * cannot overwrite in place.
+ */
+#define BIG_LEN (1024 * 1024)
+#define WAL_PER_COMMIT (32 * 1024)
+
+static void test_touch_and_refresh_write_little(void **state)
+{
+	struct fixture *f = *state;
+	struct cache *c = open_ok(f->path);
+	const char *k[] = { "big" };
+	char *body = malloc(BIG_LEN), hdr[64];
+	struct cache_entry in = {
+		.status = 200,
+		.headers = "ETag: \"1\"\n",
+		.headers_len = 10,
+		.body = body,
+		.body_len = BIG_LEN,
+		.identity_len = BIG_LEN,
+		.stored_at = 100,
+		.expires_at = 200,
+	};
+	struct cache_entry *e = NULL;
+	long long w, touched = 0, refreshed = 0;
+	int64_t bytes = 0;
+	sqlite3 *db;
+	int n = 0;
+
+	assert_non_null(body);
+	for (size_t i = 0; i < BIG_LEN; i++)
+		body[i] = (char)(i * 131 + (i >> 9));
+	assert_int_equal(cache_put(c, "big", "programs", "/big", &in), 0);
+	/* The put itself writes the body once, and more than a megabyte. */
+	assert_true(wal_size(f->path) > BIG_LEN);
+	assert_int_equal(sqlite3_open(f->path, &db), SQLITE_OK);
+	for (int i = 0; i < 100; i++) {
+		wal_reset(db, f->path);
+		assert_int_equal(cache_touch(c, k, 1, 1700000000 + i), 0);
+		if ((w = wal_size(f->path)) >= WAL_PER_COMMIT)
+			fail_msg("touch %d wrote %lld bytes of WAL", i, w);
+		touched += w;
+	}
+	for (int i = 0; i < 100; i++) {
+		n = snprintf(hdr, sizeof(hdr), "ETag: \"1\"\nAge: %d\n", i % 2 ? 7 : 12);
+		wal_reset(db, f->path);
+		assert_int_equal(
+			cache_refresh(c, "big", hdr, (size_t)n, 1700001000 + i, 1700002000 + i), 1);
+		if ((w = wal_size(f->path)) >= WAL_PER_COMMIT)
+			fail_msg("refresh %d wrote %lld bytes of WAL", i, w);
+		refreshed += w;
+	}
+	sqlite3_close(db);
+	/* A hundred of each write less than the body did once. */
+	if (touched >= BIG_LEN || refreshed >= BIG_LEN + BIG_LEN / 2)
+		fail_msg("100 touches wrote %lld bytes of WAL, 100 refreshes %lld", touched,
+			 refreshed);
+	assert_int_equal(cache_get(c, "big", &e), 1);
+	assert_int_equal(e->body_len, BIG_LEN);
+	assert_memory_equal(e->body, body, BIG_LEN);
+	assert_string_equal(e->headers, hdr);
+	assert_int_equal(e->expires_at, 1700002000 + 99);
+	cache_entry_free(&e);
+	assert_int_equal(cache_usage(c, NULL, &bytes), 0);
+	assert_int_equal(bytes, 3 + n + BIG_LEN);
+	cache_close(&c);
+	free(body);
+}
+
+/* Every entry has its body, and no body outlives its entry. */
+static void assert_bodies_match(const char *path, const char *after, long long want)
+{
+	long long entries = file_int(path, "SELECT count(*) FROM entries");
+	long long bodies = file_int(path, "SELECT count(*) FROM bodies");
+	long long joined = file_int(path, "SELECT count(*) FROM entries JOIN bodies USING (id)");
+
+	if (entries != want || bodies != want || joined != want)
+		fail_msg("after %s: %lld entries, %lld bodies, %lld joined; want %lld each", after,
+			 entries, bodies, joined, want);
+}
+
+static void test_no_orphan_bodies(void **state)
+{
+	struct fixture *f = *state;
+	struct cache *c = open_ok(f->path);
+	struct cache_entry *e = NULL;
+	static const char big[3000] = { 'b' };
+	char key[16];
+
+	for (int i = 0; i < 8; i++) {
+		snprintf(key, sizeof(key), "k%d", i);
+		put_at(c, key, i < 4 ? "programs" : "record_views", i % 2 ? "/a/x" : "/b/x",
+		       100 + i, 1000 + i);
+	}
+	assert_bodies_match(f->path, "puts", 8);
+	/* Replaced with a longer body, a shorter one, then an empty one. */
+	put(c, "k0", "programs", "", big, sizeof(big), 5000);
+	put(c, "k0", "programs", "", "short", 5, 5000);
+	put(c, "k1", "programs", "", "", 0, 5000);
+	assert_bodies_match(f->path, "replace", 8);
+	assert_int_equal(cache_get(c, "k0", &e), 1);
+	assert_int_equal(e->body_len, 5);
+	assert_memory_equal(e->body, "short", 5);
+	cache_entry_free(&e);
+	assert_int_equal(cache_refresh(c, "k2", "A: b\n", 5, 1500, 2000), 1);
+	assert_bodies_match(f->path, "refresh", 8);
+	/* k0 (7 bytes now) and k1 (2) were stored at 1700000000 by put(), k2
+	 * refreshed at 1500: the least recently used are k3 and k4. */
+	assert_int_equal(cache_evict(c, 4 * ENTRY + 7 + 2, NULL, NULL), 2);
+	assert_int_equal(present(c, "k3"), 0);
+	assert_int_equal(present(c, "k4"), 0);
+	assert_bodies_match(f->path, "evict", 6);
+	assert_int_equal(cache_prune(c, 1006, NULL, NULL), 1); /* k5 */
+	assert_bodies_match(f->path, "prune", 5);
+	assert_int_equal(cache_purge(c, CACHE_PURGE_PREFIX, "/b/", NULL, NULL), 2); /* k2, k6 */
+	assert_bodies_match(f->path, "purge by prefix", 3);
+	assert_int_equal(cache_purge(c, CACHE_PURGE_FAMILY, "record_views", NULL, NULL), 1);
+	assert_bodies_match(f->path, "purge by family", 2);
+	assert_int_equal(cache_invalidate_family(c, "programs"), 2);
+	assert_bodies_match(f->path, "invalidate", 0);
+	/* Another connection's delete takes the body too. */
+	put_at(c, "x1", "programs", "/x", 1, 1);
+	put_at(c, "x2", "programs", "/x", 1, 1);
+	file_exec(f->path, "DELETE FROM entries WHERE key = 'x2'");
+	assert_bodies_match(f->path, "a delete elsewhere", 1);
+	/* A body left behind under the id the next entry gets is overwritten. */
+	file_exec(f->path,
+		  "INSERT INTO bodies (id, body) SELECT max(id) + 1, 'stale' FROM entries");
+	put(c, "x3", "programs", "", "fresh", 5, 1);
+	assert_bodies_match(f->path, "a put over a stray body", 2);
+	assert_int_equal(cache_get(c, "x3", &e), 1);
+	assert_memory_equal(e->body, "fresh", 5);
+	cache_entry_free(&e);
+	assert_int_equal(cache_purge(c, CACHE_PURGE_ALL, NULL, NULL, NULL), 2);
+	assert_bodies_match(f->path, "purge all", 0);
+	cache_close(&c);
+}
+
+static void test_changed_elsewhere(void **state)
+{
+	struct fixture *f = *state;
+	struct cache *c = open_ok(f->path);
+	sqlite3 *other;
+
+	assert_int_equal(cache_changed_elsewhere(c), 0);
+	/* Its own writes, and its readers, are not "elsewhere". */
+	put_at(c, "k1", "programs", "/1", 1, 2);
+	assert_int_equal(present(c, "k1"), 1);
+	assert_int_equal(cache_changed_elsewhere(c), 0);
+	assert_int_equal(sqlite3_open(f->path, &other), SQLITE_OK);
+	assert_int_equal(
+		sqlite3_exec(other, "DELETE FROM entries WHERE key = 'k1'", NULL, NULL, NULL),
+		SQLITE_OK);
+	assert_int_equal(cache_changed_elsewhere(c), 1);
+	assert_int_equal(cache_changed_elsewhere(c), 0);
+	/* A read elsewhere changes nothing. */
+	assert_int_equal(sqlite3_exec(other, "SELECT count(*) FROM entries", NULL, NULL, NULL),
+			 SQLITE_OK);
+	assert_int_equal(cache_changed_elsewhere(c), 0);
+	sqlite3_close(other);
+	cache_close(&c);
+}
+
 int main(void)
 {
 #define T(fn) cmocka_unit_test_setup_teardown(fn, setup, teardown)
@@ -624,6 +1400,28 @@ int main(void)
 		T(test_quarantine_then_reopen_corrupt),
 		T(test_concurrent_readers),
 		T(test_reader_thread_exit),
+		T(test_gzip_flag_round_trip),
+		T(test_plain_body_identity_len),
+		T(test_refresh_updates_headers_and_freshness),
+		T(test_refresh_absent_is_0),
+		T(test_evict_removes_least_recently_stored),
+		T(test_touched_entry_survives_evict),
+		T(test_touch_never_moves_back),
+		T(test_put_counts_as_use),
+		T(test_refresh_counts_as_use),
+		T(test_evict_under_limit_deletes_nothing),
+		T(test_prune_removes_expired_only),
+		T(test_purge_all),
+		T(test_purge_family),
+		T(test_purge_prefix_is_literal),
+		T(test_purge_prefix_is_bytewise),
+		T(test_new_file_has_incremental_auto_vacuum),
+		T(test_vacuum_gives_space_back),
+		T(test_migrates_version_1),
+		T(test_migration_resumes),
+		T(test_touch_and_refresh_write_little),
+		T(test_no_orphan_bodies),
+		T(test_changed_elsewhere),
 	};
 #undef T
 

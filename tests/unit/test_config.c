@@ -148,6 +148,12 @@ static void test_defaults(void **state)
 	assert_int_equal(cfg->max_buffered_body, 1024 * 1024);
 	assert_null(cfg->cache_file);
 	assert_int_equal(cfg->max_entry_size, 64 * 1024 * 1024);
+	assert_int_equal(cfg->max_size, 256 * 1024 * 1024);
+	assert_int_equal(cfg->memory, 8 * 1024 * 1024);
+	assert_int_equal(cfg->stale_while_revalidate, 60);
+	assert_int_equal(cfg->stale_if_error, 7 * 86400);
+	assert_int_equal(cfg->refresh_ahead, 1);
+	assert_int_equal(cfg->maintenance_interval, 60);
 	assert_string_equal(cfg->log_level, "info");
 	assert_null(cfg->config_file);
 
@@ -789,6 +795,37 @@ static void test_config_set_messages(void **state)
 	config_free(&cfg);
 }
 
+static void test_booleans(void **state)
+{
+	static const struct {
+		const char *text;
+		int want; /* -1: refused */
+	} cases[] = {
+		{ "yes", 1 }, { "YES", 1 },         { "true", 1 }, { "on", 1 }, { "1", 1 },
+		{ "no", 0 },  { "False", 0 },       { "off", 0 },  { "0", 0 },  { "maybe", -1 },
+		{ "", -1 },   { "yes please", -1 }, { "2", -1 },
+	};
+	struct config *cfg = config_new();
+
+	(void)state;
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		int before = cfg->refresh_ahead = !cases[i].want;
+		int rc = config_set(cfg, "cache", "refresh_ahead", cases[i].text, NULL, err,
+				    sizeof(err));
+
+		if (cases[i].want < 0) {
+			assert_int_equal(rc, -1);
+			assert_non_null(strstr(err, "[cache] refresh_ahead"));
+			assert_non_null(strstr(err, "expected yes or no"));
+			assert_int_equal(cfg->refresh_ahead, before);
+		} else {
+			assert_int_equal(rc, 0);
+			assert_int_equal(cfg->refresh_ahead, cases[i].want);
+		}
+	}
+	config_free(&cfg);
+}
+
 static void test_print_masks(void **state)
 {
 	static const char *const keys[] = {
@@ -956,6 +993,7 @@ int main(void)
 		cmocka_unit_test_setup(test_default_cache_file, clear_env),
 		cmocka_unit_test_setup(test_cross_checks, clear_env),
 		cmocka_unit_test_setup(test_config_set_messages, clear_env),
+		cmocka_unit_test_setup(test_booleans, clear_env),
 		cmocka_unit_test_setup(test_print_masks, clear_env),
 		cmocka_unit_test_setup(test_print_reloads, clear_env),
 		cmocka_unit_test_setup(test_parse_listen, clear_env),

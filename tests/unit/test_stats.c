@@ -41,8 +41,9 @@ static void test_inc(void **state)
 static void test_names(void **state)
 {
 	static const char *const want[STATS_COUNTERS] = {
-		"requests",        "hits",          "misses",       "stale",    "bypass",
-		"upstream_errors", "invalidations", "local_grants", "forwarded"
+		"requests",        "hits",          "misses",       "stale",     "bypass",
+		"upstream_errors", "invalidations", "local_grants", "forwarded", "revalidated",
+		"coalesced",       "refreshes"
 	};
 	int c;
 

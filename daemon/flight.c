@@ -1,0 +1,556 @@
+/*
+ * flight: the table of running fetches and what each one ended with.
+ *
+ * One lock guards the table and every flight's state: flights are few (one
+ * per key being fetched) and each holds it for a few pointer moves.  The
+ * upstream worker reports the end through the transfer's complete() hook;
+ * the answer is turned into an entry and kept (through the keeper) before
+ * any waiter is woken, so a woken waiter and every later request find it.
+ */
+#include "flight.h"
+
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <time.h>
+
+#include "config.h"
+#include "hdr.h"
+#include "hot.h"
+#include "keeper.h"
+#include "policy.h"
+
+struct waiter {
+	void *arg;
+	void (*unpark)(void *);
+	struct waiter *next;
+};
+
+struct flight {
+	struct flights *fs;
+	int refs; /* under fs->lock */
+	char *key, *path;
+	int family;
+	unsigned gen;
+	struct hot_entry *stale;
+	struct up_xfer *x;
+	int done;
+	enum flight_outcome outcome;
+	struct hot_entry *entry;
+	int revalidated;
+	enum up_error err;
+	char detail[512];
+	struct waiter *waiters;
+	struct flight *next; /* the table, while running */
+};
+
+struct flights {
+	const struct config *cfg;
+	struct upstream *up;
+	struct keeper *keeper;
+	struct hot *hot;
+	struct policy *policy;
+	pthread_mutex_t lock;
+	pthread_cond_t idle; /* signalled when no flight runs */
+	struct flight *running;
+};
+
+/* Fields a kept answer must not replay: framing and per-hop details, and
+ * cookies, which belong to one client and a flight answers many. */
+static const char *const keep_skip[] = { "Content-Length", "Content-Encoding", "Date",    "Age",
+					 "Set-Cookie",     "Warning",          "X-Cache", NULL };
+/* What a shared fetch must not carry from the client that started it. */
+static const char *const send_skip[] = { "If-None-Match",
+					 "If-Modified-Since",
+					 "If-Match",
+					 "If-Unmodified-Since",
+					 "If-Range",
+					 "Cache-Control",
+					 "Pragma",
+					 "Range",
+					 NULL };
+
+struct flights *flights_new(const struct config *cfg, struct upstream *up, struct keeper *keeper,
+			    struct hot *hot, struct policy *policy)
+{
+	struct flights *fs = calloc(1, sizeof(*fs));
+
+	if (fs == NULL)
+		return NULL;
+	fs->cfg = cfg;
+	fs->up = up;
+	fs->keeper = keeper;
+	fs->hot = hot;
+	fs->policy = policy;
+	pthread_mutex_init(&fs->lock, NULL);
+	pthread_cond_init(&fs->idle, NULL);
+	return fs;
+}
+
+void flights_free(struct flights **fsp)
+{
+	struct flights *fs = *fsp;
+
+	if (fs == NULL)
+		return;
+	pthread_mutex_destroy(&fs->lock);
+	pthread_cond_destroy(&fs->idle);
+	free(fs);
+	*fsp = NULL;
+}
+
+int flights_drain(struct flights *fs, double seconds)
+{
+	struct timespec ts;
+	int idle;
+
+	clock_gettime(CLOCK_REALTIME, &ts);
+	ts.tv_sec += (time_t)seconds;
+	ts.tv_nsec += (long)((seconds - (double)(time_t)seconds) * 1e9);
+	if (ts.tv_nsec >= 1000000000L) {
+		ts.tv_sec++;
+		ts.tv_nsec -= 1000000000L;
+	}
+	pthread_mutex_lock(&fs->lock);
+	while (fs->running != NULL && pthread_cond_timedwait(&fs->idle, &fs->lock, &ts) == 0)
+		;
+	idle = fs->running == NULL;
+	pthread_mutex_unlock(&fs->lock);
+	return idle;
+}
+
+static void flight_free(struct flight *f)
+{
+	upstream_xfer_release(&f->x);
+	hot_entry_unref(&f->stale);
+	hot_entry_unref(&f->entry);
+	free(f->key);
+	free(f->path);
+	free(f);
+}
+
+void flight_unref(struct flight **fp)
+{
+	struct flight *f = *fp;
+	int left;
+
+	if (f == NULL)
+		return;
+	*fp = NULL;
+	pthread_mutex_lock(&f->fs->lock);
+	left = --f->refs;
+	pthread_mutex_unlock(&f->fs->lock);
+	if (left == 0)
+		flight_free(f);
+}
+
+static void xfer_ref_free(void *arg)
+{
+	struct flight *f = arg;
+
+	flight_unref(&f);
+}
+
+static int64_t now_wall(void)
+{
+	return (int64_t)time(NULL);
+}
+
+/* ---- the end of a flight (upstream worker) ---- */
+
+/* The stored headers with the 304's fields in place of theirs. */
+static char *merge_304(const struct hdr *stored, const struct hdr *fresh, size_t *len)
+{
+	struct hdr *upd = hdr_new(), *out = hdr_new();
+	char *text = NULL;
+
+	if (upd == NULL || out == NULL || hdr_copy_end_to_end(upd, fresh, keep_skip) < 0)
+		goto done;
+	for (size_t i = 0; i < hdr_count(stored); i++) {
+		const char *n = hdr_name(stored, i), *v = hdr_value(stored, i);
+
+		if (hdr_get(upd, n) == NULL && hdr_add(out, n, strlen(n), v, strlen(v)) < 0)
+			goto done;
+	}
+	for (size_t i = 0; i < hdr_count(upd); i++) {
+		const char *n = hdr_name(upd, i), *v = hdr_value(upd, i);
+
+		if (hdr_add(out, n, strlen(n), v, strlen(v)) < 0)
+			goto done;
+	}
+	text = hdr_serialize(out, len);
+done:
+	hdr_free(&upd);
+	hdr_free(&out);
+	return text;
+}
+
+static unsigned ttl_for(struct flights *fs, int family, const struct hdr *h)
+{
+	struct policy_cc cc;
+
+	policy_parse_cache_control(hdr_get(h, "Cache-Control"), &cc);
+	return policy_ttl(fs->policy, family, &cc);
+}
+
+/* A 304 to our conditional fetch: the expired entry, fresh again. */
+static struct hot_entry *revalidated(struct flight *f, struct up_xfer *x)
+{
+	struct flights *fs = f->fs;
+	size_t len;
+	char *text = merge_304(hot_entry_headers(f->stale), upstream_xfer_headers(x), &len);
+	struct hot_entry *e = NULL;
+	int64_t now = now_wall();
+
+	if (text != NULL) {
+		struct hdr *h = hdr_parse(text, len);
+		unsigned ttl = h != NULL ? ttl_for(fs, f->family, h) : 0;
+		hdr_free(&h);
+		e = hot_entry_refreshed(f->stale, text, len, now, now + ttl);
+		free(text);
+	}
+	return e;
+}
+
+/* A whole answer: kept when it is a storable 200, handed over either way. */
+static struct hot_entry *answered(struct flights *fs, const char *key, int family, const char *path,
+				  struct up_xfer *x)
+{
+	const struct hdr *h = upstream_xfer_headers(x);
+	long status = upstream_xfer_status(x);
+	unsigned ttl = status == 200 ? ttl_for(fs, family, h) : 0;
+	struct hot_entry_init in = { 0 };
+	struct hot_entry *e;
+	struct hdr *keep = hdr_new();
+	const void *body;
+	int64_t now = now_wall();
+
+	if (keep == NULL || hdr_copy_end_to_end(keep, h, keep_skip) < 0) {
+		hdr_free(&keep);
+		return NULL;
+	}
+	body = upstream_xfer_collected(x, &in.body_len);
+	if ((in.body = malloc(in.body_len + 1)) == NULL) {
+		hdr_free(&keep);
+		return NULL;
+	}
+	memcpy(in.body, body, in.body_len);
+	in.key = ttl > 0 ? key : NULL;
+	in.family = family;
+	in.path = path;
+	in.status = status;
+	in.headers = hdr_serialize(keep, &in.headers_len);
+	in.stored_at = now;
+	in.expires_at = now + ttl;
+	hdr_free(&keep);
+	if (in.headers == NULL) {
+		free(in.body);
+		return NULL;
+	}
+	e = hot_entry_new(&in);
+	free((char *)in.headers);
+	return e;
+}
+
+struct hot_entry *flight_keep(struct flights *fs, const char *key, int family, const char *path,
+			      unsigned gen, struct up_xfer *x)
+{
+	struct hot_entry *e = answered(fs, key, family, path, x);
+
+	if (e != NULL && hot_entry_key(e) != NULL)
+		keeper_store(fs->keeper, e, gen, NULL, NULL);
+	return e;
+}
+
+/* Takes f out of the table, marks it ended, wakes its waiters.  The
+ * outcome is set before, so a woken waiter reads it complete. */
+static void finish(struct flights *fs, struct flight *f)
+{
+	struct up_xfer *mine;
+	struct waiter *w;
+	pthread_mutex_lock(&fs->lock);
+	f->done = 1;
+	for (struct flight **p = &fs->running; *p != NULL; p = &(*p)->next) {
+		if (*p == f) {
+			*p = f->next;
+			f->refs--; /* the table's; the caller still holds one */
+			break;
+		}
+	}
+	if (fs->running == NULL)
+		pthread_cond_broadcast(&fs->idle);
+	w = f->waiters;
+	f->waiters = NULL;
+	mine = f->x;
+	f->x = NULL;
+	pthread_mutex_unlock(&fs->lock);
+	while (w != NULL) {
+		struct waiter *next = w->next;
+
+		w->unpark(w->arg);
+		free(w);
+		w = next;
+	}
+	upstream_xfer_release(&mine);
+}
+
+/* The keeper has the answer in memory and in the file: now the waiters. */
+static void kept(void *arg, struct hot_entry *e)
+{
+	struct flight *f = arg;
+
+	if (e != f->entry) {
+		hot_entry_unref(&f->entry);
+		f->entry = hot_entry_ref(e);
+	}
+	finish(f->fs, f);
+	flight_unref(&f); /* the keeper job's */
+}
+
+static void on_complete(void *arg, struct up_xfer *x)
+{
+	struct flight *f = arg;
+	struct flights *fs = f->fs;
+	const char *detail = NULL;
+	int keep = 0;
+
+	if (upstream_xfer_whole(x)) {
+		if (upstream_xfer_status(x) == 304 && f->stale != NULL) {
+			f->entry = revalidated(f, x);
+			f->revalidated = f->entry != NULL;
+		} else {
+			f->entry = answered(fs, f->key, f->family, f->path, x);
+		}
+		f->outcome = FLIGHT_ENTRY;
+		if (f->entry == NULL) {
+			f->outcome = FLIGHT_ERROR;
+			f->err = UP_ERR_INTERNAL;
+			snprintf(f->detail, sizeof(f->detail), "out of memory keeping the answer");
+		} else {
+			keep = hot_entry_key(f->entry) != NULL &&
+			       hot_entry_expires_at(f->entry) > hot_entry_stored_at(f->entry);
+		}
+	} else if (upstream_xfer_too_large(x)) {
+		f->outcome = FLIGHT_DIRECT;
+	} else {
+		f->outcome = FLIGHT_ERROR;
+		f->err = upstream_xfer_error(x, &detail);
+		if (f->err == UP_ERR_NONE) {
+			f->err = UP_ERR_PROTOCOL;
+			detail = "the API's answer broke off before its end";
+		}
+		snprintf(f->detail, sizeof(f->detail), "%s", detail);
+	}
+	if (!keep) {
+		finish(fs, f);
+		return;
+	}
+	/* Waiters wake once the answer is kept, so whoever asks next finds it. */
+	pthread_mutex_lock(&fs->lock);
+	f->refs++;
+	pthread_mutex_unlock(&fs->lock);
+	if (f->revalidated)
+		keeper_refresh(fs->keeper, f->entry, f->gen, kept, f);
+	else
+		keeper_store(fs->keeper, f->entry, f->gen, kept, f);
+}
+
+/* ---- starting ---- */
+
+static struct hdr *fetch_headers(const struct flight_req *rq)
+{
+	struct hdr *h = hdr_new();
+	const struct hdr *st = rq->stale != NULL ? hot_entry_headers(rq->stale) : NULL;
+	const char *etag = st != NULL ? hdr_get(st, "ETag") : NULL;
+	const char *lm = st != NULL ? hdr_get(st, "Last-Modified") : NULL;
+
+	if (h == NULL ||
+	    (rq->headers != NULL && hdr_copy_end_to_end(h, rq->headers, send_skip) < 0))
+		goto fail;
+	if (etag != NULL && hdr_add(h, "If-None-Match", 13, etag, strlen(etag)) < 0)
+		goto fail;
+	if (lm != NULL && hdr_add(h, "If-Modified-Since", 17, lm, strlen(lm)) < 0)
+		goto fail;
+	return h;
+fail:
+	hdr_free(&h);
+	return NULL;
+}
+
+static struct flight *find(struct flights *fs, const char *key)
+{
+	for (struct flight *f = fs->running; f != NULL; f = f->next)
+		if (strcmp(f->key, key) == 0)
+			return f;
+	return NULL;
+}
+
+/* Called with fs->lock held; a new flight in the table (one ref: the
+ * table's), or NULL. */
+static struct flight *create(struct flights *fs, const struct flight_req *rq)
+{
+	struct flight *f = calloc(1, sizeof(*f));
+	size_t plen = strcspn(rq->target, "?");
+
+	if (f == NULL)
+		return NULL;
+	f->fs = fs;
+	f->refs = 1;
+	f->family = rq->family;
+	f->gen = hot_gen(fs->hot, rq->family);
+	f->key = strdup(rq->key);
+	f->path = strndup(rq->target, plen);
+	if (f->key == NULL || f->path == NULL) {
+		free(f->key);
+		free(f->path);
+		free(f);
+		return NULL;
+	}
+	f->stale = hot_entry_ref(rq->stale);
+	f->next = fs->running;
+	fs->running = f;
+	return f;
+}
+
+/* Outside the lock: hands the fetch to the upstream worker. */
+static void launch(struct flights *fs, struct flight *f, const struct flight_req *rq)
+{
+	struct up_request req = { 0 };
+	struct up_hooks hooks = { 0 };
+	struct hdr *h = fetch_headers(rq);
+	struct up_xfer *x = NULL;
+	int nomem = h == NULL;
+
+	req.method = "GET";
+	req.target = rq->target;
+	req.headers = h;
+	req.identity = 1;
+	req.collect_max = fs->cfg->max_entry_size;
+	req.detached = 1;
+	hooks.complete = on_complete;
+	hooks.complete_free = xfer_ref_free;
+	hooks.complete_arg = f;
+	pthread_mutex_lock(&fs->lock);
+	f->refs++; /* the transfer's, released through complete_free */
+	pthread_mutex_unlock(&fs->lock);
+	if (h != NULL)
+		x = upstream_start(fs->up, &req, &hooks);
+	else
+		xfer_ref_free(f);
+	hdr_free(&h);
+	if (x == NULL) {
+		/* Never started, so never ends by itself: end it here. */
+		f->outcome = FLIGHT_ERROR;
+		f->err = nomem ? UP_ERR_INTERNAL : UP_ERR_SHUTDOWN;
+		snprintf(f->detail, sizeof(f->detail), "%s",
+			 nomem ? "out of memory" : "kaleidod is shutting down");
+		finish(fs, f);
+		return;
+	}
+	pthread_mutex_lock(&fs->lock);
+	if (f->done) {
+		pthread_mutex_unlock(&fs->lock);
+		upstream_xfer_release(&x);
+		return;
+	}
+	f->x = x;
+	pthread_mutex_unlock(&fs->lock);
+}
+
+struct flight *flight_join(struct flights *fs, const struct flight_req *rq, int *started)
+{
+	struct flight *f;
+
+	pthread_mutex_lock(&fs->lock);
+	if ((f = find(fs, rq->key)) != NULL) {
+		f->refs++;
+		pthread_mutex_unlock(&fs->lock);
+		*started = 0;
+		return f;
+	}
+	if ((f = create(fs, rq)) == NULL) {
+		pthread_mutex_unlock(&fs->lock);
+		return NULL;
+	}
+	f->refs++; /* the caller's */
+	pthread_mutex_unlock(&fs->lock);
+	*started = 1;
+	launch(fs, f, rq);
+	return f;
+}
+
+int flight_start(struct flights *fs, const struct flight_req *rq)
+{
+	int started;
+	struct flight *f = flight_join(fs, rq, &started);
+
+	if (f == NULL)
+		return -1;
+	flight_unref(&f);
+	return started;
+}
+
+int flight_wait(struct flight *f, void (*park)(void *), void (*unpark)(void *), void *arg)
+{
+	struct waiter *w;
+
+	pthread_mutex_lock(&f->fs->lock);
+	if (f->done) {
+		pthread_mutex_unlock(&f->fs->lock);
+		return 0;
+	}
+	if ((w = calloc(1, sizeof(*w))) == NULL) {
+		pthread_mutex_unlock(&f->fs->lock);
+		return 0; /* the caller sees no outcome yet and fetches on its own */
+	}
+	w->arg = arg;
+	w->unpark = unpark;
+	w->next = f->waiters;
+	f->waiters = w;
+	park(arg);
+	pthread_mutex_unlock(&f->fs->lock);
+	return 1;
+}
+
+void flight_leave(struct flight *f, void *arg)
+{
+	struct waiter *gone = NULL;
+
+	pthread_mutex_lock(&f->fs->lock);
+	for (struct waiter **p = &f->waiters; *p != NULL; p = &(*p)->next) {
+		if ((*p)->arg == arg) {
+			gone = *p;
+			*p = gone->next;
+			break;
+		}
+	}
+	pthread_mutex_unlock(&f->fs->lock);
+	free(gone);
+}
+
+enum flight_outcome flight_outcome(struct flight *f)
+{
+	int done;
+
+	pthread_mutex_lock(&f->fs->lock);
+	done = f->done;
+	pthread_mutex_unlock(&f->fs->lock);
+	/* Not ended (a waiter that could not wait): it fetches on its own. */
+	return done ? f->outcome : FLIGHT_DIRECT;
+}
+
+struct hot_entry *flight_entry(struct flight *f, int *reval)
+{
+	if (reval != NULL)
+		*reval = f->revalidated;
+	return f->entry;
+}
+
+enum up_error flight_error(struct flight *f, const char **detail)
+{
+	if (detail != NULL)
+		*detail = f->detail;
+	return f->err;
+}

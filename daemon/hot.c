@@ -1,0 +1,634 @@
+/*
+ * hot: the in-memory entries.  One mutex guards the table, the LRU list and
+ * the generations; it is held for a hash lookup or a pointer swap, never
+ * while building anything.  Each entry has its own small lock for its
+ * shared HIT responses.
+ *
+ * Bodies live in reference-counted blobs: an entry holds its blobs, and so
+ * does every response built from them, so a body outlives an entry that was
+ * replaced while a slow client was still reading it.
+ */
+#include "hot.h"
+
+#include <microhttpd.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "hdr.h"
+
+#define MIN_BUCKETS 64
+
+struct blob {
+	atomic_int refs;
+	size_t len;
+	void *data;
+};
+
+struct hot_entry {
+	atomic_int refs;
+	char *key, *path;
+	int family;
+	long status;
+	char *headers_text;
+	size_t headers_len;
+	struct hdr *headers;
+	struct blob *body, *gz;
+	int64_t stored_at, expires_at;
+	size_t size;
+
+	pthread_mutex_t rlock; /* the shared HIT responses */
+	struct MHD_Response *hit[2];
+	int64_t hit_at[2];
+
+	/* Table links, under the table's lock. */
+	struct hot_entry *hnext, *lprev, *lnext;
+	int in_table, used;
+};
+
+struct hot {
+	pthread_mutex_t lock;
+	struct hot_entry **buckets;
+	size_t nbuckets, count, bytes, max_bytes;
+	struct hot_entry *lru_head, *lru_tail; /* head: most recently used */
+	unsigned *gen;
+	int nfamilies;
+};
+
+/* ---- blobs ---- */
+
+static struct blob *blob_new(void *data, size_t len)
+{
+	struct blob *b = malloc(sizeof(*b));
+
+	if (b == NULL) {
+		free(data);
+		return NULL;
+	}
+	atomic_init(&b->refs, 1);
+	b->len = len;
+	b->data = data;
+	return b;
+}
+
+static struct blob *blob_ref(struct blob *b)
+{
+	if (b != NULL)
+		atomic_fetch_add(&b->refs, 1);
+	return b;
+}
+
+static void blob_unref(struct blob *b)
+{
+	if (b != NULL && atomic_fetch_sub(&b->refs, 1) == 1) {
+		free(b->data);
+		free(b);
+	}
+}
+
+static void blob_release(void *cls)
+{
+	blob_unref(cls);
+}
+
+/* ---- entries ---- */
+
+static struct hot_entry *entry_alloc(const char *key, const char *path, const char *headers,
+				     size_t headers_len)
+{
+	struct hot_entry *e = calloc(1, sizeof(*e));
+
+	if (e == NULL)
+		return NULL;
+	atomic_init(&e->refs, 1);
+	pthread_mutex_init(&e->rlock, NULL);
+	e->key = key != NULL ? strdup(key) : NULL;
+	e->path = strdup(path != NULL ? path : "");
+	e->headers_text = malloc(headers_len + 1);
+	if ((key != NULL && e->key == NULL) || e->path == NULL || e->headers_text == NULL)
+		goto fail;
+	memcpy(e->headers_text, headers, headers_len);
+	e->headers_text[headers_len] = '\0';
+	e->headers_len = headers_len;
+	if ((e->headers = hdr_parse(headers, headers_len)) == NULL)
+		goto fail;
+	return e;
+fail:
+	free(e->key);
+	free(e->path);
+	free(e->headers_text);
+	pthread_mutex_destroy(&e->rlock);
+	free(e);
+	return NULL;
+}
+
+static void entry_size(struct hot_entry *e)
+{
+	e->size = sizeof(*e) + (e->key ? strlen(e->key) : 0) + e->headers_len * 2 +
+		  (e->body ? e->body->len : 0) + (e->gz ? e->gz->len : 0);
+}
+
+static void entry_free(struct hot_entry *e)
+{
+	for (int i = 0; i < 2; i++)
+		if (e->hit[i] != NULL)
+			MHD_destroy_response(e->hit[i]);
+	blob_unref(e->body);
+	blob_unref(e->gz);
+	hdr_free(&e->headers);
+	free(e->headers_text);
+	free(e->key);
+	free(e->path);
+	pthread_mutex_destroy(&e->rlock);
+	free(e);
+}
+
+struct hot_entry *hot_entry_new(const struct hot_entry_init *in)
+{
+	struct hot_entry *e = entry_alloc(in->key, in->path, in->headers, in->headers_len);
+	void *body = in->body;
+
+	if (e == NULL)
+		goto fail;
+	if (body == NULL && (body = calloc(1, 1)) == NULL)
+		goto fail;
+	e->family = in->family;
+	e->status = in->status;
+	e->stored_at = in->stored_at;
+	e->expires_at = in->expires_at;
+	e->body = blob_new(body, in->body_len);
+	body = NULL;
+	if (in->gz != NULL)
+		e->gz = blob_new(in->gz, in->gz_len);
+	if (e->body == NULL || (in->gz != NULL && e->gz == NULL)) {
+		entry_free(e);
+		return NULL;
+	}
+	entry_size(e);
+	return e;
+fail:
+	if (body != in->body)
+		free(body);
+	free(in->body);
+	free(in->gz);
+	if (e != NULL)
+		entry_free(e);
+	return NULL;
+}
+
+/* A copy sharing e's bodies, with other headers. */
+static struct hot_entry *entry_derive(const struct hot_entry *e, const char *headers,
+				      size_t headers_len)
+{
+	struct hot_entry *n = entry_alloc(e->key, e->path, headers, headers_len);
+
+	if (n == NULL)
+		return NULL;
+	n->family = e->family;
+	n->status = e->status;
+	n->stored_at = e->stored_at;
+	n->expires_at = e->expires_at;
+	n->body = blob_ref(e->body);
+	n->gz = blob_ref(e->gz);
+	return n;
+}
+
+struct hot_entry *hot_entry_refreshed(const struct hot_entry *e, const char *headers,
+				      size_t headers_len, int64_t stored_at, int64_t expires_at)
+{
+	struct hot_entry *n = entry_derive(e, headers, headers_len);
+
+	if (n == NULL)
+		return NULL;
+	n->stored_at = stored_at;
+	n->expires_at = expires_at;
+	entry_size(n);
+	return n;
+}
+
+struct hot_entry *hot_entry_with_gzip(const struct hot_entry *e, void *gz, size_t gz_len)
+{
+	struct hot_entry *n = entry_derive(e, e->headers_text, e->headers_len);
+
+	if (n == NULL) {
+		free(gz);
+		return NULL;
+	}
+	blob_unref(n->gz);
+	if ((n->gz = blob_new(gz, gz_len)) == NULL) {
+		entry_free(n);
+		return NULL;
+	}
+	entry_size(n);
+	return n;
+}
+
+struct hot_entry *hot_entry_ref(struct hot_entry *e)
+{
+	if (e != NULL)
+		atomic_fetch_add(&e->refs, 1);
+	return e;
+}
+
+void hot_entry_unref(struct hot_entry **e)
+{
+	if (e == NULL || *e == NULL)
+		return;
+	if (atomic_fetch_sub(&(*e)->refs, 1) == 1)
+		entry_free(*e);
+	*e = NULL;
+}
+
+const char *hot_entry_key(const struct hot_entry *e)
+{
+	return e->key;
+}
+
+const char *hot_entry_path(const struct hot_entry *e)
+{
+	return e->path;
+}
+
+int hot_entry_family(const struct hot_entry *e)
+{
+	return e->family;
+}
+
+long hot_entry_status(const struct hot_entry *e)
+{
+	return e->status;
+}
+
+int64_t hot_entry_stored_at(const struct hot_entry *e)
+{
+	return e->stored_at;
+}
+
+int64_t hot_entry_expires_at(const struct hot_entry *e)
+{
+	return e->expires_at;
+}
+
+const struct hdr *hot_entry_headers(const struct hot_entry *e)
+{
+	return e->headers;
+}
+
+const char *hot_entry_headers_text(const struct hot_entry *e, size_t *len)
+{
+	*len = e->headers_len;
+	return e->headers_text;
+}
+
+const void *hot_entry_body(const struct hot_entry *e, size_t *len)
+{
+	*len = e->body->len;
+	return e->body->data;
+}
+
+const void *hot_entry_gzip(const struct hot_entry *e, size_t *len)
+{
+	*len = e->gz != NULL ? e->gz->len : 0;
+	return e->gz != NULL ? e->gz->data : NULL;
+}
+
+size_t hot_entry_size(const struct hot_entry *e)
+{
+	return e->size;
+}
+
+struct MHD_Response *hot_entry_response(struct hot_entry *e, int gzip, const char *xcache,
+					int64_t now)
+{
+	struct blob *b = gzip && e->gz != NULL ? e->gz : e->body;
+	struct MHD_Response *resp;
+	int64_t age = now - e->stored_at;
+	char num[32];
+
+	blob_ref(b);
+	resp = MHD_create_response_from_buffer_with_free_callback_cls(b->len, b->data, blob_release,
+								      b);
+	if (resp == NULL) {
+		blob_unref(b);
+		return NULL;
+	}
+	for (size_t i = 0; i < hdr_count(e->headers); i++)
+		MHD_add_response_header(resp, hdr_name(e->headers, i), hdr_value(e->headers, i));
+	snprintf(num, sizeof(num), "%lld", (long long)(age > 0 ? age : 0));
+	MHD_add_response_header(resp, "Age", num);
+	if (e->gz != NULL && hdr_get(e->headers, "Vary") == NULL)
+		MHD_add_response_header(resp, "Vary", "Accept-Encoding");
+	if (b == e->gz)
+		MHD_add_response_header(resp, "Content-Encoding", "gzip");
+	if (xcache != NULL)
+		MHD_add_response_header(resp, "X-Cache", xcache);
+	return resp;
+}
+
+int hot_entry_queue_hit(struct hot_entry *e, struct MHD_Connection *conn, int gzip, int64_t now)
+{
+	int i = gzip && e->gz != NULL ? 1 : 0;
+	enum MHD_Result ret = MHD_NO;
+
+	pthread_mutex_lock(&e->rlock);
+	/* Age moves once a second: so does the shared response. */
+	if (e->hit[i] == NULL || e->hit_at[i] != now) {
+		struct MHD_Response *n = hot_entry_response(e, i, "HIT", now);
+
+		if (n != NULL) {
+			if (e->hit[i] != NULL)
+				MHD_destroy_response(e->hit[i]);
+			e->hit[i] = n;
+			e->hit_at[i] = now;
+		}
+	}
+	if (e->hit[i] != NULL)
+		ret = MHD_queue_response(conn, (unsigned)e->status, e->hit[i]);
+	pthread_mutex_unlock(&e->rlock);
+	return ret == MHD_YES;
+}
+
+/* ---- the table ---- */
+
+static size_t hash(const char *s)
+{
+	size_t h = 1469598103934665603ULL; /* FNV-1a */
+
+	for (; *s; s++)
+		h = (h ^ (unsigned char)*s) * 1099511628211ULL;
+	return h;
+}
+
+struct hot *hot_new(size_t max_bytes, int nfamilies)
+{
+	struct hot *h = calloc(1, sizeof(*h));
+
+	if (h == NULL)
+		return NULL;
+	pthread_mutex_init(&h->lock, NULL);
+	h->max_bytes = max_bytes;
+	h->nfamilies = nfamilies;
+	h->nbuckets = MIN_BUCKETS;
+	h->buckets = calloc(h->nbuckets, sizeof(*h->buckets));
+	h->gen = calloc((size_t)(nfamilies > 0 ? nfamilies : 1), sizeof(*h->gen));
+	if (h->buckets == NULL || h->gen == NULL) {
+		hot_free(&h);
+		return NULL;
+	}
+	return h;
+}
+
+static void lru_unlink(struct hot *h, struct hot_entry *e)
+{
+	if (e->lprev != NULL)
+		e->lprev->lnext = e->lnext;
+	else
+		h->lru_head = e->lnext;
+	if (e->lnext != NULL)
+		e->lnext->lprev = e->lprev;
+	else
+		h->lru_tail = e->lprev;
+	e->lprev = e->lnext = NULL;
+}
+
+static void lru_push(struct hot *h, struct hot_entry *e)
+{
+	e->lprev = NULL;
+	e->lnext = h->lru_head;
+	if (h->lru_head != NULL)
+		h->lru_head->lprev = e;
+	h->lru_head = e;
+	if (h->lru_tail == NULL)
+		h->lru_tail = e;
+}
+
+static struct hot_entry **slot(struct hot *h, const char *key)
+{
+	struct hot_entry **p = &h->buckets[hash(key) & (h->nbuckets - 1)];
+
+	while (*p != NULL && strcmp((*p)->key, key) != 0)
+		p = &(*p)->hnext;
+	return p;
+}
+
+/* Unlinks e (found at *p) from the table; the caller unrefs it unlocked. */
+static struct hot_entry *take(struct hot *h, struct hot_entry **p)
+{
+	struct hot_entry *e = *p;
+
+	*p = e->hnext;
+	e->hnext = NULL;
+	lru_unlink(h, e);
+	e->in_table = 0;
+	h->count--;
+	h->bytes -= e->size;
+	return e;
+}
+
+/* Entries that left the table under the lock, released after it. */
+struct graveyard {
+	struct hot_entry **list;
+	size_t n, cap;
+};
+
+static void bury(struct graveyard *g, struct hot_entry *e)
+{
+	if (g->n == g->cap) {
+		size_t ncap = g->cap ? g->cap * 2 : 16;
+		struct hot_entry **nl = realloc(g->list, ncap * sizeof(*nl));
+
+		if (nl == NULL) {
+			/* No room to defer: unref now; the lock is only held
+			 * for our own pointers, and the free takes none. */
+			hot_entry_unref(&e);
+			return;
+		}
+		g->list = nl;
+		g->cap = ncap;
+	}
+	g->list[g->n++] = e;
+}
+
+static void graveyard_empty(struct graveyard *g)
+{
+	for (size_t i = 0; i < g->n; i++)
+		hot_entry_unref(&g->list[i]);
+	free(g->list);
+}
+
+static void grow(struct hot *h)
+{
+	size_t n = h->nbuckets * 2;
+	struct hot_entry **nb = calloc(n, sizeof(*nb));
+
+	if (nb == NULL)
+		return; /* longer chains, still correct */
+	for (size_t i = 0; i < h->nbuckets; i++) {
+		struct hot_entry *e = h->buckets[i], *next;
+
+		for (; e != NULL; e = next) {
+			size_t b = hash(e->key) & (n - 1);
+
+			next = e->hnext;
+			e->hnext = nb[b];
+			nb[b] = e;
+		}
+	}
+	free(h->buckets);
+	h->buckets = nb;
+	h->nbuckets = n;
+}
+
+void hot_free(struct hot **hp)
+{
+	struct hot *h = *hp;
+
+	if (h == NULL)
+		return;
+	while (h->lru_head != NULL) {
+		struct hot_entry *e = take(h, slot(h, h->lru_head->key));
+
+		hot_entry_unref(&e);
+	}
+	free(h->buckets);
+	free(h->gen);
+	pthread_mutex_destroy(&h->lock);
+	free(h);
+	*hp = NULL;
+}
+
+struct hot_entry *hot_get(struct hot *h, const char *key)
+{
+	struct hot_entry *e;
+
+	pthread_mutex_lock(&h->lock);
+	if ((e = *slot(h, key)) != NULL) {
+		if (h->lru_head != e) {
+			lru_unlink(h, e);
+			lru_push(h, e);
+		}
+		e->used = 1;
+		hot_entry_ref(e);
+	}
+	pthread_mutex_unlock(&h->lock);
+	return e;
+}
+
+int hot_put(struct hot *h, struct hot_entry *e, unsigned gen)
+{
+	struct graveyard g = { 0 };
+	struct hot_entry **p;
+	int kept = 0;
+
+	/* One entry may not push out more than half of everything else. */
+	if (e->key == NULL || e->size > h->max_bytes / 2)
+		return 0;
+	pthread_mutex_lock(&h->lock);
+	if (e->in_table || e->family < 0 || e->family >= h->nfamilies || h->gen[e->family] != gen)
+		goto out;
+	if (*(p = slot(h, e->key)) != NULL)
+		bury(&g, take(h, p));
+	if (h->count >= h->nbuckets)
+		grow(h);
+	p = slot(h, e->key);
+	e->hnext = NULL;
+	*p = hot_entry_ref(e);
+	e->in_table = 1;
+	e->used = 1;
+	lru_push(h, e);
+	h->count++;
+	h->bytes += e->size;
+	while (h->bytes > h->max_bytes && h->lru_tail != NULL && h->lru_tail != e)
+		bury(&g, take(h, slot(h, h->lru_tail->key)));
+	kept = 1;
+out:
+	pthread_mutex_unlock(&h->lock);
+	graveyard_empty(&g);
+	return kept;
+}
+
+void hot_drop(struct hot *h, const char *key)
+{
+	struct hot_entry *e = NULL, **p;
+
+	pthread_mutex_lock(&h->lock);
+	if (*(p = slot(h, key)) != NULL)
+		e = take(h, p);
+	pthread_mutex_unlock(&h->lock);
+	hot_entry_unref(&e);
+}
+
+unsigned hot_gen(struct hot *h, int family)
+{
+	unsigned g;
+
+	if (family < 0 || family >= h->nfamilies)
+		return 0;
+	pthread_mutex_lock(&h->lock);
+	g = h->gen[family];
+	pthread_mutex_unlock(&h->lock);
+	return g;
+}
+
+void hot_invalidate(struct hot *h, int family)
+{
+	struct graveyard g = { 0 };
+
+	pthread_mutex_lock(&h->lock);
+	for (int i = 0; i < h->nfamilies; i++)
+		if (family < 0 || i == family)
+			h->gen[i]++;
+	for (struct hot_entry *e = h->lru_head, *next; e != NULL; e = next) {
+		next = e->lnext;
+		if (family < 0 || e->family == family)
+			bury(&g, take(h, slot(h, e->key)));
+	}
+	pthread_mutex_unlock(&h->lock);
+	graveyard_empty(&g);
+}
+
+int hot_used_keys(struct hot *h, char ***keys)
+{
+	char **out = NULL;
+	int n = 0, cap = 0, ret;
+
+	pthread_mutex_lock(&h->lock);
+	for (struct hot_entry *e = h->lru_head; e != NULL; e = e->lnext) {
+		if (!e->used)
+			continue;
+		if (n == cap) {
+			int ncap = cap ? cap * 2 : 32;
+			char **no = realloc(out, (size_t)ncap * sizeof(*no));
+
+			if (no == NULL)
+				goto nomem;
+			out = no;
+			cap = ncap;
+		}
+		if ((out[n] = strdup(e->key)) == NULL)
+			goto nomem;
+		n++;
+		e->used = 0;
+	}
+	pthread_mutex_unlock(&h->lock);
+	*keys = out;
+	return n;
+nomem:
+	ret = -1;
+	pthread_mutex_unlock(&h->lock);
+	for (int i = 0; i < n; i++)
+		free(out[i]);
+	free(out);
+	*keys = NULL;
+	return ret;
+}
+
+void hot_usage(struct hot *h, int64_t *entries, int64_t *bytes)
+{
+	pthread_mutex_lock(&h->lock);
+	*entries = (int64_t)h->count;
+	*bytes = (int64_t)h->bytes;
+	pthread_mutex_unlock(&h->lock);
+}

@@ -1,0 +1,97 @@
+/*
+ * hot: cache entries in memory, with their answers ready to queue.
+ *
+ * An entry is immutable: a 304, a new gzip copy or a new answer makes a new
+ * entry that shares the bodies of the old one.  A hit is a hash lookup, a
+ * reference, and the queueing of a libmicrohttpd response built once per
+ * second (for Age) and shared by every connection.  The table is bounded by
+ * bytes; the least recently used entries leave first.
+ *
+ * It also keeps one generation number per family, bumped by every
+ * invalidation and purge: an answer fetched under an older generation may
+ * be served to the clients that waited for it, but is never kept.
+ */
+#ifndef KD_HOT_H
+#define KD_HOT_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+struct MHD_Connection;
+struct MHD_Response;
+struct hdr;
+struct hot;
+struct hot_entry;
+
+/* ---- entries ---- */
+
+struct hot_entry_init {
+	const char *key; /* NULL for an answer that is never kept */
+	int family;
+	const char *path;
+	long status;
+	const char *headers; /* hdr_serialize() text */
+	size_t headers_len;
+	void *body; /* malloc'd, adopted (freed on failure too); may be NULL when body_len is 0 */
+	size_t body_len;
+	void *gz; /* malloc'd gzip member, adopted, or NULL */
+	size_t gz_len;
+	int64_t stored_at, expires_at;
+};
+
+/* NULL on ENOMEM (body and gz are freed). */
+struct hot_entry *hot_entry_new(const struct hot_entry_init *in);
+/* The same bodies with new headers and freshness (a 304).  NULL on ENOMEM. */
+struct hot_entry *hot_entry_refreshed(const struct hot_entry *e, const char *headers,
+				      size_t headers_len, int64_t stored_at, int64_t expires_at);
+/* The same entry with a gzip copy (adopted; freed on failure).  NULL on ENOMEM. */
+struct hot_entry *hot_entry_with_gzip(const struct hot_entry *e, void *gz, size_t gz_len);
+
+struct hot_entry *hot_entry_ref(struct hot_entry *e);
+void hot_entry_unref(struct hot_entry **e);
+
+const char *hot_entry_key(const struct hot_entry *e);
+const char *hot_entry_path(const struct hot_entry *e);
+int hot_entry_family(const struct hot_entry *e);
+long hot_entry_status(const struct hot_entry *e);
+int64_t hot_entry_stored_at(const struct hot_entry *e);
+int64_t hot_entry_expires_at(const struct hot_entry *e);
+const struct hdr *hot_entry_headers(const struct hot_entry *e);
+const char *hot_entry_headers_text(const struct hot_entry *e, size_t *len);
+const void *hot_entry_body(const struct hot_entry *e, size_t *len);
+const void *hot_entry_gzip(const struct hot_entry *e, size_t *len); /* NULL when none */
+size_t hot_entry_size(const struct hot_entry *e);
+
+/*
+ * A new response for e: its stored headers, Age, X-Cache: xcache (may be
+ * NULL), and the gzip body when gzip is set and the entry has one.  The
+ * caller queues and destroys it.  NULL on ENOMEM.
+ */
+struct MHD_Response *hot_entry_response(struct hot_entry *e, int gzip, const char *xcache,
+					int64_t now);
+/* Queues e's shared "X-Cache: HIT" response on conn: the cheap path. */
+int hot_entry_queue_hit(struct hot_entry *e, struct MHD_Connection *conn, int gzip, int64_t now);
+
+/* ---- the table ---- */
+
+struct hot *hot_new(size_t max_bytes, int nfamilies);
+void hot_free(struct hot **h);
+
+/* A reference to key's entry (marked used), or NULL. */
+struct hot_entry *hot_get(struct hot *h, const char *key);
+/* Keeps e (a reference is taken) under its key, replacing what was there, if
+ * gen is still its family's generation and it fits.  1 kept, 0 not. */
+int hot_put(struct hot *h, struct hot_entry *e, unsigned gen);
+void hot_drop(struct hot *h, const char *key);
+
+unsigned hot_gen(struct hot *h, int family);
+/* Bumps the family's generation (all families when family < 0) and drops
+ * its entries. */
+void hot_invalidate(struct hot *h, int family);
+
+/* Keys of entries used since the last call, for the file's LRU order.
+ * *keys is a malloc'd array of malloc'd strings.  Returns the count, -1 ENOMEM. */
+int hot_used_keys(struct hot *h, char ***keys);
+void hot_usage(struct hot *h, int64_t *entries, int64_t *bytes);
+
+#endif

@@ -1,0 +1,69 @@
+/*
+ * keeper: keeps the memory copies (hot) and the cache file (cache) in step.
+ *
+ * Reads go memory first, then the file (and what the file had is promoted
+ * into memory).  New answers go into memory at once and into the file from
+ * the keeper's own thread, compressed there, so neither the upstream worker
+ * nor a client waits for a disk write.  Invalidations and purges act on both
+ * at once, and a family generation makes sure an answer fetched before a
+ * write is never kept after it.  The thread also does the periodic work:
+ * LRU order, pruning past the stale limit, eviction to max_size, vacuum, and
+ * noticing a purge done by another process (kaleidod --purge).
+ */
+#ifndef KD_KEEPER_H
+#define KD_KEEPER_H
+
+#include <stdint.h>
+
+#include "cache.h"
+
+struct config;
+struct policy;
+struct hot;
+struct hot_entry;
+struct keeper;
+
+/* cache may be NULL (running without a file); the rest is required. */
+struct keeper *keeper_new(const struct config *cfg, struct cache *cache, struct hot *hot,
+			  struct policy *policy, char *err, size_t errlen);
+/* Writes what is still queued, then stops the thread. */
+void keeper_free(struct keeper **k);
+
+/* key's entry, fresh or not, or NULL.  A reference. */
+struct hot_entry *keeper_lookup(struct keeper *k, const char *key, int family);
+
+/* Told on the keeper thread once a store or refresh is done, with the
+ * entry as kept (a stored one carries its gzip copy now); e stays the
+ * caller's. */
+typedef void (*keeper_done_fn)(void *arg, struct hot_entry *e);
+
+/*
+ * Keeps a new answer unless its family's generation is no longer gen: on
+ * the keeper thread it is compressed, put in memory, written to the file,
+ * and then done(arg, kept entry) is called.  Without done, the answer goes
+ * into memory at once too (a client already has it and may ask again).
+ * A reference to e is taken.
+ */
+void keeper_store(struct keeper *k, struct hot_entry *e, unsigned gen, keeper_done_fn done,
+		  void *arg);
+/* Same, for an entry a 304 made fresh: only headers and freshness change. */
+void keeper_refresh(struct keeper *k, struct hot_entry *e, unsigned gen, keeper_done_fn done,
+		    void *arg);
+
+/* A write changed family: memory and file forget it before this returns. */
+void keeper_invalidate(struct keeper *k, int family);
+
+/* Deletes what the purge names, in memory and in the file.  Count or -1. */
+long keeper_purge(struct keeper *k, enum cache_purge kind, const char *what);
+
+struct keeper_counters {
+	unsigned long long evicted, pruned, purged, write_errors;
+	int64_t max_bytes;
+};
+void keeper_counters(struct keeper *k, struct keeper_counters *out);
+
+/* Rate-limited warning about the cache (one line a minute at most, with a
+ * count of what was held back): a broken disk fails on every request. */
+void keeper_warn(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
+#endif

@@ -1,0 +1,144 @@
+/*
+ * warm: one small state per family (its base list's key, and a backoff so
+ * an API that is down is asked at most once a minute), checked on every
+ * tick of the main loop.
+ */
+#include "warm.h"
+
+#include <stdatomic.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <time.h>
+
+#include "auth.h"
+#include "config.h"
+#include "flight.h"
+#include "hot.h"
+#include "keeper.h"
+#include "policy.h"
+#include "stats.h"
+#include "upstream.h"
+
+#define RETRY_MAX 60 /* s between attempts while the API fails */
+
+struct base {
+	int family;
+	char *key;
+	const char *path;
+	unsigned ttl;
+	int64_t retry_at;
+	unsigned attempts;
+};
+
+struct warm {
+	const struct config *cfg;
+	struct upstream *up;
+	struct keeper *keeper;
+	struct flights *flights;
+	struct stats *stats;
+	struct base *bases;
+	int nbases;
+	atomic_int done;
+};
+
+struct warm *warm_new(const struct config *cfg, struct upstream *up, struct keeper *keeper,
+		      struct flights *flights, struct policy *policy, struct stats *stats)
+{
+	struct warm *w = calloc(1, sizeof(*w));
+	int n = policy_family_count(policy);
+
+	if (w == NULL || (w->bases = calloc((size_t)n + 1, sizeof(*w->bases))) == NULL) {
+		free(w);
+		return NULL;
+	}
+	w->cfg = cfg;
+	w->up = up;
+	w->keeper = keeper;
+	w->flights = flights;
+	w->stats = stats;
+	for (int i = 0; i < n && i < cfg->nfamilies; i++) {
+		struct base *b = &w->bases[w->nbases];
+
+		if (policy_family_ttl(policy, i) == 0 || cfg->families[i].npaths == 0)
+			continue;
+		b->family = i;
+		b->path = cfg->families[i].paths[0];
+		b->ttl = policy_family_ttl(policy, i);
+		b->key = policy_cache_key(upstream_url(up), upstream_client_id(up), "GET", b->path);
+		if (b->key == NULL) {
+			warm_free(&w);
+			return NULL;
+		}
+		w->nbases++;
+	}
+	atomic_init(&w->done, 0);
+	return w;
+}
+
+void warm_free(struct warm **wp)
+{
+	struct warm *w = *wp;
+
+	if (w == NULL)
+		return;
+	for (int i = 0; i < w->nbases; i++)
+		free(w->bases[i].key);
+	free(w->bases);
+	free(w);
+	*wp = NULL;
+}
+
+/* How long before expiry a base list is fetched again: a tenth of its TTL,
+ * at least a second (the tick's resolution), at most a minute. */
+static int64_t margin(unsigned ttl)
+{
+	unsigned m = ttl / 10;
+
+	return m < 1 ? 1 : (m > 60 ? 60 : m);
+}
+
+void warm_tick(struct warm *w)
+{
+	struct auth_status st;
+	int64_t now = (int64_t)time(NULL);
+	int fresh = 0;
+
+	if (w == NULL || !w->cfg->refresh_ahead)
+		return;
+	upstream_auth_status(w->up, &st);
+	if (st.state != AUTH_OK)
+		return;
+	for (int i = 0; i < w->nbases; i++) {
+		struct base *b = &w->bases[i];
+		struct hot_entry *e = keeper_lookup(w->keeper, b->key, b->family);
+		int64_t left = e != NULL ? hot_entry_expires_at(e) - now : -1;
+
+		if (left > margin(b->ttl)) {
+			b->attempts = 0;
+			fresh++;
+		} else if (now >= b->retry_at) {
+			struct flight_req rq = { .key = b->key,
+						 .family = b->family,
+						 .target = b->path,
+						 .stale = e != NULL && hot_entry_status(e) == 200 ?
+								  e :
+								  NULL };
+
+			if (flight_start(w->flights, &rq) == 1) {
+				stats_inc(w->stats, b->family, STATS_REFRESHES);
+				unsigned step = b->attempts < 6 ? 1u << b->attempts : RETRY_MAX;
+
+				b->attempts++;
+				b->retry_at = now + (step < RETRY_MAX ? step : RETRY_MAX);
+			}
+		}
+		hot_entry_unref(&e);
+	}
+	if (fresh == w->nbases)
+		atomic_store(&w->done, 1);
+}
+
+int warm_done(struct warm *w)
+{
+	return w != NULL && atomic_load(&w->done);
+}
