@@ -13,6 +13,7 @@ import selectors
 import shutil
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -231,6 +232,21 @@ class Mock:
         """Requests the mock saw for "METHOD /path" (no query)."""
         return self.stats()["counts"].get(key, 0)
 
+    def conditional(self, key):
+        """Requests for "METHOD /path" that carried If-None-Match or
+        If-Modified-Since."""
+        return self.stats()["conditional"].get(key, 0)
+
+    def not_modified(self, key):
+        """304 answers the mock gave for "METHOD /path"."""
+        return self.stats()["not_modified"].get(key, 0)
+
+    def direct_get(self, target, headers=()):
+        """GET straight from the mock with a fresh upstream token: what the
+        API itself answers, to compare kaleidod's answers with."""
+        return request(self.port, "GET", target,
+                       [("Authorization", "Bearer " + self.grant())] + list(headers))
+
     def config(self, **kw):
         return self.call("POST", "/_mock/config", kw)
 
@@ -305,8 +321,14 @@ def clean_env(extra=None):
 # Socket activation as systemd does it: the socket as fd 3, LISTEN_FDS=1 and
 # LISTEN_PID naming the process that will exec kaleidod.  (A /bin/sh wrapper
 # cannot do it: dash only knows single-digit descriptors.)
+#
+# Python ignores SIGPIPE and SIGXFSZ for itself, and a disposition of
+# SIG_IGN survives exec: put them back to what a shell or systemd's
+# defaults would give, so the daemon has to handle them itself.
 ACTIVATE = """
-import os, sys
+import os, signal, sys
+signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+signal.signal(signal.SIGXFSZ, signal.SIG_DFL)
 fd = int(sys.argv[1])
 if fd != 3:
     os.dup2(fd, 3)
@@ -324,13 +346,15 @@ class Daemon:
 
     def __init__(self, tmpdir, upstream_url, config=None, args=(), env=None,
                  secret=CLIENT_SECRET, client_id=CLIENT_ID, cache_file=None, name="kaleidod",
-                 bind_addr="127.0.0.1"):
+                 bind_addr="127.0.0.1", preexec_fn=None):
         self.tmpdir = str(tmpdir)
         self.cache_file = cache_file or os.path.join(self.tmpdir, "cache.db")
         base = {
             "upstream": {"url": upstream_url, "client_id": client_id,
                          "auth_retry_min": "1", "auth_retry_max": "2"},
-            "cache": {"file": self.cache_file},
+            # Warm-up and refresh-ahead fetch the base lists on their own;
+            # off here so that request counts at the mock are the client's.
+            "cache": {"file": self.cache_file, "refresh_ahead": "no"},
             "log": {"level": "debug"},
         }
         self.sections = merge(base, config)
@@ -339,6 +363,7 @@ class Daemon:
         self.env_extra = dict(env or {})
         self.name = name
         self.bind_addr = bind_addr
+        self.preexec_fn = preexec_fn    # run in the child before exec (rlimits)
         self.proc = None
         self.port = None
         self.starts = 0
@@ -376,7 +401,7 @@ class Daemon:
                 [sys.executable, "-S", "-c", ACTIVATE, str(fd), KALEIDOD,
                  "--config", self.config_path] + self.args,
                 pass_fds=[fd], stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-                env=clean_env(env))
+                env=clean_env(env), preexec_fn=self.preexec_fn)
         finally:
             log.close()
             lsock.close()
@@ -438,6 +463,16 @@ class Daemon:
         self.stop()
         return self.start()
 
+    def kill(self):
+        """SIGKILL, as a crash or the OOM killer would end it; reaps it."""
+        if self.proc is not None:
+            try:
+                os.kill(self.proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            self.proc.wait(STOP_TIMEOUT)
+            self.proc = None
+
     @property
     def pid(self):
         return self.proc.pid
@@ -478,6 +513,37 @@ class Daemon:
                 if line.startswith("VmHWM:"):
                     return int(line.split()[1])
         raise AssertionError("no VmHWM in /proc/%d/status" % self.proc.pid)
+
+
+# ---------------------------------------------------------------- cache file
+def sql(path, query, args=()):
+    """Rows of one query on a cache file, from a separate connection (as any
+    other process would read it; WAL lets it run beside the daemon)."""
+    db = sqlite3.connect(path, timeout=10)
+    try:
+        return db.execute(query, args).fetchall()
+    finally:
+        db.close()
+
+
+def sql_one(path, query, args=()):
+    rows = sql(path, query, args)
+    return rows[0][0] if rows else None
+
+
+def cache_warnings(daemon):
+    """The daemon's warning and error lines that mention its cache."""
+    return [line for line in daemon.log().splitlines()
+            if (": warning: " in line or ": error: " in line) and "cache" in line.lower()]
+
+
+def seconds_later(n):
+    """Waits (bounded) until the wall clock is n whole seconds further on:
+    with n = 2, at least one full second passes.  For ordering events that
+    the cache stamps in whole seconds (possibly a maintenance tick late)."""
+    start = int(time.time())
+    wait_for(lambda: int(time.time()) >= start + n, timeout=n + 2, interval=0.01,
+             what="%d seconds to pass" % n)
 
 
 def run_kaleidod(args, env=None, timeout=15.0, config_text=None, tmpdir=None):

@@ -58,7 +58,7 @@ def test_corrupt_cache_file_is_moved_aside_and_caching_works(daemon_factory, moc
     assert mock.count("GET /programs") == 1
 
 
-def test_uncreatable_cache_path_runs_without_cache(daemon_factory, mock, tmp_path):
+def test_uncreatable_cache_path_runs_with_memory_cache_only(daemon_factory, mock, tmp_path):
     parent = tmp_path / "not-a-directory"
     parent.write_bytes(b"a regular file\n")
     path = str(parent / "cache.db")
@@ -66,14 +66,20 @@ def test_uncreatable_cache_path_runs_without_cache(daemon_factory, mock, tmp_pat
     h = d.health()
     assert h["cache"]["enabled"] is False, h
     assert h["status"] == "degraded", h
+    assert "WITHOUT a cache file" in d.log(), d.log_tail()
     s = Sdk(d.port)
     for i in range(3):
         r = s.get("/programs")
-        assert (r.status, xc(r)) == (200, "MISS"), (i, r)
+        assert (r.status, xc(r)) == (200, "MISS" if i == 0 else "HIT"), (i, r)
         assert r.json()[0]["title"].startswith("Program 0"), r
-    assert mock.count("GET /programs") == 3
+    assert mock.count("GET /programs") == 1
     assert s.get("/activities/x").status == 200
     assert parent.read_bytes() == b"a regular file\n"
+    # Memory only: a restart starts empty.
+    d.restart()
+    r = Sdk(d.port).get("/programs")
+    assert (r.status, xc(r)) == (200, "MISS"), r
+    assert mock.count("GET /programs") == 2
 
 
 def test_cache_from_newer_schema_is_moved_aside_not_misread(daemon_factory, mock, tmp_path):
@@ -85,8 +91,9 @@ def test_cache_from_newer_schema_is_moved_aside_not_misread(daemon_factory, mock
     # A "future" kaleidod rewrote the file: same table, different meaning.
     db = sqlite3.connect(path)
     try:
-        n = db.execute("UPDATE entries SET body = ?, expires_at = expires_at + 86400",
-                       (b'["written by schema 99"]',)).rowcount
+        n = db.execute("UPDATE entries SET expires_at = expires_at + 86400").rowcount
+        assert n == 1, n
+        n = db.execute("UPDATE bodies SET body = ?", (b'["written by schema 99"]',)).rowcount
         assert n == 1, n
         db.execute("PRAGMA user_version = 99")
         db.commit()

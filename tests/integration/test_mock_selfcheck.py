@@ -73,3 +73,63 @@ def test_mock_generations_faults_hold_and_bodies(mock):
     assert echo["target"] == "/odd//path?b=2&a=1"
     assert ["X-Test", "1"] in echo["headers"]
     assert json.dumps(mock.requests("/odd"))
+
+
+def test_mock_conditional_requests_validators_and_counts(mock):
+    auth = [("Authorization", "Bearer " + mock.grant())]
+    a = request(mock.port, "GET", "/programs", auth)
+    etag, lm = a.header("ETag"), a.header("Last-Modified")
+    assert a.status == 200 and etag and lm, a
+
+    def get(*hdrs):
+        return request(mock.port, "GET", "/programs", auth + list(hdrs))
+
+    r = get(("If-None-Match", etag))
+    assert r.status == 304 and r.body == b"" and r.header("ETag") == etag, r
+    assert get(("If-None-Match", '"other", W/' + etag)).status == 304
+    assert get(("If-None-Match", '"other"'), ("If-Modified-Since", lm)).status == 200, \
+        "If-None-Match decides when present"
+    assert get(("If-Modified-Since", lm)).status == 304
+    assert get(("If-Modified-Since", "Thu, 01 Jan 1998 00:00:00 GMT")).status == 200
+    assert get(("If-Modified-Since", "not a date")).status == 200
+    st = mock.stats()
+    assert st["conditional"]["GET /programs"] == 6, st
+    assert st["not_modified"]["GET /programs"] == 3, st
+    assert st["counts"]["GET /programs"] == 7, st
+
+    # A write moves Last-Modified to a later second: the old date no longer matches.
+    mock.call("POST", "/_mock/bump", {"families": ["programs"]})
+    b = get()
+    assert b.header("ETag") != etag and b.header("Last-Modified") != lm, b
+    assert get(("If-Modified-Since", lm)).status == 200
+    assert get(("If-None-Match", etag)).status == 200
+
+    # Headers of family answers, on 200 and 304 alike.
+    mock.config(extra_headers=[["X-Kal-Version", "7"]], cache_control="max-age=9",
+                send_etag=False)
+    c = get()
+    assert c.header("ETag") is None and c.header("X-Kal-Version") == "7", c
+    assert c.header("Cache-Control") == "max-age=9", c
+    n = get(("If-Modified-Since", c.header("Last-Modified")))
+    assert n.status == 304 and n.header("X-Kal-Version") == "7", n
+    assert n.header("Cache-Control") == "max-age=9", n
+    assert get(("If-None-Match", b.header("ETag"))).status == 200, "no ETag, no match"
+    mock.config(send_last_modified=False)
+    assert get().header("Last-Modified") is None
+    assert get(("If-Modified-Since", c.header("Last-Modified"))).status == 200
+
+
+def test_mock_fault_wait_holds_then_fails(mock):
+    import threading
+    auth = [("Authorization", "Bearer " + mock.grant())]
+    mock.fault("/entity_slices", "status", status=503, times=1, wait=True)
+    res = []
+    t = threading.Thread(target=lambda: res.append(
+        request(mock.port, "GET", "/entity_slices", auth).status))
+    t.start()
+    wait_for(lambda: mock.stats()["held"] == 1, what="held == 1")
+    assert not res
+    mock.release()
+    t.join(10)
+    assert res == [503]
+    assert request(mock.port, "GET", "/entity_slices", auth).status == 200

@@ -306,3 +306,14 @@ def test_range_on_cached_family_keeps_client_accept_encoding_and_is_not_stored(d
     assert p.status == 200 and p.header("X-Cache") == "MISS", p
     assert sdk.get(path).header("X-Cache") == "HIT"
     assert mock.count("GET " + path) == 3
+
+
+def test_stopping_while_the_first_token_request_is_out_frees_its_form(daemon_factory, mock):
+    # The form of a token request still out at shutdown (it holds the client
+    # secret) was leaked; LeakSanitizer made the exit code 1 under ASan.
+    mock.fault("/auth/oauth/token", "hang")
+    d = daemon_factory(mock).start()
+    wait_for(lambda: mock.count("POST /auth/oauth/token") >= 1, timeout=15,
+             what="kaleidod's token request reaching the mock")
+    assert d.health()["upstream"]["auth"]["state"] == "starting"
+    assert d.stop() == 0

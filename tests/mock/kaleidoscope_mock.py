@@ -23,7 +23,7 @@ import threading
 import time
 import urllib.parse
 from collections import deque
-from email.utils import formatdate
+from email.utils import formatdate, parsedate_to_datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 CHUNK = 1 << 20
@@ -98,6 +98,8 @@ class State:
             "programs_bytes": 2048, "entity_slices_bytes": 8192,
             "record_views_bytes": 65536, "gzip": False, "cache_control": None,
             "auth_header": args.auth_header, "echo_headers": True,
+            # Family answers (200 and 304): validators sent, extra headers.
+            "send_etag": True, "send_last_modified": True, "extra_headers": [],
         }
         self.access = {}        # token -> monotonic expiry
         self.refresh = set()
@@ -105,8 +107,12 @@ class State:
         self.issued_refresh = []
         self.grants = []         # {"grant", "t" (monotonic), "expires_in"}
         self.gen = {f: 1 for f in FAMILIES}
-        self.modified = {f: time.time() for f in FAMILIES}
+        # Whole seconds, as Last-Modified says them; a bump always moves it
+        # to a later second, so If-Modified-Since tells generations apart.
+        self.modified = {f: int(time.time()) for f in FAMILIES}
         self.counts = {}
+        self.conditional = {}    # "METHOD /path" -> requests with INM or IMS
+        self.not_modified = {}   # "METHOD /path" -> 304s answered
         self.tok = {"client_credentials": 0, "refresh_token": 0, "rejected": 0}
         self.inflight = 0
         self.total = 0
@@ -143,7 +149,7 @@ class State:
         with self.lock:
             for f in families:
                 self.gen[f] += 1
-                self.modified[f] = time.time()
+                self.modified[f] = max(int(time.time()), self.modified[f] + 1)
 
     def new_pair(self, grant):
         at = "mockat_" + secrets.token_urlsafe(24)
@@ -358,9 +364,13 @@ class Handler(BaseHTTPRequestHandler):
                      "body_len": None, "time": time.time()}
             self._entry = entry
             key = "%s %s" % (method, self.rpath)
+            self._key = key
+            cond = "If-None-Match" in self.headers or "If-Modified-Since" in self.headers
             with st.lock:
                 st.log.append(entry)
                 st.counts[key] = st.counts.get(key, 0) + 1
+                if cond:
+                    st.conditional[key] = st.conditional.get(key, 0) + 1
                 st.total += 1
                 st.inflight += 1
             try:
@@ -380,7 +390,8 @@ class Handler(BaseHTTPRequestHandler):
         data = json.loads(body) if body.strip() else {}
         if p == "/_mock/stats" and method == "GET":
             with st.lock:
-                out = {"counts": dict(st.counts), "token": dict(st.tok),
+                out = {"counts": dict(st.counts), "conditional": dict(st.conditional),
+                       "not_modified": dict(st.not_modified), "token": dict(st.tok),
                        "inflight": st.inflight, "total": st.total,
                        "unauthorized": st.unauthorized, "held": st.held,
                        "gens": dict(st.gen), "faults": [dict(f) for f in st.faults]}
@@ -414,7 +425,7 @@ class Handler(BaseHTTPRequestHandler):
                  "kind": data.get("kind", "status"), "status": int(data.get("status", 503)),
                  "delay_ms": int(data.get("delay_ms", 0)), "times": data.get("times"),
                  "body_bytes": data.get("body_bytes"), "drain": bool(data.get("drain", True)),
-                 "raw": data.get("raw")}
+                 "raw": data.get("raw"), "wait": bool(data.get("wait", False))}
             if f["kind"] not in ("status", "reset", "slow", "truncate", "hang", "raw"):
                 return self.send(400, {"detail": "unknown kind"})
             if f["kind"] == "raw" and not isinstance(f["raw"], str):
@@ -464,6 +475,16 @@ class Handler(BaseHTTPRequestHandler):
         with st.lock:
             latency = st.cfg["latency_ms"]
         fault = st.take_fault(method, self.rpath)
+        if fault and fault["wait"]:
+            # Held like "hang" first, then the fault itself: a failure that
+            # arrives when the test says so (every waiter is queued by then).
+            with st.lock:
+                st.held += 1
+            try:
+                self.wait_released()
+            finally:
+                with st.lock:
+                    st.held -= 1
         if fault:
             kind = fault["kind"]
             if kind == "reset":
@@ -604,13 +625,24 @@ class Handler(BaseHTTPRequestHandler):
         body, gen = st.family_body(fam, self.rpath)
         etag = '"%s-%d"' % (hashlib.md5(body).hexdigest()[:16], gen)
         with st.lock:
-            lm = formatdate(st.modified[fam], usegmt=True)
+            modified = st.modified[fam]
+            lm = formatdate(modified, usegmt=True)
             cc = st.cfg["cache_control"]
             gz = st.cfg["gzip"]
-        hdrs = [("ETag", etag), ("Last-Modified", lm)]
+            send_etag = st.cfg["send_etag"]
+            send_lm = st.cfg["send_last_modified"]
+            extra = [(str(k), str(v)) for k, v in st.cfg["extra_headers"]]
+        hdrs = []
+        if send_etag:
+            hdrs.append(("ETag", etag))
+        if send_lm:
+            hdrs.append(("Last-Modified", lm))
         if cc:
             hdrs.append(("Cache-Control", cc))
-        if etag in [t.strip() for t in self.headers.get("If-None-Match", "").split(",")]:
+        hdrs += extra
+        if self.not_modified(etag if send_etag else None, modified if send_lm else None):
+            with st.lock:
+                st.not_modified[self._key] = st.not_modified.get(self._key, 0) + 1
             self.send_response(304)
             for k, v in hdrs:
                 self.send_header(k, v)
@@ -622,6 +654,26 @@ class Handler(BaseHTTPRequestHandler):
             hdrs.append(("Content-Encoding", "gzip"))
             hdrs.append(("Vary", "Accept-Encoding"))
         return self.send(200, body, headers=hdrs)
+
+    def not_modified(self, etag, modified):
+        """RFC 9110 13.2.2: If-None-Match (weak comparison) decides when
+        present; else If-Modified-Since against the Last-Modified second.
+        None for a validator the answer does not carry."""
+        inm = self.headers.get("If-None-Match")
+        if inm is not None:
+            if etag is None:
+                return False
+            tags = [t.strip() for t in inm.split(",")]
+            weak = [t[2:] if t.startswith("W/") else t for t in tags]
+            return "*" in tags or etag in weak
+        ims = self.headers.get("If-Modified-Since")
+        if ims is None or modified is None:
+            return False
+        try:
+            since = parsedate_to_datetime(ims).timestamp()
+        except (TypeError, ValueError, IndexError, OverflowError):
+            return False    # an invalid date is ignored (RFC 9110 13.1.3)
+        return modified <= since
 
     def export(self):
         q = urllib.parse.parse_qs(self.query)

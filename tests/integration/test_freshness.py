@@ -1,0 +1,183 @@
+"""Nobody waits for the API when kaleidod has something to serve:
+- stale-while-revalidate: within the window after expiry the stale entry is
+  served at once (X-Cache: STALE) and one background refresh per key
+  brings it up to date; beyond the window the request goes upstream;
+- stale-if-error: when the API fails, an expired entry is served up to the
+  limit, and past it the client gets the error;
+- warm-up: once authenticated, kaleidod fetches the three base lists
+  itself, so the first client request is a HIT;
+- refresh-ahead: a base list is refreshed (conditionally) shortly before it
+  expires, so while in use it never expires.
+"""
+
+import time
+
+import pytest
+
+from harness import Sdk, request, wait_for
+
+BASE_LISTS = ("/programs", "/entity_slices", "/record_views")
+
+
+def xc(r):
+    return r.header("X-Cache")
+
+
+def quick_get(s, target, timeout=3.0):
+    """A GET that must be answered without waiting on the API."""
+    return request(s.port, "GET", target, [("Content-Type", "application/json")] +
+                   s.auth_headers(), timeout=timeout)
+
+
+def first_not_hit(s, target, timeout=10):
+    return wait_for(lambda: (lambda r: r if xc(r) != "HIT" else None)(quick_get(s, target)),
+                    timeout=timeout, interval=0.1, what="the entry of %s to expire" % target)
+
+
+def observe(seconds, fn, every=0.1):
+    """Calls fn every `every` seconds for `seconds` of real time; the list of
+    its results.  For properties that must hold throughout a period."""
+    out = []
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        out.append(fn())
+        time.sleep(every)   # pacing the observation, not waiting for anything
+    return out
+
+
+# ---------------------------------------------------------------- SWR
+def test_stale_while_revalidate_serves_at_once_and_refreshes_once(daemon_factory, mock):
+    d = daemon_factory(mock, config={"family.programs": {"ttl": "1"},
+                                     "cache": {"stale_while_revalidate": "30"}}).start()
+    s = Sdk(d.port)
+    a = s.get("/programs")
+    assert xc(a) == "MISS" and b"(gen 1)" in a.body, a
+    mock.call("POST", "/_mock/bump", {"families": ["programs"]})
+    # From here every upstream GET /programs waits at the mock: an answer
+    # that needed the API could not come back.
+    mock.hold("/programs")
+    try:
+        r = first_not_hit(s, "/programs")
+        assert r.status == 200 and xc(r) == "STALE", r
+        assert r.body == a.body, "the stale entry was not what was served"
+        wait_for(lambda: mock.stats()["held"] == 1, timeout=10,
+                 what="the background refresh to reach the API")
+        more = [quick_get(s, "/programs") for _ in range(10)]
+        assert all(m.status == 200 and xc(m) == "STALE" and m.body == a.body
+                   for m in more), more
+        held, n = mock.stats()["held"], mock.count("GET /programs")
+    finally:
+        mock.release()
+    assert (held, n) == (1, 2), "one refresh per key: %d held, %d GETs upstream" % (held, n)
+    fresh = wait_for(lambda: (lambda r: r if xc(r) == "HIT" else None)(quick_get(s, "/programs")),
+                     timeout=10, interval=0.05, what="the refreshed entry")
+    assert b"(gen 2)" in fresh.body, fresh
+    assert mock.count("GET /programs") == 2
+    fam = d.stats()["families"]["programs"]
+    assert fam["refreshes"] == 1, fam
+    assert fam["stale"] >= 11, fam
+
+
+def test_beyond_the_swr_window_the_request_goes_upstream(daemon_factory, mock):
+    d = daemon_factory(mock, config={"family.entity_slices": {"ttl": "1"},
+                                     "cache": {"stale_while_revalidate": "1"}}).start()
+    s = Sdk(d.port)
+    t0 = time.time()
+    assert xc(s.get("/entity_slices")) == "MISS"
+    # Expired after 1 s, out of the window 1 s later (whole seconds: 3 s is past both).
+    wait_for(lambda: time.time() >= t0 + 3.2, timeout=5, interval=0.05,
+             what="ttl + window to pass")
+    r = quick_get(s, "/entity_slices")
+    assert r.status == 200 and xc(r) in ("MISS", "REVALIDATED"), r
+    assert mock.count("GET /entity_slices") == 2
+    assert d.stats()["families"]["entity_slices"]["refreshes"] == 0
+
+
+# ---------------------------------------------------------------- stale-if-error
+@pytest.mark.parametrize("failure", ["status503", "down"])
+def test_stale_if_error_has_a_limit(daemon_factory, mock, failure):
+    d = daemon_factory(mock, config={"family.programs": {"ttl": "1"},
+                                     "cache": {"stale_while_revalidate": "0",
+                                               "stale_if_error": "2"}}).start()
+    s = Sdk(d.port)
+    a = s.get("/programs")
+    assert xc(a) == "MISS", a
+    t0 = time.monotonic()
+    if failure == "status503":
+        mock.fault("/programs", "status", status=503)
+    else:
+        mock.stop()
+    seen = []
+
+    def past_limit():
+        r = quick_get(s, "/programs", timeout=5)
+        seen.append((round(time.monotonic() - t0, 1), r.status, xc(r)))
+        return r if r.status != 200 else None
+
+    r = wait_for(past_limit, timeout=10, interval=0.1, what="the stale limit to pass")
+    statuses = [(st, x) for _, st, x in seen]
+    assert ("STALE" in [x for _, x in statuses]), "never served stale within the limit: %r" % seen
+    first_stale = next(i for i, (_, x) in enumerate(statuses) if x == "STALE")
+    assert all(x == "STALE" and st == 200 for st, x in statuses[first_stale:-1]), seen
+    if failure == "status503":
+        assert r.status == 503 and r.json()["detail"] == "injected fault", r
+    else:
+        assert r.status == 502, r
+        e = r.json()
+        assert e.get("error") and e.get("detail"), e
+    assert seen[-1][0] >= 1.5, "the 2 s limit ended early: %r" % seen
+    # And it stays an error: the stale entry is not served again.
+    again = quick_get(s, "/programs", timeout=5)
+    assert again.status == r.status, again
+
+
+# ---------------------------------------------------------------- warm-up
+def test_warm_up_fetches_the_base_lists_so_the_first_request_is_a_hit(daemon_factory, mock):
+    d = daemon_factory(mock, config={"cache": {"refresh_ahead": "yes"}}).start()
+    wait_for(lambda: d.stats()["cache"]["warm"] is True, timeout=15,
+             what="stats cache.warm to turn true")
+    counts = {p: mock.count("GET " + p) for p in BASE_LISTS}
+    assert counts == {p: 1 for p in BASE_LISTS}, counts
+    assert d.stats()["total"]["refreshes"] >= 3, d.stats()["total"]
+    s = Sdk(d.port)
+    got = {}
+    for p in BASE_LISTS:
+        r = s.get(p)
+        assert r.status == 200 and xc(r) == "HIT", (p, r)
+        got[p] = r.body
+    assert {p: mock.count("GET " + p) for p in BASE_LISTS} == counts
+    for p in BASE_LISTS:
+        assert got[p] == mock.direct_get(p).body, p
+
+
+def test_without_refresh_ahead_nothing_is_fetched_at_start(daemon_factory, mock):
+    d = daemon_factory(mock, config={"cache": {"refresh_ahead": "no"}}).start()
+    wait_for(lambda: d.health()["upstream"]["auth"]["state"] == "ok", timeout=15,
+             what="kaleidod to authenticate")
+    st = d.stats()
+    assert st["cache"]["warm"] is False, st["cache"]
+    assert st["total"]["refreshes"] == 0, st["total"]
+    assert {p: mock.count("GET " + p) for p in BASE_LISTS} == {p: 0 for p in BASE_LISTS}
+    assert xc(Sdk(d.port).get("/programs")) == "MISS"
+
+
+# ---------------------------------------------------------------- refresh-ahead
+@pytest.mark.slow
+def test_refresh_ahead_keeps_a_base_list_fresh_while_in_use(daemon_factory, mock):
+    # ttl 2 s: refreshed 1 s (the minimum margin) before it expires.
+    d = daemon_factory(mock, config={"cache": {"refresh_ahead": "yes"},
+                                     "family.programs": {"ttl": "2"}}).start()
+    wait_for(lambda: d.stats()["cache"]["warm"] is True, timeout=15, what="warm-up")
+    s = Sdk(d.port)
+    s.auth()
+    seen = observe(4.2, lambda: xc(quick_get(s, "/programs")))
+    assert set(seen) == {"HIT"}, "a base list in use expired: %r" % seen
+    n = mock.count("GET /programs")
+    assert n >= 3, "%d fetches of /programs in 4 s with ttl 2" % n
+    # Each refresh asked whether the list changed; it had not.
+    assert mock.conditional("GET /programs") >= 2, mock.stats()["conditional"]
+    assert mock.not_modified("GET /programs") >= 2, mock.stats()["not_modified"]
+    assert d.stats()["families"]["programs"]["refreshes"] >= 3
+    # The other base lists (ttl 300) were fetched once, at warm-up.
+    assert mock.count("GET /entity_slices") == 1
+    assert mock.count("GET /record_views") == 1
