@@ -63,7 +63,7 @@ struct up_xfer {
 	int detached;
 
 	/* Worker-only. */
-	int whole, completed; /* detached: the outcome, and complete() ran */
+	int whole, framed, completed; /* detached: the outcome, and complete() ran */
 	CURL *easy;
 	struct curl_slist *sent_headers;
 	enum phase phase;
@@ -897,10 +897,13 @@ static void xfer_done(struct upstream *u, struct up_xfer *x, CURLcode rc, double
 	/* Answers that never carry a body are whole without framing. */
 	if (x->status == 304 || x->status == 204)
 		whole = 1;
+	x->framed = whole; /* before the hook, which asks */
 	if (!x->detached && x->hooks.complete != NULL && x->collect_max > 0 && whole &&
 	    !x->collect_over && x->state == UP_HEADERS)
 		x->hooks.complete(x->hooks.complete_arg, x);
-	x->whole = whole && !x->collect_over && x->state == UP_HEADERS;
+	/* Detached: ended without an error is whole; only framing says it
+	 * was not cut short, and the caller decides what that allows. */
+	x->whole = (x->detached || whole) && !x->collect_over && x->state == UP_HEADERS;
 	pthread_mutex_lock(&x->lock);
 	if (x->state == UP_PENDING) {
 		x->state = UP_FAILED;
@@ -1417,6 +1420,11 @@ ssize_t upstream_xfer_read(struct up_xfer *x, char *buf, size_t max)
 int upstream_xfer_whole(struct up_xfer *x)
 {
 	return x->whole;
+}
+
+int upstream_xfer_framed(struct up_xfer *x)
+{
+	return x->framed;
 }
 
 int upstream_xfer_too_large(struct up_xfer *x)

@@ -158,6 +158,9 @@ ssize_t upstream_xfer_read(struct up_xfer *x, char *buf, size_t max);
  * upstream_xfer_error() says why, or upstream_xfer_too_large() is 1. */
 int upstream_xfer_whole(struct up_xfer *x);
 int upstream_xfer_too_large(struct up_xfer *x);
+/* 1 when the body's end was framed (Content-Length, chunked, or no body by
+ * status): an answer ended by a close may have been cut short. */
+int upstream_xfer_framed(struct up_xfer *x);
 
 /* The collected body, for the complete() hook. */
 const void *upstream_xfer_collected(struct up_xfer *x, size_t *len);

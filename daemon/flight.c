@@ -10,6 +10,7 @@
 #include "flight.h"
 
 #include <pthread.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -46,6 +47,17 @@ struct flight {
 	struct flight *next; /* the table, while running */
 };
 
+/* What recent flights taught about a key, by hash: a small table where a
+ * collision only costs a forgotten note. */
+#define NOTES 256
+#define TOO_LARGE_FOR 600 /* s a too-large key goes straight to the API */
+#define COOLDOWN_FOR 10   /* s without background refreshes after a failed one */
+
+struct note {
+	uint64_t hash;
+	int64_t too_large_until, cooldown_until;
+};
+
 struct flights {
 	const struct config *cfg;
 	struct upstream *up;
@@ -55,6 +67,8 @@ struct flights {
 	pthread_mutex_t lock;
 	pthread_cond_t idle; /* signalled when no flight runs */
 	struct flight *running;
+	int waking; /* finish() calls resuming waiters */
+	struct note notes[NOTES];
 };
 
 /* Fields a kept answer must not replay: framing and per-hop details, and
@@ -114,9 +128,10 @@ int flights_drain(struct flights *fs, double seconds)
 		ts.tv_nsec -= 1000000000L;
 	}
 	pthread_mutex_lock(&fs->lock);
-	while (fs->running != NULL && pthread_cond_timedwait(&fs->idle, &fs->lock, &ts) == 0)
+	while ((fs->running != NULL || fs->waking > 0) &&
+	       pthread_cond_timedwait(&fs->idle, &fs->lock, &ts) == 0)
 		;
-	idle = fs->running == NULL;
+	idle = fs->running == NULL && fs->waking == 0;
 	pthread_mutex_unlock(&fs->lock);
 	return idle;
 }
@@ -156,6 +171,48 @@ static void xfer_ref_free(void *arg)
 static int64_t now_wall(void)
 {
 	return (int64_t)time(NULL);
+}
+
+/* ---- notes ---- */
+
+static uint64_t key_hash(const char *s)
+{
+	uint64_t h = 1469598103934665603ULL; /* FNV-1a */
+
+	for (; *s; s++)
+		h = (h ^ (unsigned char)*s) * 1099511628211ULL;
+	return h;
+}
+
+static void note(struct flights *fs, const char *key, int too_large_for, int cooldown_for)
+{
+	uint64_t h = key_hash(key);
+	struct note *n = &fs->notes[h % NOTES];
+	int64_t now = now_wall();
+
+	pthread_mutex_lock(&fs->lock);
+	if (n->hash != h)
+		memset(n, 0, sizeof(*n));
+	n->hash = h;
+	if (too_large_for > 0)
+		n->too_large_until = now + too_large_for;
+	if (cooldown_for > 0)
+		n->cooldown_until = now + cooldown_for;
+	pthread_mutex_unlock(&fs->lock);
+}
+
+int flight_noted(struct flights *fs, const char *key, enum flight_note what)
+{
+	uint64_t h = key_hash(key);
+	const struct note *n = &fs->notes[h % NOTES];
+	int64_t now = now_wall();
+	int yes;
+
+	pthread_mutex_lock(&fs->lock);
+	yes = n->hash == h &&
+	      now < (what == FLIGHT_TOO_LARGE ? n->too_large_until : n->cooldown_until);
+	pthread_mutex_unlock(&fs->lock);
+	return yes;
 }
 
 /* ---- the end of a flight (upstream worker) ---- */
@@ -220,7 +277,9 @@ static struct hot_entry *answered(struct flights *fs, const char *key, int famil
 {
 	const struct hdr *h = upstream_xfer_headers(x);
 	long status = upstream_xfer_status(x);
-	unsigned ttl = status == 200 ? ttl_for(fs, family, h) : 0;
+	/* Only a framed answer is known to be whole: one the API ended by
+	 * closing the connection is handed on, never kept. */
+	unsigned ttl = status == 200 && upstream_xfer_framed(x) ? ttl_for(fs, family, h) : 0;
 	struct hot_entry_init in = { 0 };
 	struct hot_entry *e;
 	struct hdr *keep = hdr_new();
@@ -264,6 +323,21 @@ struct hot_entry *flight_keep(struct flights *fs, const char *key, int family, c
 	return e;
 }
 
+/* Takes f out of the table (if it is still there: a write may have
+ * replaced it with a newer flight), dropping the table's reference; the
+ * caller still holds one. */
+static void unlink_locked(struct flights *fs, struct flight *f)
+{
+	for (struct flight **p = &fs->running; *p != NULL; p = &(*p)->next) {
+		if (*p == f) {
+			*p = f->next;
+			f->next = NULL;
+			f->refs--;
+			return;
+		}
+	}
+}
+
 /* Takes f out of the table, marks it ended, wakes its waiters.  The
  * outcome is set before, so a woken waiter reads it complete. */
 static void finish(struct flights *fs, struct flight *f)
@@ -272,15 +346,8 @@ static void finish(struct flights *fs, struct flight *f)
 	struct waiter *w;
 	pthread_mutex_lock(&fs->lock);
 	f->done = 1;
-	for (struct flight **p = &fs->running; *p != NULL; p = &(*p)->next) {
-		if (*p == f) {
-			*p = f->next;
-			f->refs--; /* the table's; the caller still holds one */
-			break;
-		}
-	}
-	if (fs->running == NULL)
-		pthread_cond_broadcast(&fs->idle);
+	unlink_locked(fs, f);
+	fs->waking++;
 	w = f->waiters;
 	f->waiters = NULL;
 	mine = f->x;
@@ -293,6 +360,11 @@ static void finish(struct flights *fs, struct flight *f)
 		free(w);
 		w = next;
 	}
+	pthread_mutex_lock(&fs->lock);
+	/* Idle only once every waiter is resumed: the server may stop then. */
+	if (--fs->waking == 0 && fs->running == NULL)
+		pthread_cond_broadcast(&fs->idle);
+	pthread_mutex_unlock(&fs->lock);
 	upstream_xfer_release(&mine);
 }
 
@@ -334,6 +406,7 @@ static void on_complete(void *arg, struct up_xfer *x)
 		}
 	} else if (upstream_xfer_too_large(x)) {
 		f->outcome = FLIGHT_DIRECT;
+		note(fs, f->key, TOO_LARGE_FOR, 0);
 	} else {
 		f->outcome = FLIGHT_ERROR;
 		f->err = upstream_xfer_error(x, &detail);
@@ -344,6 +417,9 @@ static void on_complete(void *arg, struct up_xfer *x)
 		snprintf(f->detail, sizeof(f->detail), "%s", detail);
 	}
 	if (!keep) {
+		/* Not kept (a failure, an error answer): background refreshes of
+		 * this key pause, or a stale entry would refetch on every hit. */
+		note(fs, f->key, 0, COOLDOWN_FOR);
 		finish(fs, f);
 		return;
 	}
@@ -441,11 +517,13 @@ static void launch(struct flights *fs, struct flight *f, const struct flight_req
 		xfer_ref_free(f);
 	hdr_free(&h);
 	if (x == NULL) {
-		/* Never started, so never ends by itself: end it here. */
-		f->outcome = FLIGHT_ERROR;
-		f->err = nomem ? UP_ERR_INTERNAL : UP_ERR_SHUTDOWN;
+		/* Never started, so never ends by itself: end it here. */ f->outcome =
+			FLIGHT_ERROR;
+		f->err = UP_ERR_INTERNAL;
 		snprintf(f->detail, sizeof(f->detail), "%s",
-			 nomem ? "out of memory" : "kaleidod is shutting down");
+			 nomem ? "out of memory" :
+				 "the upstream request could not start (out of memory, or "
+				 "kaleidod is stopping)");
 		finish(fs, f);
 		return;
 	}
@@ -462,13 +540,17 @@ static void launch(struct flights *fs, struct flight *f, const struct flight_req
 struct flight *flight_join(struct flights *fs, const struct flight_req *rq, int *started)
 {
 	struct flight *f;
-
 	pthread_mutex_lock(&fs->lock);
 	if ((f = find(fs, rq->key)) != NULL) {
-		f->refs++;
-		pthread_mutex_unlock(&fs->lock);
-		*started = 0;
-		return f;
+		if (f->gen == hot_gen(fs->hot, rq->family)) {
+			f->refs++;
+			pthread_mutex_unlock(&fs->lock);
+			*started = 0;
+			return f;
+		}
+		/* Started before a write to its family: its answer may predate
+		 * the write.  Its waiters keep it; newcomers get a new fetch. */
+		unlink_locked(fs, f);
 	}
 	if ((f = create(fs, rq)) == NULL) {
 		pthread_mutex_unlock(&fs->lock);

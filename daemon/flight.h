@@ -70,6 +70,13 @@ enum flight_outcome flight_outcome(struct flight *f);
 struct hot_entry *flight_entry(struct flight *f, int *revalidated);
 enum up_error flight_error(struct flight *f, const char **detail);
 
+enum flight_note {
+	FLIGHT_TOO_LARGE, /* its answer outgrew max_entry_size lately: fetch directly */
+	FLIGHT_COOLDOWN,  /* a fetch of it failed lately: no background refresh */
+};
+/* What recent flights of key taught. */
+int flight_noted(struct flights *fs, const char *key, enum flight_note what);
+
 /*
  * A whole answer of a transfer the front streamed itself (a client's
  * no-cache): turned into an entry, and kept when it is a storable 200 and

@@ -248,16 +248,9 @@ static enum MHD_Result respond_entry(struct req *r, struct hot_entry *e, enum xc
 	r->xc = xc;
 	if (xc == XC_HIT || xc == XC_STALE)
 		stats_inc(f->d.stats, r->family, xc == XC_HIT ? STATS_HITS : STATS_STALE);
-	if (hot_entry_status(e) == 200 && etag_matches(inm, hdr_get(h, "ETag"))) {
-		static const char *const keep[] = { "ETag",    "Last-Modified", "Cache-Control",
-						    "Expires", "Vary",          NULL };
-
-		resp = MHD_create_response_from_buffer(0, (void *)"", MHD_RESPMEM_PERSISTENT);
-		for (int i = 0; resp != NULL && keep[i] != NULL; i++)
-			if (hdr_get(h, keep[i]) != NULL)
-				MHD_add_response_header(resp, keep[i], hdr_get(h, keep[i]));
-		return queue_and_drop(r, MHD_HTTP_NOT_MODIFIED, resp);
-	}
+	if (hot_entry_status(e) == 200 && etag_matches(inm, hdr_get(h, "ETag")))
+		return queue_and_drop(r, MHD_HTTP_NOT_MODIFIED,
+				      hot_entry_not_modified(e, r->gzip, NULL));
 	if (xc == XC_HIT) {
 		r->status = (unsigned)hot_entry_status(e);
 		return hot_entry_queue_hit(e, r->conn, r->gzip, now) ? MHD_YES : MHD_NO;
@@ -663,7 +656,7 @@ static enum MHD_Result forward_cached(struct req *r, const char *method)
 	}
 	r->stale = e;
 	if (r->only_if_cached) {
-		if (e != NULL)
+		if (stale_usable(r))
 			return respond_entry(r, e, XC_STALE);
 		r->xc = XC_MISS;
 		count(r, STATS_MISSES);
@@ -672,18 +665,23 @@ static enum MHD_Result forward_cached(struct req *r, const char *method)
 				     "stored answer for it; ask again without it");
 	}
 	if (e != NULL &&
-	    now < hot_entry_expires_at(e) + (int64_t)f->d.cfg->stale_while_revalidate) {
-		/* Serve what we have now; one fetch behind it brings it up to date. */
-		if ((h = forward_headers(r, 1)) != NULL) {
+	    now < hot_entry_expires_at(e) +
+			    (int64_t)f->d.cfg
+				    ->stale_while_revalidate) { /* Serve what we have now; one fetch behind it brings it up to date
+		 * (unless one just failed: then the stale copy is all there is). */
+		if (!flight_noted(f->d.flights, r->key, FLIGHT_COOLDOWN) &&
+		    (h = forward_headers(r, 1)) != NULL) {
 			rq.headers = h;
 			if (flight_start(f->d.flights, &rq) == 1)
 				stats_inc(f->d.stats, r->family, STATS_REFRESHES);
 			hdr_free(&h);
 		}
 		return respond_entry(r, e, XC_STALE);
-	}
-	if (r->head) {
+	} /* A HEAD is never worth a fetch for the cache, nor is an answer that
+	 * was lately too large to keep. */
+	if (r->head || flight_noted(f->d.flights, r->key, FLIGHT_TOO_LARGE)) {
 		r->direct = 1;
+		r->may_store = 0;
 		return forward_direct(r, method);
 	}
 	if ((h = forward_headers(r, 1)) == NULL)

@@ -16,6 +16,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include "hdr.h"
 
@@ -54,6 +55,7 @@ struct hot {
 	size_t nbuckets, count, bytes, max_bytes;
 	struct hot_entry *lru_head, *lru_tail; /* head: most recently used */
 	unsigned *gen;
+	int64_t *written_at; /* per family: file rows stored until then are void */
 	int nfamilies;
 };
 
@@ -299,6 +301,38 @@ size_t hot_entry_size(const struct hot_entry *e)
 	return e->size;
 }
 
+/* The stored headers, adjusted for the form sent: a gzip copy makes the
+ * answer vary on Accept-Encoding, and its ETag weak (RFC 9110 8.8.1: the
+ * two forms are not byte-identical). */
+static void add_headers(struct MHD_Response *resp, const struct hot_entry *e, int gz,
+			const char *const *only)
+{
+	const char *vary = hdr_get(e->headers, "Vary");
+	char buf[1024];
+
+	for (size_t i = 0; i < hdr_count(e->headers); i++) {
+		const char *n = hdr_name(e->headers, i), *v = hdr_value(e->headers, i);
+		int keep = only == NULL;
+
+		for (int k = 0; only != NULL && only[k] != NULL; k++)
+			keep |= strcasecmp(n, only[k]) == 0;
+		if (!keep || (e->gz != NULL && strcasecmp(n, "Vary") == 0))
+			continue;
+		if (gz && strcasecmp(n, "ETag") == 0 && strncmp(v, "W/", 2) != 0) {
+			snprintf(buf, sizeof(buf), "W/%s", v);
+			v = buf;
+		}
+		MHD_add_response_header(resp, n, v);
+	}
+	if (e->gz != NULL) {
+		if (vary == NULL || strcasestr(vary, "accept-encoding") != NULL)
+			snprintf(buf, sizeof(buf), "%s", vary != NULL ? vary : "Accept-Encoding");
+		else
+			snprintf(buf, sizeof(buf), "%s, Accept-Encoding", vary);
+		MHD_add_response_header(resp, "Vary", buf);
+	}
+}
+
 struct MHD_Response *hot_entry_response(struct hot_entry *e, int gzip, const char *xcache,
 					int64_t now)
 {
@@ -314,14 +348,27 @@ struct MHD_Response *hot_entry_response(struct hot_entry *e, int gzip, const cha
 		blob_unref(b);
 		return NULL;
 	}
-	for (size_t i = 0; i < hdr_count(e->headers); i++)
-		MHD_add_response_header(resp, hdr_name(e->headers, i), hdr_value(e->headers, i));
+	add_headers(resp, e, b == e->gz, NULL);
 	snprintf(num, sizeof(num), "%lld", (long long)(age > 0 ? age : 0));
 	MHD_add_response_header(resp, "Age", num);
-	if (e->gz != NULL && hdr_get(e->headers, "Vary") == NULL)
-		MHD_add_response_header(resp, "Vary", "Accept-Encoding");
 	if (b == e->gz)
 		MHD_add_response_header(resp, "Content-Encoding", "gzip");
+	if (xcache != NULL)
+		MHD_add_response_header(resp, "X-Cache", xcache);
+	return resp;
+}
+
+struct MHD_Response *hot_entry_not_modified(struct hot_entry *e, int gzip, const char *xcache)
+{
+	static const char *const keep[] = { "ETag",    "Last-Modified",    "Cache-Control",
+					    "Expires", "Content-Location", "Vary",
+					    NULL };
+	struct MHD_Response *resp =
+		MHD_create_response_from_buffer(0, (void *)"", MHD_RESPMEM_PERSISTENT);
+
+	if (resp == NULL)
+		return NULL;
+	add_headers(resp, e, gzip && e->gz != NULL, keep);
 	if (xcache != NULL)
 		MHD_add_response_header(resp, "X-Cache", xcache);
 	return resp;
@@ -373,7 +420,8 @@ struct hot *hot_new(size_t max_bytes, int nfamilies)
 	h->nbuckets = MIN_BUCKETS;
 	h->buckets = calloc(h->nbuckets, sizeof(*h->buckets));
 	h->gen = calloc((size_t)(nfamilies > 0 ? nfamilies : 1), sizeof(*h->gen));
-	if (h->buckets == NULL || h->gen == NULL) {
+	h->written_at = calloc((size_t)(nfamilies > 0 ? nfamilies : 1), sizeof(*h->written_at));
+	if (h->buckets == NULL || h->gen == NULL || h->written_at == NULL) {
 		hot_free(&h);
 		return NULL;
 	}
@@ -494,6 +542,7 @@ void hot_free(struct hot **hp)
 	}
 	free(h->buckets);
 	free(h->gen);
+	free(h->written_at);
 	pthread_mutex_destroy(&h->lock);
 	free(h);
 	*hp = NULL;
@@ -516,20 +565,26 @@ struct hot_entry *hot_get(struct hot *h, const char *key)
 	return e;
 }
 
-int hot_put(struct hot *h, struct hot_entry *e, unsigned gen)
+int hot_put(struct hot *h, struct hot_entry *e, unsigned gen, enum hot_put_mode mode)
 {
 	struct graveyard g = { 0 };
 	struct hot_entry **p;
 	int kept = 0;
 
-	/* One entry may not push out more than half of everything else. */
-	if (e->key == NULL || e->size > h->max_bytes / 2)
+	if (e->key == NULL)
 		return 0;
 	pthread_mutex_lock(&h->lock);
 	if (e->in_table || e->family < 0 || e->family >= h->nfamilies || h->gen[e->family] != gen)
 		goto out;
-	if (*(p = slot(h, e->key)) != NULL)
+	p = slot(h, e->key);
+	if (*p != NULL && mode == HOT_IF_ABSENT)
+		goto out;
+	if (*p != NULL)
 		bury(&g, take(h, p));
+	/* One entry may not push out more than half of everything else; but
+	 * the older version it replaces must not stay either. */
+	if (e->size > h->max_bytes / 2)
+		goto out;
 	if (h->count >= h->nbuckets)
 		grow(h);
 	p = slot(h, e->key);
@@ -560,6 +615,18 @@ void hot_drop(struct hot *h, const char *key)
 	hot_entry_unref(&e);
 }
 
+int64_t hot_invalid_before(struct hot *h, int family)
+{
+	int64_t t;
+
+	if (family < 0 || family >= h->nfamilies)
+		return 0;
+	pthread_mutex_lock(&h->lock);
+	t = h->written_at[family];
+	pthread_mutex_unlock(&h->lock);
+	return t;
+}
+
 unsigned hot_gen(struct hot *h, int family)
 {
 	unsigned g;
@@ -572,14 +639,18 @@ unsigned hot_gen(struct hot *h, int family)
 	return g;
 }
 
-void hot_invalidate(struct hot *h, int family)
+void hot_invalidate(struct hot *h, int family, int64_t written_at)
 {
 	struct graveyard g = { 0 };
 
 	pthread_mutex_lock(&h->lock);
-	for (int i = 0; i < h->nfamilies; i++)
-		if (family < 0 || i == family)
-			h->gen[i]++;
+	for (int i = 0; i < h->nfamilies; i++) {
+		if (family >= 0 && i != family)
+			continue;
+		h->gen[i]++;
+		if (written_at > h->written_at[i])
+			h->written_at[i] = written_at;
+	}
 	for (struct hot_entry *e = h->lru_head, *next; e != NULL; e = next) {
 		next = e->lnext;
 		if (family < 0 || e->family == family)

@@ -69,6 +69,9 @@ size_t hot_entry_size(const struct hot_entry *e);
  */
 struct MHD_Response *hot_entry_response(struct hot_entry *e, int gzip, const char *xcache,
 					int64_t now);
+/* A 304 for a client that holds e's ETag: its validators and freshness
+ * fields, as the form (gzip or not) it would get would carry them. */
+struct MHD_Response *hot_entry_not_modified(struct hot_entry *e, int gzip, const char *xcache);
 /* Queues e's shared "X-Cache: HIT" response on conn: the cheap path. */
 int hot_entry_queue_hit(struct hot_entry *e, struct MHD_Connection *conn, int gzip, int64_t now);
 
@@ -79,15 +82,22 @@ void hot_free(struct hot **h);
 
 /* A reference to key's entry (marked used), or NULL. */
 struct hot_entry *hot_get(struct hot *h, const char *key);
-/* Keeps e (a reference is taken) under its key, replacing what was there, if
- * gen is still its family's generation and it fits.  1 kept, 0 not. */
-int hot_put(struct hot *h, struct hot_entry *e, unsigned gen);
+enum hot_put_mode {
+	HOT_REPLACE,   /* a newer answer: whatever the key held goes */
+	HOT_IF_ABSENT, /* a copy read back from the file: never over a newer one */
+};
+/* Keeps e (a reference is taken) under its key if gen is still its family's
+ * generation and it fits (an entry that does not fit still removes an older
+ * one it replaces).  1 kept, 0 not. */
+int hot_put(struct hot *h, struct hot_entry *e, unsigned gen, enum hot_put_mode mode);
 void hot_drop(struct hot *h, const char *key);
 
 unsigned hot_gen(struct hot *h, int family);
 /* Bumps the family's generation (all families when family < 0) and drops
- * its entries. */
-void hot_invalidate(struct hot *h, int family);
+ * its entries.  written_at > 0 (a write changed the family): file rows
+ * stored at or before it are void from now on, deleted or not. */
+void hot_invalidate(struct hot *h, int family, int64_t written_at);
+int64_t hot_invalid_before(struct hot *h, int family);
 
 /* Keys of entries used since the last call, for the file's LRU order.
  * *keys is a malloc'd array of malloc'd strings.  Returns the count, -1 ENOMEM. */

@@ -1,9 +1,17 @@
 /*
- * keeper: one thread and a FIFO of jobs (store, refresh), plus a tick every
- * second for the periodic work.  The store lock orders file writes against
- * invalidations: a job checks its family generation and writes under it, an
- * invalidation bumps the generation and deletes under it, so a store can
- * never land after the write that made it stale.
+ * keeper: two threads, each with a FIFO of jobs.
+ *
+ * The prep thread compresses a new answer, puts it in memory and tells the
+ * flight (whose waiters wake then): CPU work only, so a client never waits
+ * for the disk.  The file thread writes, deletes, and does the periodic work
+ * (a tick a second); SQLite's locks and a slow disk only ever hold it up.
+ *
+ * Ordering: every file change runs on the file thread in FIFO order, so an
+ * invalidation queued after a store deletes what that store wrote, and a
+ * store queued after an invalidation sees the family's generation moved on
+ * and writes nothing.  Until a store reaches the file, lookups find it in
+ * the file queue; until an invalidation's delete succeeds, the family's
+ * "written at" time voids the rows it would delete.
  */
 #include "keeper.h"
 
@@ -25,16 +33,32 @@
 #define GZIP_MIN 256   /* smaller bodies are not worth a Content-Encoding */
 #define GZIP_LEVEL 6   /* zlib's default: most of level 9's ratio at a third of its cost */
 #define TICK_SECONDS 1 /* how soon another process's purge is noticed */
+/* Answers waiting for a disk that is behind: beyond this they are kept in
+ * memory only (and the drop is logged), rather than piling up. */
+#define FILE_QUEUE_MAX ((size_t)128 * 1024 * 1024)
+#define PURGE_FLUSH_SECONDS 5
 
-enum job_kind { JOB_STORE, JOB_REFRESH };
+enum job_kind { JOB_STORE, JOB_REFRESH, JOB_INVALIDATE };
 
 struct job {
 	enum job_kind kind;
-	struct hot_entry *e;
+	struct hot_entry *e; /* STORE, REFRESH */
+	int family;          /* INVALIDATE */
 	unsigned gen;
 	keeper_done_fn done;
 	void *arg;
 	struct job *next;
+};
+
+struct jobq {
+	pthread_mutex_t lock;
+	pthread_cond_t cond;
+	pthread_cond_t drained; /* broadcast when the last job is done */
+	struct job *head, *tail;
+	size_t bytes;
+	int stopping;
+	pthread_t thread;
+	int started;
 };
 
 struct keeper {
@@ -43,18 +67,14 @@ struct keeper {
 	struct hot *hot;
 	struct policy *policy;
 
-	pthread_mutex_t store_lock; /* file writes vs. invalidations */
+	struct jobq prep, file;
+	struct job *writing;        /* the file job under way; under file.lock */
+	pthread_mutex_t store_lock; /* file writes vs. purges from other threads */
 
-	pthread_mutex_t qlock;
-	pthread_cond_t qcond;
-	struct job *head, *tail;
-	int stopping;
-	pthread_t thread;
-	int started;
-
-	/* Keeper thread only. */
+	/* File thread only. */
 	int64_t next_maint;
-	int64_t file_bytes; /* estimate between maintenance passes */
+	int64_t file_bytes;     /* estimate between maintenance passes */
+	uint32_t inval_pending; /* families whose delete failed: retried */
 
 	atomic_ullong evicted, pruned, purged, write_errors;
 };
@@ -94,6 +114,95 @@ static const char *family_name(struct keeper *k, int family)
 	return policy_family_name(k->policy, family);
 }
 
+/* ---- queues ---- */
+
+static void jobq_init(struct jobq *q)
+{
+	pthread_mutex_init(&q->lock, NULL);
+	pthread_cond_init(&q->cond, NULL);
+	pthread_cond_init(&q->drained, NULL);
+}
+
+static void job_free(struct job *j)
+{
+	hot_entry_unref(&j->e);
+	free(j);
+}
+
+static void jobq_push(struct jobq *q, struct job *j)
+{
+	pthread_mutex_lock(&q->lock);
+	if (q->tail != NULL)
+		q->tail->next = j;
+	else
+		q->head = j;
+	q->tail = j;
+	q->bytes += j->e != NULL ? hot_entry_size(j->e) : 0;
+	pthread_cond_signal(&q->cond);
+	pthread_mutex_unlock(&q->lock);
+}
+
+/* The next job, or NULL after waiting up to a tick (or once stopping and
+ * empty: *stop is set then). */
+static struct job *jobq_pop(struct jobq *q, int *stop)
+{
+	struct job *j;
+
+	pthread_mutex_lock(&q->lock);
+	if (q->head == NULL && !q->stopping) {
+		struct timespec ts;
+
+		clock_gettime(CLOCK_REALTIME, &ts);
+		ts.tv_sec += TICK_SECONDS;
+		pthread_cond_timedwait(&q->cond, &q->lock, &ts);
+	}
+	if ((j = q->head) != NULL) {
+		if ((q->head = j->next) == NULL)
+			q->tail = NULL;
+		j->next = NULL;
+	}
+	*stop = j == NULL && q->stopping;
+	pthread_mutex_unlock(&q->lock);
+	return j;
+}
+
+/* The job has left q's accounting (and *cur, which lookups read). */
+static void jobq_done(struct jobq *q, struct job *j, struct job **cur)
+{
+	pthread_mutex_lock(&q->lock);
+	q->bytes -= j->e != NULL ? hot_entry_size(j->e) : 0;
+	if (cur != NULL)
+		*cur = NULL;
+	if (q->head == NULL)
+		pthread_cond_broadcast(&q->drained);
+	pthread_mutex_unlock(&q->lock);
+}
+
+static void jobq_stop(struct jobq *q)
+{
+	if (!q->started)
+		return;
+	pthread_mutex_lock(&q->lock);
+	q->stopping = 1;
+	pthread_cond_signal(&q->cond);
+	pthread_mutex_unlock(&q->lock);
+	pthread_join(q->thread, NULL);
+	q->started = 0;
+}
+
+static void jobq_destroy(struct jobq *q)
+{
+	while (q->head != NULL) {
+		struct job *j = q->head;
+
+		q->head = j->next;
+		job_free(j);
+	}
+	pthread_mutex_destroy(&q->lock);
+	pthread_cond_destroy(&q->cond);
+	pthread_cond_destroy(&q->drained);
+}
+
 /* ---- reads ---- */
 
 /* An entry from a file row: the identity body is what memory keeps, the
@@ -108,8 +217,10 @@ static struct hot_entry *from_row(const char *key, int family, struct cache_entr
 			return NULL;
 		in.gz = row->body;
 		in.gz_len = row->body_len;
+		in.body_len = row->identity_len;
 	} else {
 		identity = row->body;
+		in.body_len = row->body_len;
 	}
 	row->body = NULL;
 	in.key = key;
@@ -119,10 +230,31 @@ static struct hot_entry *from_row(const char *key, int family, struct cache_entr
 	in.headers = row->headers;
 	in.headers_len = row->headers_len;
 	in.body = identity;
-	in.body_len = row->identity_len;
 	in.stored_at = row->stored_at;
 	in.expires_at = row->expires_at;
 	return hot_entry_new(&in);
+}
+
+static int matches(const struct job *j, const char *key, unsigned gen)
+{
+	return j->e != NULL && j->gen == gen && strcmp(hot_entry_key(j->e), key) == 0;
+}
+
+/* The newest answer for key still on its way to the file, if any. */
+static struct hot_entry *pending(struct keeper *k, const char *key, int family)
+{
+	struct hot_entry *e = NULL;
+	unsigned gen = hot_gen(k->hot, family);
+
+	pthread_mutex_lock(&k->file.lock);
+	if (k->writing != NULL && matches(k->writing, key, gen))
+		e = k->writing->e;
+	for (struct job *j = k->file.head; j != NULL; j = j->next)
+		if (matches(j, key, gen))
+			e = j->e; /* the last one queued is the newest */
+	hot_entry_ref(e);
+	pthread_mutex_unlock(&k->file.lock);
+	return e;
 }
 
 struct hot_entry *keeper_lookup(struct keeper *k, const char *key, int family)
@@ -132,7 +264,7 @@ struct hot_entry *keeper_lookup(struct keeper *k, const char *key, int family)
 	unsigned gen;
 	int rc;
 
-	if (e != NULL || k->cache == NULL)
+	if (e != NULL || (e = pending(k, key, family)) != NULL || k->cache == NULL)
 		return e;
 	/* Read before the file: an invalidation racing this read must win. */
 	gen = hot_gen(k->hot, family);
@@ -141,22 +273,41 @@ struct hot_entry *keeper_lookup(struct keeper *k, const char *key, int family)
 		keeper_warn("lookup failed: %s", cache_errmsg(k->cache));
 	if (rc != 1)
 		return NULL;
-	if ((e = from_row(key, family, row)) == NULL)
+	if (row->stored_at <= hot_invalid_before(k->hot, family)) {
+		/* A write changed the family and the row's delete has not
+		 * reached the file yet (or failed): it is gone all the same. */
+	} else if ((e = from_row(key, family, row)) == NULL) {
 		keeper_warn("an entry of %s cannot be read back (damaged or out of memory); "
 			    "fetching it again",
 			    family_name(k, family));
-	else
-		hot_put(k->hot, e, gen);
+	} else {
+		hot_put(k->hot, e, gen, HOT_IF_ABSENT);
+	}
 	cache_entry_free(&row);
 	return e;
 }
 
-/* ---- jobs ---- */
+/* ---- the prep thread: compress, memory, wake ---- */
 
-static void enqueue(struct keeper *k, enum job_kind kind, struct hot_entry *e, unsigned gen,
-		    keeper_done_fn done, void *arg)
+static struct job *job_new(enum job_kind kind, struct hot_entry *e, unsigned gen,
+			   keeper_done_fn done, void *arg)
 {
 	struct job *j = calloc(1, sizeof(*j));
+
+	if (j == NULL)
+		return NULL;
+	j->kind = kind;
+	j->e = hot_entry_ref(e);
+	j->gen = gen;
+	j->done = done;
+	j->arg = arg;
+	return j;
+}
+
+static void submit(struct keeper *k, enum job_kind kind, struct hot_entry *e, unsigned gen,
+		   keeper_done_fn done, void *arg)
+{
+	struct job *j = job_new(kind, e, gen, done, arg);
 
 	if (j == NULL) {
 		/* Not kept, but whoever waits for it still gets its answer. */
@@ -164,35 +315,23 @@ static void enqueue(struct keeper *k, enum job_kind kind, struct hot_entry *e, u
 			done(arg, e);
 		return;
 	}
-	j->kind = kind;
-	j->e = hot_entry_ref(e);
-	j->gen = gen;
-	j->done = done;
-	j->arg = arg;
-	pthread_mutex_lock(&k->qlock);
-	if (k->tail != NULL)
-		k->tail->next = j;
-	else
-		k->head = j;
-	k->tail = j;
-	pthread_cond_signal(&k->qcond);
-	pthread_mutex_unlock(&k->qlock);
+	jobq_push(&k->prep, j);
 }
 
 void keeper_store(struct keeper *k, struct hot_entry *e, unsigned gen, keeper_done_fn done,
 		  void *arg)
 {
 	if (done == NULL)
-		hot_put(k->hot, e, gen);
-	enqueue(k, JOB_STORE, e, gen, done, arg);
+		hot_put(k->hot, e, gen, HOT_REPLACE);
+	submit(k, JOB_STORE, e, gen, done, arg);
 }
 
 void keeper_refresh(struct keeper *k, struct hot_entry *e, unsigned gen, keeper_done_fn done,
 		    void *arg)
 {
 	if (done == NULL)
-		hot_put(k->hot, e, gen);
-	enqueue(k, JOB_REFRESH, e, gen, done, arg);
+		hot_put(k->hot, e, gen, HOT_REPLACE);
+	submit(k, JOB_REFRESH, e, gen, done, arg);
 }
 
 /* The entry with a gzip copy when that is worth it, else e itself. */
@@ -213,84 +352,167 @@ static struct hot_entry *compressed(struct hot_entry *e)
 	return n != NULL ? n : hot_entry_ref(e);
 }
 
-/* Memory and file, under the store lock, when gen is still current.  The
- * file write comes first when it matters: a client woken by done must find
- * the entry even when memory is too small to hold it. */
-static void run_store(struct keeper *k, struct job *j)
+static void prep(struct keeper *k, struct job *j)
 {
-	struct hot_entry *n = compressed(j->e);
+	struct hot_entry *e;
+	keeper_done_fn done;
+	void *arg;
+	size_t queued;
+
+	jobq_done(&k->prep, j, NULL);
+	if (j->kind == JOB_STORE) {
+		struct hot_entry *n = compressed(j->e);
+
+		hot_entry_unref(&j->e);
+		j->e = n;
+	}
+	hot_put(k->hot, j->e, j->gen, HOT_REPLACE);
+	/* Queued for the file before the waiters wake: from then on a lookup
+	 * finds it, in memory, in the queue, or in the file. */
+	e = hot_entry_ref(j->e);
+	done = j->done;
+	arg = j->arg;
+	j->done = NULL;
+	pthread_mutex_lock(&k->file.lock);
+	queued = k->file.bytes;
+	pthread_mutex_unlock(&k->file.lock);
+	if (k->cache == NULL || queued > FILE_QUEUE_MAX) {
+		if (k->cache != NULL) {
+			atomic_fetch_add(&k->write_errors, 1);
+			keeper_warn(
+				"the disk is behind (%zu bytes waiting); %s kept in memory only",
+				queued, family_name(k, hot_entry_family(e)));
+		}
+		job_free(j);
+	} else {
+		jobq_push(&k->file, j);
+	}
+	if (done != NULL)
+		done(arg, e);
+	hot_entry_unref(&e);
+}
+
+static void *prep_main(void *arg)
+{
+	struct keeper *k = arg;
+	struct job *j;
+	int stop = 0;
+
+	while (!stop)
+		if ((j = jobq_pop(&k->prep, &stop)) != NULL)
+			prep(k, j);
+	return NULL;
+}
+
+/* ---- the file thread ---- */
+
+/* 0, or -1 when the file refused the write. */
+static int write_store(struct keeper *k, struct hot_entry *n, unsigned gen)
+{
+	int rc = 0;
+
 	struct cache_entry row = { 0 };
 	size_t len, gzlen;
 	const void *body = hot_entry_body(n, &len), *gz = hot_entry_gzip(n, &gzlen);
 	int fam = hot_entry_family(n);
 
+	row.status = hot_entry_status(n);
+	row.headers = (char *)hot_entry_headers_text(n, &row.headers_len);
+	row.gzip = gz != NULL;
+	row.body = (void *)(gz != NULL ? gz : body);
+	row.body_len = gz != NULL ? gzlen : len;
+	row.identity_len = len;
+	row.stored_at = hot_entry_stored_at(n);
+	row.expires_at = hot_entry_expires_at(n);
 	pthread_mutex_lock(&k->store_lock);
-	if (hot_gen(k->hot, fam) == j->gen) {
-		hot_put(k->hot, n, j->gen);
-		if (k->cache != NULL) {
-			row.status = hot_entry_status(n);
-			row.headers = (char *)hot_entry_headers_text(n, &row.headers_len);
-			row.gzip = gz != NULL;
-			row.body = (void *)(gz != NULL ? gz : body);
-			row.body_len = gz != NULL ? gzlen : len;
-			row.identity_len = len;
-			row.stored_at = hot_entry_stored_at(n);
-			row.expires_at = hot_entry_expires_at(n);
-			if (cache_put(k->cache, hot_entry_key(n), family_name(k, fam),
-				      hot_entry_path(n), &row) < 0) {
-				atomic_fetch_add(&k->write_errors, 1);
-				keeper_warn("cannot store %s: %s", family_name(k, fam),
-					    cache_errmsg(k->cache));
-			} else {
-				k->file_bytes += (int64_t)(strlen(hot_entry_key(n)) +
-							   row.headers_len + row.body_len);
-			}
-		}
+	if (hot_gen(k->hot, fam) != gen) {
+		/* a write or purge came after this answer was fetched */
+	} else if (cache_put(k->cache, hot_entry_key(n), family_name(k, fam), hot_entry_path(n),
+			     &row) < 0) {
+		atomic_fetch_add(&k->write_errors, 1);
+		keeper_warn("cannot store %s: %s", family_name(k, fam), cache_errmsg(k->cache));
+		rc = -1;
+	} else {
+		k->file_bytes +=
+			(int64_t)(strlen(hot_entry_key(n)) + row.headers_len + row.body_len);
 	}
 	pthread_mutex_unlock(&k->store_lock);
-	if (j->done != NULL)
-		j->done(j->arg, n);
-	hot_entry_unref(&n);
+	return rc;
 }
 
-static void run_refresh(struct keeper *k, struct job *j)
+static int write_refresh(struct keeper *k, struct hot_entry *e, unsigned gen)
 {
-	struct hot_entry *e = j->e;
 	size_t hlen;
 	const char *h = hot_entry_headers_text(e, &hlen);
-
+	int rc = 0;
 	pthread_mutex_lock(&k->store_lock);
-	if (hot_gen(k->hot, hot_entry_family(e)) == j->gen) {
-		hot_put(k->hot, e, j->gen);
-		if (k->cache != NULL &&
-		    cache_refresh(k->cache, hot_entry_key(e), h, hlen, hot_entry_stored_at(e),
-				  hot_entry_expires_at(e)) < 0) {
-			atomic_fetch_add(&k->write_errors, 1);
-			keeper_warn("cannot refresh %s: %s", family_name(k, hot_entry_family(e)),
-				    cache_errmsg(k->cache));
-		}
+	if (hot_gen(k->hot, hot_entry_family(e)) == gen &&
+	    cache_refresh(k->cache, hot_entry_key(e), h, hlen, hot_entry_stored_at(e),
+			  hot_entry_expires_at(e)) < 0) {
+		atomic_fetch_add(&k->write_errors, 1);
+		keeper_warn("cannot refresh %s: %s", family_name(k, hot_entry_family(e)),
+			    cache_errmsg(k->cache));
+		rc = -1;
 	}
 	pthread_mutex_unlock(&k->store_lock);
-	if (j->done != NULL)
-		j->done(j->arg, e);
+	return rc;
 }
 
-/* ---- invalidation and purges (callers' threads) ---- */
+/* Deletes a family's rows; a failure is retried at each maintenance pass
+ * (meanwhile the family's "written at" time voids them). */
+static int write_invalidate(struct keeper *k, int family)
+{
+	int rc = 0;
+
+	pthread_mutex_lock(&k->store_lock);
+	if (cache_invalidate_family(k->cache, family_name(k, family)) < 0) {
+		k->inval_pending |= 1u << family;
+		keeper_warn("cannot invalidate %s (retrying): %s", family_name(k, family),
+			    cache_errmsg(k->cache));
+		rc = -1;
+	} else {
+		k->inval_pending &= ~(1u << family);
+	}
+	pthread_mutex_unlock(&k->store_lock);
+	return rc;
+}
 
 void keeper_invalidate(struct keeper *k, int family)
 {
-	pthread_mutex_lock(&k->store_lock);
-	hot_invalidate(k->hot, family);
-	if (k->cache != NULL && cache_invalidate_family(k->cache, family_name(k, family)) < 0)
-		keeper_warn("cannot invalidate %s: %s", family_name(k, family),
-			    cache_errmsg(k->cache));
-	pthread_mutex_unlock(&k->store_lock);
+	struct job *j;
+
+	hot_invalidate(k->hot, family, now_wall());
+	if (k->cache == NULL)
+		return;
+	/* Without memory for the job, the written-at time still voids the
+	 * rows until the next start. */
+	if ((j = job_new(JOB_INVALIDATE, NULL, 0, NULL, NULL)) == NULL)
+		return;
+	j->family = family;
+	jobq_push(&k->file, j);
+}
+
+/* Waits (at most seconds) for the file queue to be written out. */
+static void file_flush(struct keeper *k, int seconds)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_REALTIME, &ts);
+	ts.tv_sec += seconds;
+	pthread_mutex_lock(&k->file.lock);
+	while ((k->file.head != NULL || k->writing != NULL) && k->file.started &&
+	       pthread_cond_timedwait(&k->file.drained, &k->file.lock, &ts) == 0)
+		;
+	pthread_mutex_unlock(&k->file.lock);
 }
 
 long keeper_purge(struct keeper *k, enum cache_purge kind, const char *what)
 {
 	int family = -1, n = 0;
 
+	/* Answers clients already have count as stored: a purge right after
+	 * must find them in the file, not be overtaken by their write. */
+	file_flush(k, PURGE_FLUSH_SECONDS);
 	if (kind == CACHE_PURGE_FAMILY) {
 		for (int i = 0; i < policy_family_count(k->policy); i++)
 			if (strcmp(family_name(k, i), what) == 0)
@@ -298,8 +520,9 @@ long keeper_purge(struct keeper *k, enum cache_purge kind, const char *what)
 	}
 	pthread_mutex_lock(&k->store_lock);
 	/* Memory refills from the file, so dropping more than the purge names
-	 * costs one read each; dropping less would serve what was purged. */
-	hot_invalidate(k->hot, family);
+	 * costs one read each; dropping less would serve what was purged.  The
+	 * generation move also voids stores still queued. */
+	hot_invalidate(k->hot, family, 0);
 	if (k->cache != NULL && (n = cache_purge(k->cache, kind, what, NULL, NULL)) < 0)
 		keeper_warn("purge failed: %s", cache_errmsg(k->cache));
 	pthread_mutex_unlock(&k->store_lock);
@@ -307,8 +530,6 @@ long keeper_purge(struct keeper *k, enum cache_purge kind, const char *what)
 		atomic_fetch_add(&k->purged, (unsigned long long)n);
 	return n;
 }
-
-/* ---- the periodic work (keeper thread) ---- */
 
 static void drop_key(void *arg, const char *key)
 {
@@ -326,6 +547,9 @@ static void maintain(struct keeper *k, int64_t now)
 	for (int i = 0; i < n; i++)
 		free(keys[i]);
 	free(keys);
+	for (int i = 0; i < policy_family_count(k->policy); i++)
+		if (k->inval_pending & (1u << i))
+			write_invalidate(k, i);
 	pthread_mutex_lock(&k->store_lock);
 	rc = cache_prune(k->cache, now - (int64_t)k->cfg->stale_if_error, drop_key, k->hot);
 	if (rc > 0)
@@ -344,15 +568,11 @@ static void maintain(struct keeper *k, int64_t now)
 
 static void tick(struct keeper *k, int64_t now)
 {
-	int changed;
-
-	if (k->cache == NULL)
-		return;
 	/* Another process (kaleidod --purge) wrote the file: what memory holds
 	 * may be gone there. */
-	if ((changed = cache_changed_elsewhere(k->cache)) == 1) {
+	if (cache_changed_elsewhere(k->cache) == 1) {
 		pthread_mutex_lock(&k->store_lock);
-		hot_invalidate(k->hot, -1);
+		hot_invalidate(k->hot, -1, 0);
 		pthread_mutex_unlock(&k->store_lock);
 		log_info("cache: %s was changed by another process; reloading entries from it",
 			 cache_path(k->cache));
@@ -363,46 +583,52 @@ static void tick(struct keeper *k, int64_t now)
 	}
 }
 
-static void *keeper_main(void *arg)
+static void *file_main(void *arg)
 {
 	struct keeper *k = arg;
 	int64_t last_tick = 0;
+	int stop = 0, failed = 0, dropped = 0;
 
-	for (;;) {
-		struct job *j;
+	while (!stop) {
+		struct job *j = jobq_pop(&k->file, &stop);
 		int64_t now;
+		int stopping;
 
-		pthread_mutex_lock(&k->qlock);
-		while (k->head == NULL && !k->stopping) {
-			struct timespec ts;
+		pthread_mutex_lock(&k->file.lock);
+		stopping = k->file.stopping;
+		k->writing = j; /* still found by lookups until it is in the file */
+		pthread_mutex_unlock(&k->file.lock);
+		/* Stopping with a file that refuses writes (locked by another
+		 * process, a full disk): each try could wait out the busy
+		 * timeout, so the rest is given up rather than hold the exit. */
+		if (j != NULL && stopping && failed) {
+			dropped++;
+		} else if (j != NULL) {
+			int rc;
 
-			clock_gettime(CLOCK_REALTIME, &ts);
-			ts.tv_sec += TICK_SECONDS;
-			if (pthread_cond_timedwait(&k->qcond, &k->qlock, &ts) == ETIMEDOUT)
-				break;
-		}
-		j = k->head;
-		if (j != NULL && (k->head = j->next) == NULL)
-			k->tail = NULL;
-		if (j == NULL && k->stopping) {
-			pthread_mutex_unlock(&k->qlock);
-			break;
-		}
-		pthread_mutex_unlock(&k->qlock);
-		if (j != NULL) {
 			if (j->kind == JOB_STORE)
-				run_store(k, j);
+				rc = write_store(k, j->e, j->gen);
+			else if (j->kind == JOB_REFRESH)
+				rc = write_refresh(k, j->e, j->gen);
 			else
-				run_refresh(k, j);
-			hot_entry_unref(&j->e);
-			free(j);
+				rc = write_invalidate(k, j->family);
+			failed |= stopping && rc < 0;
 		}
+		if (j != NULL) {
+			jobq_done(&k->file, j, &k->writing);
+			job_free(j);
+		}
+		if (stopping)
+			continue; /* no maintenance on the way out */
 		now = now_wall();
 		if (now != last_tick || k->file_bytes > (int64_t)k->cfg->max_size) {
 			last_tick = now;
 			tick(k, now);
 		}
 	}
+	if (dropped > 0)
+		log_warnx("cache: %s refused writes while stopping; %d answers were not written",
+			  cache_path(k->cache), dropped);
 	return NULL;
 }
 
@@ -420,17 +646,25 @@ struct keeper *keeper_new(const struct config *cfg, struct cache *cache, struct 
 	k->hot = hot;
 	k->policy = policy;
 	pthread_mutex_init(&k->store_lock, NULL);
-	pthread_mutex_init(&k->qlock, NULL);
-	pthread_cond_init(&k->qcond, NULL);
+	jobq_init(&k->prep);
+	jobq_init(&k->file);
 	/* The first pass runs at once: a file may come in over its limit or
 	 * full of entries past the stale limit. */
 	k->next_maint = 0;
-	if (pthread_create(&k->thread, NULL, keeper_main, k) != 0) {
-		snprintf(err, errlen, "cannot start the cache thread");
+	if (pthread_create(&k->prep.thread, NULL, prep_main, k) != 0) {
+		snprintf(err, errlen, "cannot start the cache threads");
 		keeper_free(&k);
 		return NULL;
 	}
-	k->started = 1;
+	k->prep.started = 1;
+	if (cache != NULL) {
+		if (pthread_create(&k->file.thread, NULL, file_main, k) != 0) {
+			snprintf(err, errlen, "cannot start the cache threads");
+			keeper_free(&k);
+			return NULL;
+		}
+		k->file.started = 1;
+	}
 	return k;
 }
 
@@ -440,16 +674,13 @@ void keeper_free(struct keeper **kp)
 
 	if (k == NULL)
 		return;
-	if (k->started) {
-		pthread_mutex_lock(&k->qlock);
-		k->stopping = 1;
-		pthread_cond_signal(&k->qcond);
-		pthread_mutex_unlock(&k->qlock);
-		pthread_join(k->thread, NULL);
-	}
+	/* Prep first: what it finishes goes on to the file queue, which the
+	 * file thread then writes out before it stops. */
+	jobq_stop(&k->prep);
+	jobq_stop(&k->file);
+	jobq_destroy(&k->prep);
+	jobq_destroy(&k->file);
 	pthread_mutex_destroy(&k->store_lock);
-	pthread_mutex_destroy(&k->qlock);
-	pthread_cond_destroy(&k->qcond);
 	free(k);
 	*kp = NULL;
 }
