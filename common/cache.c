@@ -16,6 +16,7 @@
 #include <pthread.h>
 #include <sqlite3.h>
 #include <stdarg.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -96,6 +97,7 @@ enum wstmt {
 	W_PURGE_PREFIX,
 	W_VACUUM,
 	W_DATA_VERSION,
+	W_FORGET,
 	W_COUNT
 };
 
@@ -124,7 +126,7 @@ static const char *const wsql[W_COUNT] = {
 	[W_REFRESH] = "UPDATE entries SET headers = ?2, stored_at = ?3, expires_at = ?4,"
 		      " accessed_at = max(accessed_at, ?3),"
 		      " size = size - length(headers) + length(?2)"
-		      " WHERE key = ?1",
+		      " WHERE key = ?1 AND stored_at = ?5",
 	/* A filter rather than max(): a row that would not change is not
 	 * written at all. */
 	[W_TOUCH] = "UPDATE entries SET accessed_at = ?2 WHERE key = ?1 AND accessed_at < ?2",
@@ -146,6 +148,7 @@ static const char *const wsql[W_COUNT] = {
 	/* One row per page freed: it must be stepped to the end. */
 	[W_VACUUM] = "PRAGMA incremental_vacuum",
 	[W_DATA_VERSION] = "PRAGMA data_version",
+	[W_FORGET] = "DELETE FROM entries WHERE key = ?1",
 };
 
 /* One thread's read-only connection; linked into its cache's list so
@@ -166,7 +169,8 @@ struct cache {
 	sqlite3_stmt *w[W_COUNT];
 	int64_t data_version; /* last seen by cache_changed_elsewhere */
 	int data_version_known;
-
+	atomic_int giving_up;  /* cache_give_up(): the writer waits for no lock */
+	int changed_pending;   /* another writer was seen inside a rolled-back write */
 	pthread_key_t rkey;    /* this thread's struct reader */
 	pthread_mutex_t rlock; /* guards the readers list */
 	struct reader *readers;
@@ -427,6 +431,25 @@ static int upgrade(struct cache *c, long long version, enum cache_err *why)
 	return SQLITE_OK;
 }
 
+/* The writer's busy timeout, ended early by cache_give_up(): SQLite's own
+ * timeout cannot be cut short from another thread. */
+static int writer_busy(void *arg, int count)
+{
+	struct cache *c = arg;
+	const int step_ms = 10;
+
+	if (atomic_load(&c->giving_up) || count * step_ms >= BUSY_TIMEOUT_MS)
+		return 0;
+	sqlite3_sleep(step_ms);
+	return 1;
+}
+
+void cache_give_up(struct cache *c)
+{
+	if (c != NULL)
+		atomic_store(&c->giving_up, 1);
+}
+
 /* Settings, then the schema check and upgrade, then the statements, on the
  * writer connection.  Returns an SQLite code; *why set when not SQLITE_OK. */
 static int setup_writer(struct cache *c, enum cache_err *why)
@@ -436,8 +459,7 @@ static int setup_writer(struct cache *c, enum cache_err *why)
 	long long version = 0, triggers = 0;
 	char sql[64];
 	int rc;
-
-	sqlite3_busy_timeout(db, BUSY_TIMEOUT_MS);
+	sqlite3_busy_handler(db, writer_busy, c);
 	/* Reading the header and the schema is what tells a damaged file. */
 	if ((rc = exec_int(db, "PRAGMA user_version", &version)) != SQLITE_OK ||
 	    (rc = exec_int(db, "SELECT count(*) FROM sqlite_schema", NULL)) != SQLITE_OK)
@@ -756,6 +778,24 @@ static int txn_commit(struct cache *c)
 	return step_done(c->w[W_COMMIT]);
 }
 
+/*
+ * A rollback makes this connection re-read the file, which moves its
+ * data_version although nobody else wrote: note first whether someone did,
+ * then take the new value as seen, so cache_changed_elsewhere() reports
+ * exactly the other writers.
+ */
+static void rollback(struct cache *c)
+{
+	int64_t v = 0;
+
+	if (c->data_version_known && step_int(c->w[W_DATA_VERSION], &v) == SQLITE_OK &&
+	    v != c->data_version)
+		c->changed_pending = 1;
+	step_done(c->w[W_ROLLBACK]);
+	if (c->data_version_known && step_int(c->w[W_DATA_VERSION], &v) == SQLITE_OK)
+		c->data_version = v;
+}
+
 /* Keeps the error text, and rolls back what is still open (a failed COMMIT
  * may leave the transaction open).  Returns -1. */
 static int txn_fail(struct cache *c, const char *what, int rc)
@@ -763,7 +803,7 @@ static int txn_fail(struct cache *c, const char *what, int rc)
 	set_err("cache %s: %s", what,
 		rc == SQLITE_NOMEM ? "out of memory" : sqlite3_errmsg(c->wdb));
 	if (sqlite3_get_autocommit(c->wdb) == 0)
-		step_done(c->w[W_ROLLBACK]);
+		rollback(c);
 	return -1;
 }
 
@@ -794,12 +834,24 @@ static int put_txn(struct cache *c)
 	sqlite3_stmt *st = c->w[W_PUT], *body = c->w[W_PUT_BODY];
 	int64_t id = 0;
 	int rc;
-
 	if ((rc = txn_begin(c)) != SQLITE_OK)
 		goto fail;
+	/* Checked inside the write lock: another process's purge that
+	 * committed while this put waited must not be undone by it. */
+	if (c->data_version_known) {
+		int64_t v = 0;
+
+		if ((rc = step_int(c->w[W_DATA_VERSION], &v)) != SQLITE_OK)
+			goto fail;
+		if (v != c->data_version) {
+			rollback(c);
+			set_err("cache put: the file was changed by another process");
+			return -2;
+		}
+	}
 	/* RETURNING: the row is written by the first step. */
 	if ((rc = step_int(st, &id)) == SQLITE_DONE) {
-		step_done(c->w[W_ROLLBACK]);
+		rollback(c);
 		set_err("cache put: no id returned");
 		return -1;
 	}
@@ -841,8 +893,20 @@ int cache_put(struct cache *c, const char *key, const char *family, const char *
 	return ret;
 }
 
-int cache_refresh(struct cache *c, const char *key, const char *headers, size_t headers_len,
-		  int64_t stored_at, int64_t expires_at)
+int cache_forget(struct cache *c, const char *key)
+{
+	sqlite3_stmt *st = c->w[W_FORGET];
+	int ret;
+
+	pthread_mutex_lock(&c->wlock);
+	sqlite3_bind_text(st, 1, key, -1, SQLITE_STATIC);
+	ret = write_one(c, st, "forget");
+	pthread_mutex_unlock(&c->wlock);
+	return ret < 0 ? -1 : 0;
+}
+
+int cache_refresh(struct cache *c, const char *key, int64_t old_stored_at, const char *headers,
+		  size_t headers_len, int64_t stored_at, int64_t expires_at)
 {
 	sqlite3_stmt *st = c->w[W_REFRESH];
 	int ret;
@@ -852,6 +916,7 @@ int cache_refresh(struct cache *c, const char *key, const char *headers, size_t 
 	sqlite3_bind_blob64(st, 2, headers ? headers : "", headers_len, SQLITE_STATIC);
 	sqlite3_bind_int64(st, 3, stored_at);
 	sqlite3_bind_int64(st, 4, expires_at);
+	sqlite3_bind_int64(st, 5, old_stored_at);
 	ret = write_one(c, st, "refresh");
 	pthread_mutex_unlock(&c->wlock);
 	return ret < 0 ? -1 : ret > 0;
@@ -1159,9 +1224,10 @@ int cache_changed_elsewhere(struct cache *c)
 		set_err("cache data_version: %s", sqlite3_errmsg(c->wdb));
 		ret = -1;
 	} else {
-		ret = c->data_version_known && v != c->data_version;
+		ret = c->data_version_known && (v != c->data_version || c->changed_pending);
 		c->data_version = v;
 		c->data_version_known = 1;
+		c->changed_pending = 0;
 	}
 	pthread_mutex_unlock(&c->wlock);
 	return ret;

@@ -60,14 +60,21 @@ void cache_entry_free(struct cache_entry **e);
 
 /* Inserts or replaces.  family is the family name (for invalidation), path
  * the request path without its query (for purges by prefix).  The entry
- * counts as used at stored_at.  0 or -1. */
+ * counts as used at stored_at.  0, -1 on error, or -2 (nothing written)
+ * when another process changed the file since cache_changed_elsewhere()
+ * last looked: call it to take note, then decide again. */
 int cache_put(struct cache *c, const char *key, const char *family, const char *path,
 	      const struct cache_entry *e);
 
-/* After a 304: new stored headers and freshness, body untouched.
- * 1 updated, 0 no such entry, -1 error. */
-int cache_refresh(struct cache *c, const char *key, const char *headers, size_t headers_len,
-		  int64_t stored_at, int64_t expires_at);
+/* After a 304: new stored headers and freshness for the version stored at
+ * old_stored_at, body untouched.  1 updated, 0 no such entry or another
+ * version there (then write the whole entry), -1 error. */
+int cache_refresh(struct cache *c, const char *key, int64_t old_stored_at, const char *headers,
+		  size_t headers_len, int64_t stored_at, int64_t expires_at);
+
+/* Deletes key's entry, if any: a newer answer that could not be stored must
+ * not leave an older one to be served.  0 or -1. */
+int cache_forget(struct cache *c, const char *key);
 
 /* Records that these entries were used at `when` (for LRU eviction), in one
  * transaction.  Absent keys are ignored.  0 or -1. */
@@ -105,6 +112,10 @@ int cache_changed_elsewhere(struct cache *c);
 
 /* Entry count and total size (key, headers and body as stored).  0 or -1. */
 int cache_usage(struct cache *c, int64_t *entries, int64_t *bytes);
+
+/* From now on writes fail at once instead of waiting out another process's
+ * lock (the daemon is stopping).  Thread-safe; also ends a wait under way. */
+void cache_give_up(struct cache *c);
 
 /* The last error on this thread's connection, for the caller's log line. */
 const char *cache_errmsg(struct cache *c);

@@ -106,7 +106,9 @@ static const struct ckey ckeys[] = {
 	  NULL },
 
 	{ "cache", "file", CT_STRING, NULL, M(cache_file), 0, 0, 0, NULL },
-	{ "cache", "max_entry_size", CT_SIZE, "64M", M(max_entry_size), 0, 0, SIZE_MAX, NULL },
+	/* SQLite's own limit on one blob is 1,000,000,000 bytes. */
+	{ "cache", "max_entry_size", CT_SIZE, "64M", M(max_entry_size), 0, 0, 900 * 1024 * 1024,
+	  NULL },
 	{ "cache", "max_size", CT_SIZE, "256M", M(max_size), 0, 0, SIZE_MAX, NULL },
 	{ "cache", "memory", CT_SIZE, "8M", M(memory), 0, 0, SIZE_MAX, NULL },
 	{ "cache", "stale_while_revalidate", CT_DURATION, "60", M(stale_while_revalidate), 0, 0,

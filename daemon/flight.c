@@ -67,6 +67,7 @@ struct flights {
 	pthread_mutex_t lock;
 	pthread_cond_t idle; /* signalled when no flight runs */
 	struct flight *running;
+	int live;   /* flights not yet finished, in the table or not */
 	int waking; /* finish() calls resuming waiters */
 	struct note notes[NOTES];
 };
@@ -99,7 +100,14 @@ struct flights *flights_new(const struct config *cfg, struct upstream *up, struc
 	fs->hot = hot;
 	fs->policy = policy;
 	pthread_mutex_init(&fs->lock, NULL);
-	pthread_cond_init(&fs->idle, NULL);
+	{
+		pthread_condattr_t ca;
+
+		pthread_condattr_init(&ca);
+		pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+		pthread_cond_init(&fs->idle, &ca);
+		pthread_condattr_destroy(&ca);
+	}
 	return fs;
 }
 
@@ -119,8 +127,7 @@ int flights_drain(struct flights *fs, double seconds)
 {
 	struct timespec ts;
 	int idle;
-
-	clock_gettime(CLOCK_REALTIME, &ts);
+	clock_gettime(CLOCK_MONOTONIC, &ts);
 	ts.tv_sec += (time_t)seconds;
 	ts.tv_nsec += (long)((seconds - (double)(time_t)seconds) * 1e9);
 	if (ts.tv_nsec >= 1000000000L) {
@@ -128,10 +135,10 @@ int flights_drain(struct flights *fs, double seconds)
 		ts.tv_nsec -= 1000000000L;
 	}
 	pthread_mutex_lock(&fs->lock);
-	while ((fs->running != NULL || fs->waking > 0) &&
+	while ((fs->live > 0 || fs->waking > 0) &&
 	       pthread_cond_timedwait(&fs->idle, &fs->lock, &ts) == 0)
 		;
-	idle = fs->running == NULL && fs->waking == 0;
+	idle = fs->live == 0 && fs->waking == 0;
 	pthread_mutex_unlock(&fs->lock);
 	return idle;
 }
@@ -347,6 +354,7 @@ static void finish(struct flights *fs, struct flight *f)
 	pthread_mutex_lock(&fs->lock);
 	f->done = 1;
 	unlink_locked(fs, f);
+	fs->live--;
 	fs->waking++;
 	w = f->waiters;
 	f->waiters = NULL;
@@ -360,9 +368,9 @@ static void finish(struct flights *fs, struct flight *f)
 		free(w);
 		w = next;
 	}
-	pthread_mutex_lock(&fs->lock);
-	/* Idle only once every waiter is resumed: the server may stop then. */
-	if (--fs->waking == 0 && fs->running == NULL)
+	pthread_mutex_lock(
+		&fs->lock); /* Idle only once every waiter is resumed: the server may stop then. */
+	if (--fs->waking == 0 && fs->live == 0)
 		pthread_cond_broadcast(&fs->idle);
 	pthread_mutex_unlock(&fs->lock);
 	upstream_xfer_release(&mine);
@@ -428,7 +436,8 @@ static void on_complete(void *arg, struct up_xfer *x)
 	f->refs++;
 	pthread_mutex_unlock(&fs->lock);
 	if (f->revalidated)
-		keeper_refresh(fs->keeper, f->entry, f->gen, kept, f);
+		keeper_refresh(fs->keeper, f->entry, hot_entry_stored_at(f->stale), f->gen, kept,
+			       f);
 	else
 		keeper_store(fs->keeper, f->entry, f->gen, kept, f);
 }
@@ -487,6 +496,7 @@ static struct flight *create(struct flights *fs, const struct flight_req *rq)
 	f->stale = hot_entry_ref(rq->stale);
 	f->next = fs->running;
 	fs->running = f;
+	fs->live++;
 	return f;
 }
 

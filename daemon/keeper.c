@@ -43,7 +43,7 @@ enum job_kind { JOB_STORE, JOB_REFRESH, JOB_INVALIDATE };
 struct job {
 	enum job_kind kind;
 	struct hot_entry *e; /* STORE, REFRESH */
-	int family;          /* INVALIDATE */
+	int64_t was_at;      /* REFRESH: stored_at of the version refreshed */
 	unsigned gen;
 	keeper_done_fn done;
 	void *arg;
@@ -75,6 +75,9 @@ struct keeper {
 	int64_t next_maint;
 	int64_t file_bytes;     /* estimate between maintenance passes */
 	uint32_t inval_pending; /* families whose delete failed: retried */
+
+	atomic_uint inval_dirty; /* families written to, delete not yet run */
+	atomic_int inval_queued; /* a JOB_INVALIDATE marker is in the queue */
 
 	atomic_ullong evicted, pruned, purged, write_errors;
 };
@@ -118,9 +121,16 @@ static const char *family_name(struct keeper *k, int family)
 
 static void jobq_init(struct jobq *q)
 {
+	pthread_condattr_t ca;
+
+	/* Waits are timed on the monotonic clock: a wall clock stepped back
+	 * must not stall the ticks. */
+	pthread_condattr_init(&ca);
+	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
 	pthread_mutex_init(&q->lock, NULL);
-	pthread_cond_init(&q->cond, NULL);
-	pthread_cond_init(&q->drained, NULL);
+	pthread_cond_init(&q->cond, &ca);
+	pthread_cond_init(&q->drained, &ca);
+	pthread_condattr_destroy(&ca);
 }
 
 static void job_free(struct job *j)
@@ -142,9 +152,16 @@ static void jobq_push(struct jobq *q, struct job *j)
 	pthread_mutex_unlock(&q->lock);
 }
 
+static void deadline(struct timespec *ts, int seconds)
+{
+	clock_gettime(CLOCK_MONOTONIC, ts);
+	ts->tv_sec += seconds;
+}
+
 /* The next job, or NULL after waiting up to a tick (or once stopping and
- * empty: *stop is set then). */
-static struct job *jobq_pop(struct jobq *q, int *stop)
+ * empty: *stop is set then).  *cur (may be NULL) is set to it under the
+ * queue's lock, so a lookup never finds a job in neither place. */
+static struct job *jobq_pop(struct jobq *q, struct job **cur, int *stop)
 {
 	struct job *j;
 
@@ -152,8 +169,7 @@ static struct job *jobq_pop(struct jobq *q, int *stop)
 	if (q->head == NULL && !q->stopping) {
 		struct timespec ts;
 
-		clock_gettime(CLOCK_REALTIME, &ts);
-		ts.tv_sec += TICK_SECONDS;
+		deadline(&ts, TICK_SECONDS);
 		pthread_cond_timedwait(&q->cond, &q->lock, &ts);
 	}
 	if ((j = q->head) != NULL) {
@@ -161,6 +177,8 @@ static struct job *jobq_pop(struct jobq *q, int *stop)
 			q->tail = NULL;
 		j->next = NULL;
 	}
+	if (cur != NULL)
+		*cur = j;
 	*stop = j == NULL && q->stopping;
 	pthread_mutex_unlock(&q->lock);
 	return j;
@@ -207,11 +225,16 @@ static void jobq_destroy(struct jobq *q)
 
 /* An entry from a file row: the identity body is what memory keeps, the
  * stored gzip copy rides along. */
-static struct hot_entry *from_row(const char *key, int family, struct cache_entry *row)
+static struct hot_entry *from_row(const char *key, int family, struct cache_entry *row,
+				  size_t limit)
 {
 	struct hot_entry_init in = { 0 };
 	void *identity = NULL;
 
+	/* The length comes from the file: a damaged one must not size a
+	 * buffer beyond anything kaleidod would have stored. */
+	if (row->gzip && row->identity_len > limit)
+		return NULL;
 	if (row->gzip) {
 		if (gz_decompress(row->body, row->body_len, row->identity_len, &identity) < 0)
 			return NULL;
@@ -276,7 +299,7 @@ struct hot_entry *keeper_lookup(struct keeper *k, const char *key, int family)
 	if (row->stored_at <= hot_invalid_before(k->hot, family)) {
 		/* A write changed the family and the row's delete has not
 		 * reached the file yet (or failed): it is gone all the same. */
-	} else if ((e = from_row(key, family, row)) == NULL) {
+	} else if ((e = from_row(key, family, row, k->cfg->max_entry_size)) == NULL) {
 		keeper_warn("an entry of %s cannot be read back (damaged or out of memory); "
 			    "fetching it again",
 			    family_name(k, family));
@@ -304,17 +327,17 @@ static struct job *job_new(enum job_kind kind, struct hot_entry *e, unsigned gen
 	return j;
 }
 
-static void submit(struct keeper *k, enum job_kind kind, struct hot_entry *e, unsigned gen,
-		   keeper_done_fn done, void *arg)
+static void submit(struct keeper *k, enum job_kind kind, struct hot_entry *e, int64_t was_at,
+		   unsigned gen, keeper_done_fn done, void *arg)
 {
 	struct job *j = job_new(kind, e, gen, done, arg);
-
 	if (j == NULL) {
 		/* Not kept, but whoever waits for it still gets its answer. */
 		if (done != NULL)
 			done(arg, e);
 		return;
 	}
+	j->was_at = was_at;
 	jobq_push(&k->prep, j);
 }
 
@@ -323,15 +346,15 @@ void keeper_store(struct keeper *k, struct hot_entry *e, unsigned gen, keeper_do
 {
 	if (done == NULL)
 		hot_put(k->hot, e, gen, HOT_REPLACE);
-	submit(k, JOB_STORE, e, gen, done, arg);
+	submit(k, JOB_STORE, e, 0, gen, done, arg);
 }
 
-void keeper_refresh(struct keeper *k, struct hot_entry *e, unsigned gen, keeper_done_fn done,
-		    void *arg)
+void keeper_refresh(struct keeper *k, struct hot_entry *e, int64_t was_at, unsigned gen,
+		    keeper_done_fn done, void *arg)
 {
 	if (done == NULL)
 		hot_put(k->hot, e, gen, HOT_REPLACE);
-	submit(k, JOB_REFRESH, e, gen, done, arg);
+	submit(k, JOB_REFRESH, e, was_at, gen, done, arg);
 }
 
 /* The entry with a gzip copy when that is worth it, else e itself. */
@@ -399,22 +422,29 @@ static void *prep_main(void *arg)
 	int stop = 0;
 
 	while (!stop)
-		if ((j = jobq_pop(&k->prep, &stop)) != NULL)
+		if ((j = jobq_pop(&k->prep, NULL, &stop)) != NULL)
 			prep(k, j);
 	return NULL;
 }
 
 /* ---- the file thread ---- */
 
+/* Another process (kaleidod --purge) wrote the file: what memory holds, and
+ * what is queued, may predate it.  File thread, store_lock held. */
+static void changed_elsewhere(struct keeper *k)
+{
+	hot_invalidate(k->hot, -1, 0);
+	log_info("cache: %s was changed by another process; reloading entries from it",
+		 cache_path(k->cache));
+}
+
 /* 0, or -1 when the file refused the write. */
 static int write_store(struct keeper *k, struct hot_entry *n, unsigned gen)
 {
-	int rc = 0;
-
 	struct cache_entry row = { 0 };
 	size_t len, gzlen;
 	const void *body = hot_entry_body(n, &len), *gz = hot_entry_gzip(n, &gzlen);
-	int fam = hot_entry_family(n);
+	int fam = hot_entry_family(n), rc = 0;
 
 	row.status = hot_entry_status(n);
 	row.headers = (char *)hot_entry_headers_text(n, &row.headers_len);
@@ -427,11 +457,18 @@ static int write_store(struct keeper *k, struct hot_entry *n, unsigned gen)
 	pthread_mutex_lock(&k->store_lock);
 	if (hot_gen(k->hot, fam) != gen) {
 		/* a write or purge came after this answer was fetched */
-	} else if (cache_put(k->cache, hot_entry_key(n), family_name(k, fam), hot_entry_path(n),
-			     &row) < 0) {
+	} else if ((rc = cache_put(k->cache, hot_entry_key(n), family_name(k, fam),
+				   hot_entry_path(n), &row)) == -2) {
+		/* Checked inside the write lock: a purge from another process
+		 * committed while this waited.  The answer may predate it. */
+		if (cache_changed_elsewhere(k->cache) == 1)
+			changed_elsewhere(k);
+		rc = 0;
+	} else if (rc < 0) {
 		atomic_fetch_add(&k->write_errors, 1);
 		keeper_warn("cannot store %s: %s", family_name(k, fam), cache_errmsg(k->cache));
-		rc = -1;
+		/* An older version must not outlive a newer one not stored. */
+		cache_forget(k->cache, hot_entry_key(n));
 	} else {
 		k->file_bytes +=
 			(int64_t)(strlen(hot_entry_key(n)) + row.headers_len + row.body_len);
@@ -440,40 +477,55 @@ static int write_store(struct keeper *k, struct hot_entry *n, unsigned gen)
 	return rc;
 }
 
-static int write_refresh(struct keeper *k, struct hot_entry *e, unsigned gen)
+/* A 304 refreshes the version it was asked about; if the file holds
+ * another (its store failed, or a newer one raced it), the whole entry is
+ * written instead: its headers belong with its body. */
+static int write_refresh(struct keeper *k, struct hot_entry *e, int64_t was_at, unsigned gen)
 {
 	size_t hlen;
 	const char *h = hot_entry_headers_text(e, &hlen);
-	int rc = 0;
+	int rc;
+
 	pthread_mutex_lock(&k->store_lock);
-	if (hot_gen(k->hot, hot_entry_family(e)) == gen &&
-	    cache_refresh(k->cache, hot_entry_key(e), h, hlen, hot_entry_stored_at(e),
-			  hot_entry_expires_at(e)) < 0) {
+	if (hot_gen(k->hot, hot_entry_family(e)) != gen) {
+		pthread_mutex_unlock(&k->store_lock);
+		return 0;
+	}
+	rc = cache_refresh(k->cache, hot_entry_key(e), was_at, h, hlen, hot_entry_stored_at(e),
+			   hot_entry_expires_at(e));
+	pthread_mutex_unlock(&k->store_lock);
+	if (rc == 0)
+		return write_store(k, e, gen);
+	if (rc < 0) {
 		atomic_fetch_add(&k->write_errors, 1);
 		keeper_warn("cannot refresh %s: %s", family_name(k, hot_entry_family(e)),
 			    cache_errmsg(k->cache));
-		rc = -1;
 	}
-	pthread_mutex_unlock(&k->store_lock);
-	return rc;
+	return rc < 0 ? -1 : 0;
 }
 
-/* Deletes a family's rows; a failure is retried at each maintenance pass
- * (meanwhile the family's "written at" time voids them). */
-static int write_invalidate(struct keeper *k, int family)
+/* Deletes the rows of every family a write changed.  What fails stays
+ * pending and is tried again every second (meanwhile the family's written-at
+ * time voids the rows), and once more on the way out. */
+static int write_invalidations(struct keeper *k)
 {
+	uint32_t todo = atomic_exchange(&k->inval_dirty, 0) | k->inval_pending;
 	int rc = 0;
 
-	pthread_mutex_lock(&k->store_lock);
-	if (cache_invalidate_family(k->cache, family_name(k, family)) < 0) {
-		k->inval_pending |= 1u << family;
-		keeper_warn("cannot invalidate %s (retrying): %s", family_name(k, family),
-			    cache_errmsg(k->cache));
-		rc = -1;
-	} else {
-		k->inval_pending &= ~(1u << family);
+	for (int i = 0; todo != 0 && i < policy_family_count(k->policy); i++) {
+		if (!(todo & (1u << i)))
+			continue;
+		pthread_mutex_lock(&k->store_lock);
+		if (cache_invalidate_family(k->cache, family_name(k, i)) < 0) {
+			k->inval_pending |= 1u << i;
+			keeper_warn("cannot invalidate %s (retrying): %s", family_name(k, i),
+				    cache_errmsg(k->cache));
+			rc = -1;
+		} else {
+			k->inval_pending &= ~(1u << i);
+		}
+		pthread_mutex_unlock(&k->store_lock);
 	}
-	pthread_mutex_unlock(&k->store_lock);
 	return rc;
 }
 
@@ -484,12 +536,17 @@ void keeper_invalidate(struct keeper *k, int family)
 	hot_invalidate(k->hot, family, now_wall());
 	if (k->cache == NULL)
 		return;
-	/* Without memory for the job, the written-at time still voids the
-	 * rows until the next start. */
-	if ((j = job_new(JOB_INVALIDATE, NULL, 0, NULL, NULL)) == NULL)
-		return;
-	j->family = family;
-	jobq_push(&k->file, j);
+	atomic_fetch_or(&k->inval_dirty, 1u << family);
+	/* One marker in the queue stands for every write until it runs: a
+	 * stream of writes against a locked file must not pile up jobs.  It
+	 * keeps its place in the order: stores queued before it are deleted
+	 * by it.  Without memory for it, the next tick does the delete. */
+	if (atomic_exchange(&k->inval_queued, 1) == 0) {
+		if ((j = job_new(JOB_INVALIDATE, NULL, 0, NULL, NULL)) == NULL)
+			atomic_store(&k->inval_queued, 0);
+		else
+			jobq_push(&k->file, j);
+	}
 }
 
 /* Waits (at most seconds) for the file queue to be written out. */
@@ -497,8 +554,7 @@ static void file_flush(struct keeper *k, int seconds)
 {
 	struct timespec ts;
 
-	clock_gettime(CLOCK_REALTIME, &ts);
-	ts.tv_sec += seconds;
+	deadline(&ts, seconds);
 	pthread_mutex_lock(&k->file.lock);
 	while ((k->file.head != NULL || k->writing != NULL) && k->file.started &&
 	       pthread_cond_timedwait(&k->file.drained, &k->file.lock, &ts) == 0)
@@ -536,51 +592,88 @@ static void drop_key(void *arg, const char *key)
 	hot_drop(arg, key);
 }
 
+static int64_t max_bytes(const struct keeper *k)
+{
+	return k->cfg->max_size > (size_t)INT64_MAX ? INT64_MAX : (int64_t)k->cfg->max_size;
+}
+
+/* Down to 90% of max_size, so a file at its limit is not evicted again for
+ * every store that follows. */
+static void evict(struct keeper *k)
+{
+	int rc;
+
+	pthread_mutex_lock(&k->store_lock);
+	rc = cache_evict(k->cache, max_bytes(k) / 10 * 9, drop_key, k->hot);
+	pthread_mutex_unlock(&k->store_lock);
+	if (rc > 0)
+		atomic_fetch_add(&k->evicted, (unsigned long long)rc);
+	if (rc < 0)
+		keeper_warn("eviction failed: %s", cache_errmsg(k->cache));
+}
+
+static void usage(struct keeper *k)
+{
+	int64_t entries = 0, bytes = 0;
+
+	if (cache_usage(k->cache, &entries, &bytes) == 0)
+		k->file_bytes = bytes;
+}
+
 static void maintain(struct keeper *k, int64_t now)
 {
 	char **keys = NULL;
 	int n = hot_used_keys(k->hot, &keys), rc;
-	int64_t entries = 0, bytes = 0;
 
 	if (n > 0 && cache_touch(k->cache, (const char *const *)keys, (size_t)n, now) < 0)
 		keeper_warn("cannot record use: %s", cache_errmsg(k->cache));
 	for (int i = 0; i < n; i++)
 		free(keys[i]);
 	free(keys);
-	for (int i = 0; i < policy_family_count(k->policy); i++)
-		if (k->inval_pending & (1u << i))
-			write_invalidate(k, i);
 	pthread_mutex_lock(&k->store_lock);
 	rc = cache_prune(k->cache, now - (int64_t)k->cfg->stale_if_error, drop_key, k->hot);
+	pthread_mutex_unlock(&k->store_lock);
 	if (rc > 0)
 		atomic_fetch_add(&k->pruned, (unsigned long long)rc);
-	rc = cache_evict(k->cache, (int64_t)k->cfg->max_size, drop_key, k->hot);
-	if (rc > 0)
-		atomic_fetch_add(&k->evicted, (unsigned long long)rc);
-	pthread_mutex_unlock(&k->store_lock);
-	if (rc < 0)
-		keeper_warn("eviction failed: %s", cache_errmsg(k->cache));
+	usage(k);
+	if (k->file_bytes > max_bytes(k))
+		evict(k);
 	if (cache_vacuum(k->cache) < 0)
 		keeper_warn("vacuum failed: %s", cache_errmsg(k->cache));
-	if (cache_usage(k->cache, &entries, &bytes) == 0)
-		k->file_bytes = bytes;
+	usage(k);
 }
 
+/* Once a second. */
 static void tick(struct keeper *k, int64_t now)
 {
-	/* Another process (kaleidod --purge) wrote the file: what memory holds
-	 * may be gone there. */
 	if (cache_changed_elsewhere(k->cache) == 1) {
 		pthread_mutex_lock(&k->store_lock);
-		hot_invalidate(k->hot, -1, 0);
+		changed_elsewhere(k);
 		pthread_mutex_unlock(&k->store_lock);
-		log_info("cache: %s was changed by another process; reloading entries from it",
-			 cache_path(k->cache));
 	}
-	if (now >= k->next_maint || k->file_bytes > (int64_t)k->cfg->max_size) {
+	if (k->inval_pending != 0)
+		write_invalidations(k);
+	if (now >= k->next_maint) {
 		maintain(k, now);
 		k->next_maint = now + k->cfg->maintenance_interval;
+	} else if (k->file_bytes > max_bytes(k)) {
+		evict(k);
+		usage(k);
 	}
+}
+
+static int run_job(struct keeper *k, struct job *j)
+{
+	switch (j->kind) {
+	case JOB_STORE:
+		return write_store(k, j->e, j->gen);
+	case JOB_REFRESH:
+		return write_refresh(k, j->e, j->was_at, j->gen);
+	case JOB_INVALIDATE:
+		atomic_store(&k->inval_queued, 0);
+		return write_invalidations(k);
+	}
+	return 0;
 }
 
 static void *file_main(void *arg)
@@ -590,30 +683,21 @@ static void *file_main(void *arg)
 	int stop = 0, failed = 0, dropped = 0;
 
 	while (!stop) {
-		struct job *j = jobq_pop(&k->file, &stop);
+		struct job *j = jobq_pop(&k->file, &k->writing, &stop);
 		int64_t now;
 		int stopping;
 
 		pthread_mutex_lock(&k->file.lock);
 		stopping = k->file.stopping;
-		k->writing = j; /* still found by lookups until it is in the file */
 		pthread_mutex_unlock(&k->file.lock);
 		/* Stopping with a file that refuses writes (locked by another
 		 * process, a full disk): each try could wait out the busy
-		 * timeout, so the rest is given up rather than hold the exit. */
-		if (j != NULL && stopping && failed) {
+		 * timeout, so stores are given up rather than hold the exit.
+		 * Deletes are not: a pre-write answer must not outlive us. */
+		if (j != NULL && stopping && failed && j->kind != JOB_INVALIDATE)
 			dropped++;
-		} else if (j != NULL) {
-			int rc;
-
-			if (j->kind == JOB_STORE)
-				rc = write_store(k, j->e, j->gen);
-			else if (j->kind == JOB_REFRESH)
-				rc = write_refresh(k, j->e, j->gen);
-			else
-				rc = write_invalidate(k, j->family);
-			failed |= stopping && rc < 0;
-		}
+		else if (j != NULL)
+			failed |= run_job(k, j) < 0 && stopping;
 		if (j != NULL) {
 			jobq_done(&k->file, j, &k->writing);
 			job_free(j);
@@ -621,11 +705,18 @@ static void *file_main(void *arg)
 		if (stopping)
 			continue; /* no maintenance on the way out */
 		now = now_wall();
-		if (now != last_tick || k->file_bytes > (int64_t)k->cfg->max_size) {
+		if (now != last_tick) {
 			last_tick = now;
 			tick(k, now);
 		}
 	}
+	if (k->inval_pending != 0 || atomic_load(&k->inval_dirty) != 0)
+		write_invalidations(k);
+	if (k->inval_pending != 0)
+		log_warnx("cache: %s refused the deletes of lists that writes changed; after a "
+			  "restart their old copies could be served: purge them with "
+			  "kaleidod --purge FAMILY",
+			  cache_path(k->cache));
 	if (dropped > 0)
 		log_warnx("cache: %s refused writes while stopping; %d answers were not written",
 			  cache_path(k->cache), dropped);
@@ -673,10 +764,11 @@ void keeper_free(struct keeper **kp)
 	struct keeper *k = *kp;
 
 	if (k == NULL)
-		return;
-	/* Prep first: what it finishes goes on to the file queue, which the
-	 * file thread then writes out before it stops. */
+		return; /* Prep first: what it finishes goes on to the file queue, which the
+	 * file thread then writes out before it stops, unless the file is
+	 * locked by another process: then nothing waits for it any more. */
 	jobq_stop(&k->prep);
+	cache_give_up(k->cache);
 	jobq_stop(&k->file);
 	jobq_destroy(&k->prep);
 	jobq_destroy(&k->file);

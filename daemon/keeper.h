@@ -46,11 +46,14 @@ typedef void (*keeper_done_fn)(void *arg, struct hot_entry *e);
  */
 void keeper_store(struct keeper *k, struct hot_entry *e, unsigned gen, keeper_done_fn done,
 		  void *arg);
-/* Same, for an entry a 304 made fresh: only headers and freshness change. */
-void keeper_refresh(struct keeper *k, struct hot_entry *e, unsigned gen, keeper_done_fn done,
-		    void *arg);
+/* Same, for an entry a 304 made fresh from the version stored at was_at:
+ * only headers and freshness change. */
+void keeper_refresh(struct keeper *k, struct hot_entry *e, int64_t was_at, unsigned gen,
+		    keeper_done_fn done, void *arg);
 
-/* A write changed family: memory and file forget it before this returns. */
+/* A write changed family: memory forgets it before this returns, and from
+ * then on its rows in the file are void; the keeper deletes them (and keeps
+ * trying while the file refuses). */
 void keeper_invalidate(struct keeper *k, int family);
 
 /* Deletes what the purge names, in memory and in the file.  Count or -1. */

@@ -789,7 +789,7 @@ static void test_refresh_updates_headers_and_freshness(void **state)
 	int64_t bytes = 0;
 
 	put_at(c, "k1", "programs", "/programs", 1000, 1300);
-	assert_int_equal(cache_refresh(c, "k1", hdr, strlen(hdr), 2000, 2060), 1);
+	assert_int_equal(cache_refresh(c, "k1", 1000, hdr, strlen(hdr), 2000, 2060), 1);
 	assert_int_equal(cache_get(c, "k1", &e), 1);
 	assert_int_equal(e->headers_len, strlen(hdr));
 	assert_string_equal(e->headers, hdr);
@@ -812,7 +812,7 @@ static void test_refresh_absent_is_0(void **state)
 	int64_t n = -1;
 
 	put_at(c, "k1", "programs", "/programs", 1000, 1300);
-	assert_int_equal(cache_refresh(c, "nonesuch", "A: b\n", 5, 2000, 2060), 0);
+	assert_int_equal(cache_refresh(c, "nonesuch", 0, "A: b\n", 5, 2000, 2060), 0);
 	assert_int_equal(present(c, "nonesuch"), 0);
 	assert_int_equal(cache_usage(c, &n, NULL), 0);
 	assert_int_equal(n, 1);
@@ -915,7 +915,7 @@ static void test_refresh_counts_as_use(void **state)
 
 	put_at(c, "k1", "programs", "/1", 100, 9999);
 	put_at(c, "k2", "programs", "/2", 200, 9999);
-	assert_int_equal(cache_refresh(c, "k1", "H: 2\n", 5, 300, 9999), 1);
+	assert_int_equal(cache_refresh(c, "k1", 100, "H: 2\n", 5, 300, 9999), 1);
 	assert_int_equal(cache_evict(c, ENTRY, NULL, NULL), 1);
 	assert_int_equal(present(c, "k1"), 1);
 	assert_int_equal(present(c, "k2"), 0);
@@ -1262,8 +1262,9 @@ static void test_touch_and_refresh_write_little(void **state)
 	for (int i = 0; i < 100; i++) {
 		n = snprintf(hdr, sizeof(hdr), "ETag: \"1\"\nAge: %d\n", i % 2 ? 7 : 12);
 		wal_reset(db, f->path);
-		assert_int_equal(
-			cache_refresh(c, "big", hdr, (size_t)n, 1700001000 + i, 1700002000 + i), 1);
+		assert_int_equal(cache_refresh(c, "big", i == 0 ? in.stored_at : 1700001000 + i - 1,
+					       hdr, (size_t)n, 1700001000 + i, 1700002000 + i),
+				 1);
 		if ((w = wal_size(f->path)) >= WAL_PER_COMMIT)
 			fail_msg("refresh %d wrote %lld bytes of WAL", i, w);
 		refreshed += w;
@@ -1320,7 +1321,7 @@ static void test_no_orphan_bodies(void **state)
 	assert_int_equal(e->body_len, 5);
 	assert_memory_equal(e->body, "short", 5);
 	cache_entry_free(&e);
-	assert_int_equal(cache_refresh(c, "k2", "A: b\n", 5, 1500, 2000), 1);
+	assert_int_equal(cache_refresh(c, "k2", 102, "A: b\n", 5, 1500, 2000), 1);
 	assert_bodies_match(f->path, "refresh", 8);
 	/* k0 (7 bytes now) and k1 (2) were stored at 1700000000 by put(), k2
 	 * refreshed at 1500: the least recently used are k3 and k4. */
@@ -1379,11 +1380,76 @@ static void test_changed_elsewhere(void **state)
 	cache_close(&c);
 }
 
+/* A 304 refreshes the version it was asked about, not whatever the key
+ * holds now: headers of one body must never land on another. */
+static void test_refresh_only_its_own_version(void **state)
+{
+	struct fixture *f = *state;
+	struct cache *c = open_ok(f->path);
+	struct cache_entry *e = NULL;
+
+	put_at(c, "k1", "programs", "/1", 100, 200);
+	assert_int_equal(cache_refresh(c, "k1", 150, "ETag: \"2\"\n", 10, 300, 400), 0);
+	assert_int_equal(cache_get(c, "k1", &e), 1);
+	assert_int_equal(e->stored_at, 100);
+	assert_int_equal(e->expires_at, 200);
+	assert_string_equal(e->headers, "H: 1\n");
+	cache_entry_free(&e);
+	cache_close(&c);
+}
+
+/* After another process wrote (a purge), a put refuses until the change has
+ * been noticed: what it holds may predate that purge. */
+static void test_put_refused_after_change_elsewhere(void **state)
+{
+	struct fixture *f = *state;
+	struct cache *c = open_ok(f->path);
+	struct cache_entry in = { .status = 200,
+				  .headers = "",
+				  .body = "x",
+				  .body_len = 1,
+				  .identity_len = 1,
+				  .stored_at = 1,
+				  .expires_at = 2 };
+	sqlite3 *other;
+
+	put_at(c, "k0", "programs", "/0", 1, 2);
+	assert_int_equal(cache_changed_elsewhere(c), 0);
+	assert_int_equal(sqlite3_open(f->path, &other), SQLITE_OK);
+	/* A delete that removes nothing commits nothing: k0 makes it real. */
+	assert_int_equal(sqlite3_exec(other, "DELETE FROM entries", NULL, NULL, NULL), SQLITE_OK);
+	assert_int_equal(cache_put(c, "k1", "programs", "/1", &in), -2);
+	assert_int_equal(present(c, "k1"), 0);
+	assert_int_equal(cache_changed_elsewhere(c), 1);
+	assert_int_equal(cache_put(c, "k1", "programs", "/1", &in), 0);
+	assert_int_equal(present(c, "k1"), 1);
+	sqlite3_close(other);
+	cache_close(&c);
+}
+
+static void test_forget(void **state)
+{
+	struct fixture *f = *state;
+	struct cache *c = open_ok(f->path);
+
+	put_at(c, "k1", "programs", "/1", 1, 2);
+	put_at(c, "k2", "programs", "/2", 1, 2);
+	assert_int_equal(cache_forget(c, "k1"), 0);
+	assert_int_equal(cache_forget(c, "nonesuch"), 0);
+	assert_int_equal(present(c, "k1"), 0);
+	assert_int_equal(present(c, "k2"), 1);
+	assert_bodies_match(f->path, "forget", 1);
+	cache_close(&c);
+}
+
 int main(void)
 {
 #define T(fn) cmocka_unit_test_setup_teardown(fn, setup, teardown)
 	const struct CMUnitTest tests[] = {
 		T(test_round_trip),
+		T(test_refresh_only_its_own_version),
+		T(test_put_refused_after_change_elsewhere),
+		T(test_forget),
 		T(test_empty_body_and_headers),
 		T(test_replace),
 		T(test_invalidate_and_usage),

@@ -205,7 +205,7 @@ static void test_load_all_types(void **state)
 				   "max_buffered_body = 512K\n"
 				   "[cache]\n"
 				   "file = /tmp/x.db\n"
-				   "max_entry_size = 2G\n"
+				   "max_size = 2G\n"
 				   "[log]\n"
 				   "level = DEBUG"),
 			 0);
@@ -225,7 +225,7 @@ static void test_load_all_types(void **state)
 	assert_int_equal(cfg->token_lifetime, 5400);
 	assert_int_equal(cfg->max_buffered_body, 512 * 1024);
 	assert_string_equal(cfg->cache_file, "/tmp/x.db");
-	assert_int_equal(cfg->max_entry_size, (size_t)2 << 30);
+	assert_int_equal(cfg->max_size, (size_t)2 << 30);
 	assert_string_equal(cfg->log_level, "debug");
 	config_free(&cfg);
 }
@@ -277,15 +277,21 @@ static void test_durations_and_sizes(void **state)
 	assert_int_equal(cfg->families[0].ttl, 4294967295u);
 
 	for (i = 0; i < sizeof(sizes) / sizeof(sizes[0]); i++) {
-		assert_int_equal(config_set(cfg, "cache", "max_entry_size", sizes[i].v, NULL, err,
-					    sizeof(err)),
-				 0);
-		assert_int_equal(cfg->max_entry_size, sizes[i].want);
+		assert_int_equal(
+			config_set(cfg, "cache", "max_size", sizes[i].v, NULL, err, sizeof(err)),
+			0);
+		assert_int_equal(cfg->max_size, sizes[i].want);
 	}
 	for (i = 0; i < sizeof(bad_sizes) / sizeof(bad_sizes[0]); i++)
-		assert_int_equal(config_set(cfg, "cache", "max_entry_size", bad_sizes[i], NULL, err,
-					    sizeof(err)),
-				 -1);
+		assert_int_equal(
+			config_set(cfg, "cache", "max_size", bad_sizes[i], NULL, err, sizeof(err)),
+			-1);
+	/* one entry must fit in one SQLite value */
+	assert_int_equal(config_set(cfg, "cache", "max_entry_size", "900M", NULL, err, sizeof(err)),
+			 0);
+	assert_int_equal(config_set(cfg, "cache", "max_entry_size", "901M", NULL, err, sizeof(err)),
+			 -1);
+	assert_int_equal(cfg->max_entry_size, (size_t)900 << 20);
 
 	/* zero is not a timeout */
 	assert_int_equal(config_set(cfg, "upstream", "timeout", "0", NULL, err, sizeof(err)), -1);
