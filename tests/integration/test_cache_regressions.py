@@ -20,7 +20,13 @@ fails against the daemon as it was before the fix:
    aborted collection, then directly);
 9. only-if-cached served an entry expired longer ago than stale_if_error;
 10. with stale-while-revalidate and a failing API, every STALE answer
-    started another background refresh.
+    started another background refresh;
+11. a write's delete that failed in the locked file was retried only at the
+    next maintenance pass and never on the way out, so after a restart the
+    pre-write rows were HITs again;
+12. a 304 refresh updated the file's row whatever version it held: with the
+    newer version's store failed, its headers were paired with the older
+    version's body, and served so after a restart.
 
 The cache file is locked the way another process would lock it: a write
 transaction (BEGIN IMMEDIATE) on its own connection, rolled back in a
@@ -35,7 +41,7 @@ import sqlite3
 import threading
 import time
 
-from harness import STOP_TIMEOUT, Sdk, cache_warnings, sql_one, wait_for
+from harness import STOP_TIMEOUT, Sdk, cache_warnings, sql, sql_one, wait_for
 
 
 def xc(r):
@@ -422,3 +428,91 @@ def test_stale_while_revalidate_with_failing_api_refreshes_once_not_per_hit(daem
     assert seen == [(200, "STALE")] * 10, seen
     n = mock.count("GET /programs") - base
     assert 1 <= n <= 2, "%d upstream GETs behind 10 STALE answers with the API failing" % n
+
+
+# ---------------------------------------------------------------- 11
+def test_failed_delete_after_a_write_is_not_lost_across_a_restart(daemon, mock):
+    s = Sdk(daemon.port)
+    s.auth()
+    paths = ["/programs", "/programs/other"]
+    old = settle(daemon, s, paths)
+    assert all("(gen 1)" in r.body.decode() for r in old)
+    lock = FileLock(daemon.cache_file)
+    try:
+        w = s.post("/programs", {"name": "x"})
+        assert w.status == 200, w
+        assert mock.stats()["gens"]["programs"] == 2
+        wait_for(lambda: [ln for ln in cache_warnings(daemon)
+                          if "invalidate" in ln and "programs" in ln],
+                 timeout=9, what="the delete of programs to fail in the locked file")
+        assert sql_one(daemon.cache_file,
+                       "SELECT count(*) FROM entries WHERE family = 'programs'") == 2
+    finally:
+        lock.release()
+    # Stopped at once, well within maintenance_interval: the delete is
+    # either retried by now or done on the way out.
+    daemon.stop()
+    left = sql(daemon.cache_file, "SELECT key, stored_at FROM entries WHERE family = 'programs'")
+    daemon.start()
+    s = Sdk(daemon.port)
+    s.auth()
+    for p in paths:
+        n = mock.count("GET " + p)
+        r = s.get(p)
+        assert r.status == 200, (p, r)
+        assert "(gen 1)" not in r.body.decode(), \
+            "%s: the pre-write entry came back after the restart (X-Cache %s)" % (p, xc(r))
+        assert "(gen 2)" in r.body.decode() and xc(r) == "MISS", (p, r)
+        assert mock.count("GET " + p) == n + 1, p
+    assert left == [], "pre-write rows still in the file after the daemon stopped: %r" % left
+
+
+# ---------------------------------------------------------------- 12
+def test_refresh_after_a_failed_store_keeps_headers_with_their_body(daemon_factory, mock):
+    d = daemon_factory(mock, config={"family.programs": {"ttl": "2"},
+                                     "cache": {"stale_while_revalidate": "0"}}).start()
+    s = Sdk(d.port)
+    s.auth()
+    v1 = get_stored(d, s, "/programs")
+    assert "(gen 1)" in v1.body.decode()
+    expires = row(d, "/programs", "expires_at")
+    mock.call("POST", "/_mock/bump", {"families": ["programs"]})
+    wait_for(lambda: time.time() >= expires, timeout=5, interval=0.05,
+             what="version 1 to expire")
+    lock = FileLock(d.cache_file)
+    try:
+        # Version 2 comes in (a 200 to the conditional fetch); its store
+        # fails in the locked file, which still holds version 1.
+        v2 = s.get("/programs")
+        fetched = int(time.time())
+        assert v2.status == 200 and xc(v2) == "MISS", v2
+        assert "(gen 2)" in v2.body.decode(), v2
+        etag2 = v2.header("ETag")
+        assert etag2 and etag2 != v1.header("ETag"), (etag2, v1.header("ETag"))
+        assert mock.conditional("GET /programs") == 1
+        assert mock.not_modified("GET /programs") == 0
+        wait_for(lambda: d.stats()["cache"]["write_errors"] == 1, timeout=9,
+                 what="the store of version 2 to fail in the locked file")
+    finally:
+        lock.release()
+    # Version 2 (ttl 2, stored in memory at or before `fetched`) expires;
+    # its revalidation is answered 304.
+    wait_for(lambda: time.time() >= fetched + 2, timeout=5, interval=0.05,
+             what="version 2 to expire")
+    r = s.get("/programs")
+    assert r.status == 200 and r.body == v2.body, r
+    assert mock.not_modified("GET /programs") == 1, mock.stats()
+    wait_for(lambda: etag2.encode() in (row(d, "/programs", "headers") or b""), timeout=10,
+             what="the refreshed entry to be written to the file")
+    d.stop()
+    d.start()
+    s = Sdk(d.port)
+    s.auth()
+    n = mock.count("GET /programs")
+    after = s.get("/programs")
+    assert after.status == 200 and xc(after) == "HIT", after
+    assert mock.count("GET /programs") == n
+    assert after.header("ETag") == etag2, after
+    assert "(gen 1)" not in after.body.decode(), \
+        "version 2's headers (ETag %s) served with version 1's body" % etag2
+    assert after.body == v2.body, after
