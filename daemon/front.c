@@ -1024,7 +1024,11 @@ struct front *front_new(const struct front_deps *deps, int listen_fd, char *err,
 	if (threads == 0) {
 		long n = sysconf(_SC_NPROCESSORS_ONLN);
 
-		threads = n > 0 ? (unsigned)n : 1;
+		/* One core is left to the clients, which mostly run on the same
+		 * machine, and to the upstream and cache threads: on two cores a
+		 * second server thread bought no throughput and doubled the hit
+		 * p99 (benchmark, docs/performance.md). */
+		threads = n > 2 ? (unsigned)n - 1 : 1;
 	}
 	f->mhd = MHD_start_daemon(MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL |
 					  MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ERROR_LOG,

@@ -172,7 +172,7 @@ int main(int argc, char **argv)
 	d = MHD_start_daemon(
 		MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME, 0, NULL,
 		NULL, on_request, NULL, MHD_OPTION_LISTEN_SOCKET, (int)fd,
-		MHD_OPTION_THREAD_POOL_SIZE, (unsigned)(ncpu > 0 ? ncpu : 1),
+		MHD_OPTION_THREAD_POOL_SIZE, (unsigned)(ncpu > 2 ? ncpu - 1 : 1),
 		MHD_OPTION_CONNECTION_LIMIT, (unsigned)512, MHD_OPTION_CONNECTION_TIMEOUT,
 		(unsigned)60, MHD_OPTION_CONNECTION_MEMORY_LIMIT, pool, MHD_OPTION_END);
 	if (d == NULL) {
