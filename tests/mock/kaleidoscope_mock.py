@@ -461,6 +461,17 @@ class Handler(BaseHTTPRequestHandler):
             return self.send(200, {"gens": st.gen})
         return self.send(404, {"detail": "no such control route"})
 
+    def held_until_released(self):
+        """Counted in "held" while it waits for /_mock/release."""
+        st = self.server.state
+        with st.lock:
+            st.held += 1
+        try:
+            self.wait_released()
+        finally:
+            with st.lock:
+                st.held -= 1
+
     def wait_released(self):
         """Blocks until /_mock/release or DELETE /_mock/fault (bounded)."""
         st = self.server.state
@@ -478,13 +489,7 @@ class Handler(BaseHTTPRequestHandler):
         if fault and fault["wait"]:
             # Held like "hang" first, then the fault itself: a failure that
             # arrives when the test says so (every waiter is queued by then).
-            with st.lock:
-                st.held += 1
-            try:
-                self.wait_released()
-            finally:
-                with st.lock:
-                    st.held -= 1
+            self.held_until_released()
         if fault:
             kind = fault["kind"]
             if kind == "reset":
@@ -510,13 +515,7 @@ class Handler(BaseHTTPRequestHandler):
             if kind == "slow":
                 time.sleep(fault["delay_ms"] / 1000.0)
             if kind == "hang":
-                with st.lock:
-                    st.held += 1
-                try:
-                    self.wait_released()
-                finally:
-                    with st.lock:
-                        st.held -= 1
+                self.held_until_released()
             if kind == "truncate":
                 self._truncate = True
         if latency:
