@@ -182,18 +182,9 @@ static int64_t now_wall(void)
 
 /* ---- notes ---- */
 
-static uint64_t key_hash(const char *s)
-{
-	uint64_t h = 1469598103934665603ULL; /* FNV-1a */
-
-	for (; *s; s++)
-		h = (h ^ (unsigned char)*s) * 1099511628211ULL;
-	return h;
-}
-
 static void note(struct flights *fs, const char *key, int too_large_for, int cooldown_for)
 {
-	uint64_t h = key_hash(key);
+	uint64_t h = hot_key_hash(key);
 	struct note *n = &fs->notes[h % NOTES];
 	int64_t now = now_wall();
 
@@ -210,7 +201,7 @@ static void note(struct flights *fs, const char *key, int too_large_for, int coo
 
 int flight_noted(struct flights *fs, const char *key, enum flight_note what)
 {
-	uint64_t h = key_hash(key);
+	uint64_t h = hot_key_hash(key);
 	const struct note *n = &fs->notes[h % NOTES];
 	int64_t now = now_wall();
 	int yes;

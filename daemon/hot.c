@@ -399,12 +399,12 @@ int hot_entry_queue_hit(struct hot_entry *e, struct MHD_Connection *conn, int gz
 
 /* ---- the table ---- */
 
-static size_t hash(const char *s)
+uint64_t hot_key_hash(const char *key)
 {
-	size_t h = 1469598103934665603ULL; /* FNV-1a */
+	uint64_t h = 1469598103934665603ULL; /* FNV-1a */
 
-	for (; *s; s++)
-		h = (h ^ (unsigned char)*s) * 1099511628211ULL;
+	for (; *key; key++)
+		h = (h ^ (unsigned char)*key) * 1099511628211ULL;
 	return h;
 }
 
@@ -454,7 +454,7 @@ static void lru_push(struct hot *h, struct hot_entry *e)
 
 static struct hot_entry **slot(struct hot *h, const char *key)
 {
-	struct hot_entry **p = &h->buckets[hash(key) & (h->nbuckets - 1)];
+	struct hot_entry **p = &h->buckets[(size_t)hot_key_hash(key) & (h->nbuckets - 1)];
 
 	while (*p != NULL && strcmp((*p)->key, key) != 0)
 		p = &(*p)->hnext;
@@ -517,7 +517,7 @@ static void grow(struct hot *h)
 		struct hot_entry *e = h->buckets[i], *next;
 
 		for (; e != NULL; e = next) {
-			size_t b = hash(e->key) & (n - 1);
+			size_t b = (size_t)hot_key_hash(e->key) & (n - 1);
 
 			next = e->hnext;
 			e->hnext = nb[b];

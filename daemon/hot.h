@@ -104,4 +104,7 @@ int64_t hot_invalid_before(struct hot *h, int family);
 int hot_used_keys(struct hot *h, char ***keys);
 void hot_usage(struct hot *h, int64_t *entries, int64_t *bytes);
 
+/* The hash the table uses for keys (FNV-1a), for others keyed the same. */
+uint64_t hot_key_hash(const char *key);
+
 #endif

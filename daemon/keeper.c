@@ -597,8 +597,16 @@ static int64_t max_bytes(const struct keeper *k)
 	return k->cfg->max_size > (size_t)INT64_MAX ? INT64_MAX : (int64_t)k->cfg->max_size;
 }
 
+static void usage(struct keeper *k)
+{
+	int64_t entries = 0, bytes = 0;
+
+	if (cache_usage(k->cache, &entries, &bytes) == 0)
+		k->file_bytes = bytes;
+}
+
 /* Down to 90% of max_size, so a file at its limit is not evicted again for
- * every store that follows. */
+ * every store that follows; the size estimate is read again after. */
 static void evict(struct keeper *k)
 {
 	int rc;
@@ -610,16 +618,8 @@ static void evict(struct keeper *k)
 		atomic_fetch_add(&k->evicted, (unsigned long long)rc);
 	if (rc < 0)
 		keeper_warn("eviction failed: %s", cache_errmsg(k->cache));
+	usage(k);
 }
-
-static void usage(struct keeper *k)
-{
-	int64_t entries = 0, bytes = 0;
-
-	if (cache_usage(k->cache, &entries, &bytes) == 0)
-		k->file_bytes = bytes;
-}
-
 static void maintain(struct keeper *k, int64_t now)
 {
 	char **keys = NULL;
@@ -638,9 +638,9 @@ static void maintain(struct keeper *k, int64_t now)
 	usage(k);
 	if (k->file_bytes > max_bytes(k))
 		evict(k);
+	/* Vacuum frees pages, not entries: the estimate stands. */
 	if (cache_vacuum(k->cache) < 0)
 		keeper_warn("vacuum failed: %s", cache_errmsg(k->cache));
-	usage(k);
 }
 
 /* Once a second. */
@@ -658,7 +658,6 @@ static void tick(struct keeper *k, int64_t now)
 		k->next_maint = now + k->cfg->maintenance_interval;
 	} else if (k->file_bytes > max_bytes(k)) {
 		evict(k);
-		usage(k);
 	}
 }
 
