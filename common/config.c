@@ -97,7 +97,7 @@ static const struct ckey ckeys[] = {
 	{ "upstream", "auth_retry_max", CT_DURATION, "300", M(auth_retry_max), 0, 1, U_MAX, NULL },
 
 	{ "server", "listen", CT_STRING, "127.0.0.1:8765", M(listen), 0, 0, 0, check_listen },
-	{ "server", "max_connections", CT_UINT, "512", M(max_connections), 0, 1, U_MAX, NULL },
+	{ "server", "max_connections", CT_UINT, "4096", M(max_connections), 0, 1, U_MAX, NULL },
 	{ "server", "connection_timeout", CT_DURATION, "60", M(connection_timeout), 0, 1, U_MAX,
 	  NULL },
 	{ "server", "threads", CT_UINT, "0", M(threads), 0, 0, 1024, NULL },

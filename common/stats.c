@@ -4,6 +4,10 @@
  * Every request thread bumps them, so they are relaxed atomics rather than
  * a lock: a reader wants plausible numbers, not a consistent cut across
  * counters.  Row i holds family i; the last row holds the total.
+ *
+ * Each thread adds into a stripe of its own (threads take stripes in turn;
+ * past STRIPES they share), and a read sums the stripes: with one set of
+ * counters, every hit on every core would write the same cache lines.
  */
 #include <assert.h>
 #include <errno.h>
@@ -13,10 +17,17 @@
 
 #include "stats.h"
 
+#define STRIPES 16
+#define LINE 64
+
 struct stats {
 	int nfamilies;
-	_Atomic unsigned long long c[]; /* (nfamilies + 1) * STATS_COUNTERS */
+	size_t stride;                 /* counters per stripe, a whole number of lines */
+	_Atomic unsigned long long *c; /* STRIPES * stride, line-aligned */
 };
+
+static atomic_uint next_stripe;
+static _Thread_local int my_stripe = -1;
 
 static const char *const counter_names[STATS_COUNTERS] = {
 	[STATS_REQUESTS] = "requests",
@@ -43,19 +54,33 @@ struct stats *stats_new(int nfamilies)
 		return NULL;
 	}
 	n = ((size_t)nfamilies + 1) * STATS_COUNTERS;
-	s = malloc(sizeof(*s) + n * sizeof(s->c[0]));
-	if (s == NULL)
+	if ((s = malloc(sizeof(*s))) == NULL)
 		return NULL;
 	s->nfamilies = nfamilies;
-	for (i = 0; i < n; i++)
+	s->stride = (n * sizeof(s->c[0]) + LINE - 1) / LINE * LINE / sizeof(s->c[0]);
+	if (posix_memalign((void **)&s->c, LINE, STRIPES * s->stride * sizeof(s->c[0])) != 0) {
+		free(s);
+		return NULL;
+	}
+	for (i = 0; i < STRIPES * s->stride; i++)
 		atomic_init(&s->c[i], 0);
 	return s;
 }
 
 void stats_free(struct stats **s)
 {
+	if (*s != NULL)
+		free((*s)->c);
 	free(*s);
 	*s = NULL;
+}
+
+/* The calling thread's stripe. */
+static _Atomic unsigned long long *stripe(struct stats *s)
+{
+	if (my_stripe < 0)
+		my_stripe = (int)(atomic_fetch_add(&next_stripe, 1) % STRIPES);
+	return s->c + (size_t)my_stripe * s->stride;
 }
 
 /* Index of counter c in row family; -1 is the total. */
@@ -70,16 +95,23 @@ static size_t slot(const struct stats *s, int family, enum stats_counter c)
 
 void stats_inc(struct stats *s, int family, enum stats_counter c)
 {
+	_Atomic unsigned long long *mine = stripe(s);
+
 	if (family >= 0)
-		atomic_fetch_add_explicit(&s->c[slot(s, family, c)], 1, memory_order_relaxed);
-	atomic_fetch_add_explicit(&s->c[slot(s, -1, c)], 1, memory_order_relaxed);
+		atomic_fetch_add_explicit(&mine[slot(s, family, c)], 1, memory_order_relaxed);
+	atomic_fetch_add_explicit(&mine[slot(s, -1, c)], 1, memory_order_relaxed);
 }
 
 unsigned long long stats_get(const struct stats *s, int family, enum stats_counter c)
 {
+	size_t at = slot(s, family, c);
+	unsigned long long sum = 0;
+
 	/* C11 atomic_load takes a non-const pointer before C17's fix. */
-	return atomic_load_explicit((_Atomic unsigned long long *)&s->c[slot(s, family, c)],
-				    memory_order_relaxed);
+	for (size_t i = 0; i < STRIPES; i++)
+		sum += atomic_load_explicit((_Atomic unsigned long long *)&s->c[i * s->stride + at],
+					    memory_order_relaxed);
+	return sum;
 }
 
 const char *stats_counter_name(enum stats_counter c)

@@ -1,6 +1,6 @@
 /*
- * front: libmicrohttpd in a thread pool (epoll, suspend/resume), and the
- * request path of every client request.
+ * front: the request path of every client request, on the serve threads
+ * (serve.c: one libmicrohttpd daemon per thread, epoll, suspend/resume).
  *
  * libmicrohttpd calls on_request() several times per request: once with the
  * headers (we only classify the request then: queueing a response on that
@@ -31,12 +31,14 @@
 #include "config.h"
 #include "flight.h"
 #include "hdr.h"
+#include "hitcache.h"
 #include "hot.h"
 #include "keeper.h"
 #include "localtoken.h"
 #include "log.h"
 #include "membuf.h"
 #include "policy.h"
+#include "serve.h"
 #include "stats.h"
 #include "upstream.h"
 
@@ -52,9 +54,15 @@
 
 struct front {
 	struct front_deps d;
-	struct MHD_Daemon *mhd;
-	MHD_socket quiesced_fd; /* the listening socket, ours after quiescing */
+	struct serve *serve;
+	unsigned threads;
+	struct hitcache **hc; /* one per serve thread, used by that thread alone */
+	atomic_uint conns;    /* open client connections */
 };
+
+/* The socket context of a connection accepted past max_connections: its
+ * first request is answered 503 and the connection closed. */
+static char over_limit;
 
 enum route { R_FORWARD = 0, R_TOKEN, R_ADMIN };
 
@@ -65,6 +73,7 @@ static const char *const xcache_names[] = { NULL, "HIT", "MISS", "STALE", "BYPAS
 struct req {
 	struct front *f;
 	struct MHD_Connection *conn;
+	int thread;   /* the serve thread whose daemon has the connection */
 	char *target; /* raw request target, as sent */
 	int seen;     /* on_request() has run once */
 	enum route route;
@@ -81,6 +90,7 @@ struct req {
 	int counted;        /* hit/miss/bypass already counted */
 	unsigned gen;       /* the family's generation when the fetch started */
 	char *key;
+	uint64_t hash;           /* hot_key_hash(key) */
 	struct hot_entry *stale; /* an expired entry: the fallback if the API fails */
 	struct flight *flight;
 
@@ -134,48 +144,87 @@ static enum MHD_Result queue_and_drop(struct req *r, unsigned status, struct MHD
 	return ret;
 }
 
-static enum MHD_Result respond_json(struct req *r, unsigned status, char *body)
+/* A JSON answer owning body (malloc'd; freed on failure too), or NULL. */
+static struct MHD_Response *json_response(char *body)
 {
 	struct MHD_Response *resp;
 
 	if (body == NULL)
-		return MHD_NO;
+		return NULL;
 	resp = MHD_create_response_from_buffer(strlen(body), body, MHD_RESPMEM_MUST_FREE);
 	if (resp == NULL) {
 		free(body);
-		return MHD_NO;
+		return NULL;
 	}
 	MHD_add_response_header(resp, "Content-Type", "application/json");
 	MHD_add_response_header(resp, "Cache-Control", "no-store");
-	return queue_and_drop(r, status, resp);
+	return resp;
+}
+
+static enum MHD_Result respond_json(struct req *r, unsigned status, char *body)
+{
+	return queue_and_drop(r, status, json_response(body));
 }
 
 /*
  * The proxy's own errors: {"error": what went wrong, "detail": what
- * happened and what to do, "upstream": the API it talks to}.
+ * happened and what to do, "upstream": the API it talks to}, malloc'd.
+ * detail is formatted whole before redaction: a secret cut at the end of a
+ * short buffer would no longer match.
  */
-static enum MHD_Result respond_error(struct req *r, unsigned status, const char *error,
-				     const char *fmt, ...) __attribute__((format(printf, 4, 5)));
-static enum MHD_Result respond_error(struct req *r, unsigned status, const char *error,
-				     const char *fmt, ...)
+static char *error_json(struct req *r, const char *error, const char *detail)
 {
-	/* Formatted whole before redaction: a secret cut at the end of a
-	 * short buffer would no longer match. */
-	char detail[4096], clean[1024];
-	va_list ap;
+	char clean[1024];
 	cJSON *o = cJSON_CreateObject();
 	char *text;
 
-	va_start(ap, fmt);
-	vsnprintf(detail, sizeof(detail), fmt, ap);
-	va_end(ap);
 	log_redact(clean, sizeof(clean), detail);
 	cJSON_AddStringToObject(o, "error", error);
 	cJSON_AddStringToObject(o, "detail", clean);
 	cJSON_AddStringToObject(o, "upstream", upstream_url(r->f->d.up));
 	text = cJSON_PrintUnformatted(o);
 	cJSON_Delete(o);
-	return respond_json(r, status, text);
+	return text;
+}
+
+static enum MHD_Result respond_error(struct req *r, unsigned status, const char *error,
+				     const char *fmt, ...) __attribute__((format(printf, 4, 5)));
+static enum MHD_Result respond_error(struct req *r, unsigned status, const char *error,
+				     const char *fmt, ...)
+{
+	char detail[4096];
+	va_list ap;
+
+	va_start(ap, fmt);
+	vsnprintf(detail, sizeof(detail), fmt, ap);
+	va_end(ap);
+	return respond_json(r, status, error_json(r, error, detail));
+}
+
+/* A connection past [server] max_connections: told so, and closed (an
+ * answer queued on the first call closes the connection anyway). */
+static enum MHD_Result respond_too_many(struct req *r)
+{
+	char detail[256];
+	struct MHD_Response *resp;
+
+	snprintf(detail, sizeof(detail),
+		 "kaleidod already serves %u connections ([server] max_connections); retry in a "
+		 "moment, reuse one keep-alive connection per client, or raise the limit",
+		 r->f->d.cfg->max_connections);
+	if ((resp = json_response(error_json(r, "too many connections", detail))) != NULL) {
+		MHD_add_response_header(resp, "Retry-After", "1");
+		MHD_add_response_header(resp, "Connection", "close");
+	}
+	return queue_and_drop(r, MHD_HTTP_SERVICE_UNAVAILABLE, resp);
+}
+
+/* This serve thread's own hit cache, or NULL off the serve threads. */
+static struct hitcache *thread_hitcache(struct front *f)
+{
+	int t = serve_thread();
+
+	return t >= 0 && (unsigned)t < f->threads ? f->hc[t] : NULL;
 }
 
 /* Whether an Accept-Encoding value admits gzip (a "q=0" refuses it). */
@@ -252,8 +301,12 @@ static enum MHD_Result respond_entry(struct req *r, struct hot_entry *e, enum xc
 		return queue_and_drop(r, MHD_HTTP_NOT_MODIFIED,
 				      hot_entry_not_modified(e, r->gzip, NULL));
 	if (xc == XC_HIT) {
+		struct hitcache *hc = thread_hitcache(f);
+		int ok = hc != NULL ? hitcache_queue_hit(hc, e, r->hash, r->conn, r->gzip, now) :
+				      hot_entry_queue_hit(e, r->conn, r->gzip, now);
+
 		r->status = (unsigned)hot_entry_status(e);
-		return hot_entry_queue_hit(e, r->conn, r->gzip, now) ? MHD_YES : MHD_NO;
+		return ok ? MHD_YES : MHD_NO;
 	}
 	resp = hot_entry_response(e, r->gzip, NULL, now);
 	if (resp != NULL && xc == XC_STALE)
@@ -283,9 +336,13 @@ static void unpark(void *arg)
 	struct req *r = arg;
 
 	/* Resuming a connection that is not suspended would cancel its next
-	 * suspend in libmicrohttpd 0.9.75: resume only what we suspended. */
-	if (atomic_exchange(&r->suspended, 0))
+	 * suspend in libmicrohttpd 0.9.75: resume only what we suspended.
+	 * In external mode libmicrohttpd only marks it; its serve thread must
+	 * be woken to run it (MHD_start_daemon drops MHD_USE_ITC there). */
+	if (atomic_exchange(&r->suspended, 0)) {
 		MHD_resume_connection(r->conn);
+		serve_wake(r->f->serve, r->thread);
+	}
 }
 
 /* ---- the cache store of a streamed answer, on the upstream worker ---- */
@@ -634,6 +691,7 @@ static enum MHD_Result forward_cached(struct req *r, const char *method)
 {
 	struct front *f = r->f;
 	struct flight_req rq = { 0 };
+	struct hitcache *hc = thread_hitcache(f);
 	struct hot_entry *e;
 	struct hdr *h;
 	int64_t now = now_wall();
@@ -641,9 +699,16 @@ static enum MHD_Result forward_cached(struct req *r, const char *method)
 
 	if (r->flight != NULL)
 		return flight_ended(r, method);
+	/* The hit path: this thread's own copy, no lock and no shared write
+	 * (the copy is borrowed, and respond_entry() needs no more). */
+	if (hc != NULL && (e = hitcache_get(hc, r->key, r->hash)) != NULL &&
+	    hot_entry_status(e) == 200 && now < hot_entry_expires_at(e))
+		return respond_entry(r, e, XC_HIT);
 	e = keeper_lookup(f->d.keeper, r->key, r->family);
 	if (e != NULL && hot_entry_status(e) != 200)
 		hot_entry_unref(&e);
+	if (e != NULL && hc != NULL)
+		hitcache_keep(hc, e, r->hash);
 	rq.key = r->key;
 	rq.family = r->family;
 	rq.target = r->target;
@@ -870,6 +935,7 @@ static int classify(struct req *r, const char *method, const char *version)
 						  upstream_client_id(f->d.up), "GET", r->target);
 			if (r->key == NULL)
 				return -1;
+			r->hash = hot_key_hash(r->key);
 		}
 	}
 	/* Small bodies are buffered whole, so a 401 can replay them; the
@@ -904,9 +970,13 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
 		r->seen = 1;
 		/* Kept for the access line; a longer method is cut, not an error. */
 		size_t mlen = strnlen(method, sizeof(r->method) - 1);
+		const union MHD_ConnectionInfo *ci =
+			MHD_get_connection_info(conn, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
 
 		memcpy(r->method, method, mlen);
 		r->method[mlen] = '\0';
+		if (ci != NULL && ci->socket_context == &over_limit)
+			return respond_too_many(r);
 		switch (classify(r, method, version)) {
 		case CLASSIFY_OK:
 			return MHD_YES;
@@ -959,6 +1029,7 @@ static void *on_uri(void *cls, const char *uri, struct MHD_Connection *conn)
 		return NULL;
 	r->f = cls;
 	r->conn = conn;
+	r->thread = serve_thread();
 	r->family = -1;
 	clock_gettime(CLOCK_MONOTONIC, &r->started);
 	atomic_init(&r->suspended, 0);
@@ -1010,9 +1081,54 @@ static void on_mhd_log(void *cls, const char *fmt, va_list ap)
 	log_debug("libmicrohttpd: %s", line);
 }
 
+/* Counts connections; marks those past max_connections (see over_limit). */
+static void on_connection(void *cls, struct MHD_Connection *conn, void **socket_context,
+			  enum MHD_ConnectionNotificationCode code)
+{
+	struct front *f = cls;
+
+	(void)conn;
+	if (code == MHD_CONNECTION_NOTIFY_STARTED) {
+		if (atomic_fetch_add(&f->conns, 1) >= f->d.cfg->max_connections)
+			*socket_context = &over_limit;
+	} else if (code == MHD_CONNECTION_NOTIFY_CLOSED) {
+		atomic_fetch_sub(&f->conns, 1);
+	}
+}
+
+/* serve.c's start hook: one daemon, driven by the serve thread's loop. */
+static struct MHD_Daemon *start_daemon(void *arg, unsigned thread, int listen_fd,
+				       unsigned conn_limit)
+{
+	struct front *f = arg;
+	const struct config *cfg = f->d.cfg;
+
+	(void)thread;
+	return MHD_start_daemon(
+		MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ERROR_LOG, 0, NULL, NULL,
+		on_request, f, MHD_OPTION_EXTERNAL_LOGGER, on_mhd_log, f, MHD_OPTION_LISTEN_SOCKET,
+		listen_fd, MHD_OPTION_CONNECTION_LIMIT, conn_limit, MHD_OPTION_CONNECTION_TIMEOUT,
+		cfg->connection_timeout, MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)CONN_POOL,
+		MHD_OPTION_URI_LOG_CALLBACK, on_uri, f, MHD_OPTION_NOTIFY_COMPLETED, on_completed,
+		f, MHD_OPTION_NOTIFY_CONNECTION, on_connection, f, MHD_OPTION_END);
+}
+
+static void on_tick(void *arg, unsigned thread)
+{
+	struct front *f = arg;
+
+	hitcache_sweep(f->hc[thread]);
+}
+
+unsigned front_spare_connections(unsigned max_connections)
+{
+	return max_connections / 16 > 16 ? max_connections / 16 : 16;
+}
+
 struct front *front_new(const struct front_deps *deps, int listen_fd, char *err, size_t errlen)
 {
 	struct front *f = calloc(1, sizeof(*f));
+	struct serve_params sp = { 0 };
 	unsigned threads = deps->cfg->threads;
 
 	if (f == NULL) {
@@ -1020,7 +1136,7 @@ struct front *front_new(const struct front_deps *deps, int listen_fd, char *err,
 		return NULL;
 	}
 	f->d = *deps;
-	f->quiesced_fd = MHD_INVALID_SOCKET;
+	atomic_init(&f->conns, 0);
 	if (threads == 0) {
 		long n = sysconf(_SC_NPROCESSORS_ONLN);
 
@@ -1030,31 +1146,34 @@ struct front *front_new(const struct front_deps *deps, int listen_fd, char *err,
 		 * p99 (benchmark, docs/performance.md). */
 		threads = n > 2 ? (unsigned)n - 1 : 1;
 	}
-	f->mhd = MHD_start_daemon(MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL |
-					  MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ERROR_LOG,
-				  0, NULL, NULL, on_request, f, MHD_OPTION_EXTERNAL_LOGGER,
-				  on_mhd_log, f, MHD_OPTION_LISTEN_SOCKET, listen_fd,
-				  MHD_OPTION_THREAD_POOL_SIZE, threads, MHD_OPTION_CONNECTION_LIMIT,
-				  deps->cfg->max_connections, MHD_OPTION_CONNECTION_TIMEOUT,
-				  deps->cfg->connection_timeout, MHD_OPTION_CONNECTION_MEMORY_LIMIT,
-				  (size_t)CONN_POOL, MHD_OPTION_URI_LOG_CALLBACK, on_uri, f,
-				  MHD_OPTION_NOTIFY_COMPLETED, on_completed, f, MHD_OPTION_END);
-	if (f->mhd == NULL) {
-		snprintf(err, errlen, "libmicrohttpd refused to start (see the debug log)");
-		free(f);
-		return NULL;
-	}
+	f->threads = threads;
+	if ((f->hc = calloc(threads, sizeof(*f->hc))) == NULL)
+		goto nomem;
+	for (unsigned i = 0; i < threads; i++)
+		if ((f->hc[i] = hitcache_new()) == NULL)
+			goto nomem;
+	sp.listen_fd = listen_fd;
+	sp.threads = threads;
+	/* A few past the limit are accepted only to be told so (503). */
+	sp.conn_limit =
+		deps->cfg->max_connections + front_spare_connections(deps->cfg->max_connections);
+	sp.start = start_daemon;
+	sp.tick = on_tick;
+	sp.arg = f;
+	if ((f->serve = serve_new(&sp, err, errlen)) == NULL)
+		goto fail;
 	return f;
+nomem:
+	snprintf(err, errlen, "out of memory");
+fail:
+	front_free(&f);
+	return NULL;
 }
 
 void front_quiesce(struct front *f)
 {
-	/* The listening socket is ours again once quiesced, but the pool
-	 * threads drop it from their epoll sets on their own time: it is
-	 * closed only after MHD_stop_daemon() (closing it here made
-	 * libmicrohttpd abort, "Failed to remove listen FD from epoll set"). */
-	if (f != NULL && f->mhd != NULL && f->quiesced_fd == MHD_INVALID_SOCKET)
-		f->quiesced_fd = MHD_quiesce_daemon(f->mhd);
+	if (f != NULL)
+		serve_quiesce(f->serve);
 }
 
 void front_free(struct front **fp)
@@ -1063,10 +1182,10 @@ void front_free(struct front **fp)
 
 	if (f == NULL)
 		return;
-	if (f->mhd != NULL)
-		MHD_stop_daemon(f->mhd);
-	if (f->quiesced_fd != MHD_INVALID_SOCKET)
-		close(f->quiesced_fd);
+	serve_free(&f->serve);
+	for (unsigned i = 0; f->hc != NULL && i < f->threads; i++)
+		hitcache_free(&f->hc[i]);
+	free(f->hc);
 	free(f);
 	*fp = NULL;
 }

@@ -36,6 +36,9 @@ struct front_deps {
  * activation or from main).  NULL with a message in err on failure.
  */
 struct front *front_new(const struct front_deps *deps, int listen_fd, char *err, size_t errlen);
+/* How many connections past max_connections are accepted only to be
+ * answered 503 (the rest wait in the listen backlog). */
+unsigned front_spare_connections(unsigned max_connections);
 /* Stops accepting new connections; requests in progress continue. */
 void front_quiesce(struct front *f);
 /* Stops the server; every connection must have been unparked first

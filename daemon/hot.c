@@ -46,7 +46,11 @@ struct hot_entry {
 
 	/* Table links, under the table's lock. */
 	struct hot_entry *hnext, *lprev, *lnext;
-	int in_table, used;
+	/* Written under the lock, read without it: in_table by the serve
+	 * threads' own caches (hitcache.c), used and touched by every hit. */
+	atomic_int in_table;
+	atomic_int used;    /* since the last hot_used_keys(): the file's LRU */
+	atomic_int touched; /* since eviction last passed it: memory's second chance */
 };
 
 struct hot {
@@ -301,6 +305,21 @@ size_t hot_entry_size(const struct hot_entry *e)
 	return e->size;
 }
 
+int hot_entry_current(struct hot_entry *e)
+{
+	return atomic_load_explicit(&e->in_table, memory_order_acquire);
+}
+
+void hot_entry_mark_used(struct hot_entry *e)
+{
+	/* Read first: a store on every hit would bounce the line between
+	 * threads; a flag already set costs a shared read. */
+	if (!atomic_load_explicit(&e->used, memory_order_relaxed))
+		atomic_store_explicit(&e->used, 1, memory_order_relaxed);
+	if (!atomic_load_explicit(&e->touched, memory_order_relaxed))
+		atomic_store_explicit(&e->touched, 1, memory_order_relaxed);
+}
+
 /* The stored headers, adjusted for the form sent: a gzip copy makes the
  * answer vary on Accept-Encoding, and its ETag weak (RFC 9110 8.8.1: the
  * two forms are not byte-identical). */
@@ -469,7 +488,7 @@ static struct hot_entry *take(struct hot *h, struct hot_entry **p)
 	*p = e->hnext;
 	e->hnext = NULL;
 	lru_unlink(h, e);
-	e->in_table = 0;
+	atomic_store_explicit(&e->in_table, 0, memory_order_release);
 	h->count--;
 	h->bytes -= e->size;
 	return e;
@@ -558,11 +577,34 @@ struct hot_entry *hot_get(struct hot *h, const char *key)
 			lru_unlink(h, e);
 			lru_push(h, e);
 		}
-		e->used = 1;
+		atomic_store_explicit(&e->used, 1, memory_order_relaxed);
 		hot_entry_ref(e);
 	}
 	pthread_mutex_unlock(&h->lock);
 	return e;
+}
+
+/*
+ * Evicts least recently used entries until `need` more bytes fit.  Hits
+ * served from a thread's own cache never move an entry in the LRU list, so
+ * they set `touched` instead: such an entry gets a second chance at the
+ * head (the CLOCK algorithm), once per pass over the list.
+ */
+static void make_room(struct hot *h, size_t need, struct graveyard *g)
+{
+	size_t chances = h->count;
+
+	while (h->bytes + need > h->max_bytes && h->lru_tail != NULL) {
+		struct hot_entry *v = h->lru_tail;
+
+		if (chances > 0 && atomic_exchange_explicit(&v->touched, 0, memory_order_relaxed)) {
+			chances--;
+			lru_unlink(h, v);
+			lru_push(h, v);
+			continue;
+		}
+		bury(g, take(h, slot(h, v->key)));
+	}
 }
 
 int hot_put(struct hot *h, struct hot_entry *e, unsigned gen, enum hot_put_mode mode)
@@ -574,7 +616,8 @@ int hot_put(struct hot *h, struct hot_entry *e, unsigned gen, enum hot_put_mode 
 	if (e->key == NULL)
 		return 0;
 	pthread_mutex_lock(&h->lock);
-	if (e->in_table || e->family < 0 || e->family >= h->nfamilies || h->gen[e->family] != gen)
+	if (atomic_load(&e->in_table) || e->family < 0 || e->family >= h->nfamilies ||
+	    h->gen[e->family] != gen)
 		goto out;
 	p = slot(h, e->key);
 	if (*p != NULL && mode == HOT_IF_ABSENT)
@@ -585,18 +628,17 @@ int hot_put(struct hot *h, struct hot_entry *e, unsigned gen, enum hot_put_mode 
 	 * the older version it replaces must not stay either. */
 	if (e->size > h->max_bytes / 2)
 		goto out;
+	make_room(h, e->size, &g);
 	if (h->count >= h->nbuckets)
 		grow(h);
 	p = slot(h, e->key);
 	e->hnext = NULL;
 	*p = hot_entry_ref(e);
-	e->in_table = 1;
-	e->used = 1;
+	atomic_store_explicit(&e->in_table, 1, memory_order_release);
+	atomic_store_explicit(&e->used, 1, memory_order_relaxed);
 	lru_push(h, e);
 	h->count++;
 	h->bytes += e->size;
-	while (h->bytes > h->max_bytes && h->lru_tail != NULL && h->lru_tail != e)
-		bury(&g, take(h, slot(h, h->lru_tail->key)));
 	kept = 1;
 out:
 	pthread_mutex_unlock(&h->lock);
@@ -667,7 +709,7 @@ int hot_used_keys(struct hot *h, char ***keys)
 
 	pthread_mutex_lock(&h->lock);
 	for (struct hot_entry *e = h->lru_head; e != NULL; e = e->lnext) {
-		if (!e->used)
+		if (!atomic_load_explicit(&e->used, memory_order_relaxed))
 			continue;
 		if (n == cap) {
 			int ncap = cap ? cap * 2 : 32;
@@ -681,7 +723,7 @@ int hot_used_keys(struct hot *h, char ***keys)
 		if ((out[n] = strdup(e->key)) == NULL)
 			goto nomem;
 		n++;
-		e->used = 0;
+		atomic_store_explicit(&e->used, 0, memory_order_relaxed);
 	}
 	pthread_mutex_unlock(&h->lock);
 	*keys = out;

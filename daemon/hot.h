@@ -61,6 +61,11 @@ const char *hot_entry_headers_text(const struct hot_entry *e, size_t *len);
 const void *hot_entry_body(const struct hot_entry *e, size_t *len);
 const void *hot_entry_gzip(const struct hot_entry *e, size_t *len); /* NULL when none */
 size_t hot_entry_size(const struct hot_entry *e);
+/* Whether e is (still) the table's entry for its key: 1 or 0.  A lock-free
+ * read; an entry once out never comes back. */
+int hot_entry_current(struct hot_entry *e);
+/* Records a hit that bypassed hot_get(), for both LRU orders. */
+void hot_entry_mark_used(struct hot_entry *e);
 
 /*
  * A new response for e: its stored headers, Age, X-Cache: xcache (may be

@@ -16,6 +16,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <systemd/sd-daemon.h>
 #include <time.h>
@@ -418,6 +419,40 @@ static void sock_name(int fd, char *out, size_t len)
 	snprintf(out, len, "%s:%u", host, port);
 }
 
+/* Descriptors kaleidod needs besides its clients: the API's connections,
+ * the cache file and its readers, the listening socket, pipes, logs. */
+#define FD_RESERVE 256
+
+/*
+ * Every client connection is a descriptor: raises the soft RLIMIT_NOFILE
+ * to the hard limit (a shell's soft 1024 would otherwise cap a gateway at
+ * about 1000 clients, with accept() failing silently past it), and lowers
+ * max_connections, with a warning, where even the hard limit is too low.
+ */
+static void fit_fd_limit(struct config *cfg)
+{
+	struct rlimit rl;
+	rlim_t need = (rlim_t)cfg->max_connections + front_spare_connections(cfg->max_connections) +
+		      FD_RESERVE;
+
+	if (getrlimit(RLIMIT_NOFILE, &rl) < 0)
+		return;
+	if (rl.rlim_cur < need && rl.rlim_cur < rl.rlim_max) {
+		rl.rlim_cur = rl.rlim_max < need ? rl.rlim_max : need;
+		if (setrlimit(RLIMIT_NOFILE, &rl) < 0)
+			getrlimit(RLIMIT_NOFILE, &rl);
+	}
+	if (rl.rlim_cur >= need)
+		return;
+	unsigned fit = rl.rlim_cur > FD_RESERVE + 32 ? (unsigned)(rl.rlim_cur - FD_RESERVE) : 32;
+
+	fit -= front_spare_connections(fit) < fit ? front_spare_connections(fit) : 0;
+	log_warnx("the open-file limit is %llu: max_connections lowered from %u to %u (raise "
+		  "LimitNOFILE= or ulimit -n)",
+		  (unsigned long long)rl.rlim_cur, cfg->max_connections, fit);
+	cfg->max_connections = fit;
+}
+
 int main(int argc, char **argv)
 {
 	struct flags fl = { 0 };
@@ -480,6 +515,7 @@ int main(int argc, char **argv)
 	sigaddset(&set, SIGHUP);
 	pthread_sigmask(SIG_BLOCK, &set, NULL);
 
+	fit_fd_limit(cfg);
 	if ((fd = open_listener(cfg, err, sizeof(err))) < 0) {
 		log_error("%s", err);
 		goto out;

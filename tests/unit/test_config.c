@@ -141,7 +141,7 @@ static void test_defaults(void **state)
 	assert_int_equal(cfg->auth_retry_min, 1);
 	assert_int_equal(cfg->auth_retry_max, 300);
 	assert_string_equal(cfg->listen, "127.0.0.1:8765");
-	assert_int_equal(cfg->max_connections, 512);
+	assert_int_equal(cfg->max_connections, 4096);
 	assert_int_equal(cfg->connection_timeout, 60);
 	assert_int_equal(cfg->threads, 0);
 	assert_int_equal(cfg->token_lifetime, 3600);
@@ -847,7 +847,7 @@ static void test_print_masks(void **state)
 		"\nauth_retry_max = 300\n",
 		"[server]\n",
 		"\nlisten = 127.0.0.1:8765\n",
-		"\nmax_connections = 512\n",
+		"\nmax_connections = 4096\n",
 		"\nconnection_timeout = 60\n",
 		"\nthreads = 0\n",
 		"\ntoken_lifetime = 3600\n",

@@ -1,0 +1,126 @@
+/*
+ * hitcache: direct-mapped slots, one entry each, with the thread's own HIT
+ * responses (identity and gzip) rebuilt when Age moves, once a second.
+ *
+ * An entry that left the table (replaced, invalidated, evicted) is dropped
+ * at the next lookup of its slot or by the sweep, so a thread holds a
+ * replaced body a second at most beyond the table.
+ */
+#include "hitcache.h"
+
+#include <assert.h>
+#include <microhttpd.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "hot.h"
+
+#define SLOTS 64                   /* a power of two */
+#define HITCACHE_MAGIC 0x48495443u /* "HITC" */
+
+struct slot {
+	struct hot_entry *e; /* a reference, or NULL */
+	struct MHD_Response *resp[2];
+	int64_t resp_at[2];
+};
+
+struct hitcache {
+	unsigned magic;
+	struct slot s[SLOTS];
+};
+
+struct hitcache *hitcache_new(void)
+{
+	struct hitcache *hc = calloc(1, sizeof(*hc));
+
+	if (hc != NULL)
+		hc->magic = HITCACHE_MAGIC;
+	return hc;
+}
+
+static void slot_clear(struct slot *sl)
+{
+	for (int i = 0; i < 2; i++) {
+		if (sl->resp[i] != NULL)
+			MHD_destroy_response(sl->resp[i]);
+		sl->resp[i] = NULL;
+	}
+	hot_entry_unref(&sl->e);
+}
+
+void hitcache_free(struct hitcache **hcp)
+{
+	struct hitcache *hc = *hcp;
+
+	if (hc == NULL)
+		return;
+	assert(hc->magic == HITCACHE_MAGIC);
+	for (int i = 0; i < SLOTS; i++)
+		slot_clear(&hc->s[i]);
+	hc->magic = 0;
+	free(hc);
+	*hcp = NULL;
+}
+
+static struct slot *slot_of(struct hitcache *hc, uint64_t hash)
+{
+	assert(hc->magic == HITCACHE_MAGIC);
+	/* The table's buckets use the low bits; these use others, so keys
+	 * sharing a bucket need not share a slot. */
+	return &hc->s[(hash >> 32) & (SLOTS - 1)];
+}
+
+struct hot_entry *hitcache_get(struct hitcache *hc, const char *key, uint64_t hash)
+{
+	struct slot *sl = slot_of(hc, hash);
+
+	if (sl->e == NULL)
+		return NULL;
+	if (!hot_entry_current(sl->e)) {
+		slot_clear(sl);
+		return NULL;
+	}
+	if (strcmp(hot_entry_key(sl->e), key) != 0)
+		return NULL;
+	hot_entry_mark_used(sl->e);
+	return sl->e;
+}
+
+void hitcache_keep(struct hitcache *hc, struct hot_entry *e, uint64_t hash)
+{
+	struct slot *sl = slot_of(hc, hash);
+
+	if (sl->e == e || hot_entry_key(e) == NULL || !hot_entry_current(e))
+		return;
+	slot_clear(sl);
+	sl->e = hot_entry_ref(e);
+}
+
+int hitcache_queue_hit(struct hitcache *hc, struct hot_entry *e, uint64_t hash,
+		       struct MHD_Connection *conn, int gzip, int64_t now)
+{
+	struct slot *sl = slot_of(hc, hash);
+	int i = gzip && hot_entry_gzip(e, &(size_t){ 0 }) != NULL ? 1 : 0;
+
+	if (sl->e != e)
+		return hot_entry_queue_hit(e, conn, gzip, now);
+	/* Age moves once a second: so does the response. */
+	if (sl->resp[i] == NULL || sl->resp_at[i] != now) {
+		struct MHD_Response *n = hot_entry_response(e, i, "HIT", now);
+
+		if (n == NULL)
+			return hot_entry_queue_hit(e, conn, gzip, now);
+		if (sl->resp[i] != NULL)
+			MHD_destroy_response(sl->resp[i]);
+		sl->resp[i] = n;
+		sl->resp_at[i] = now;
+	}
+	return MHD_queue_response(conn, (unsigned)hot_entry_status(e), sl->resp[i]) == MHD_YES;
+}
+
+void hitcache_sweep(struct hitcache *hc)
+{
+	for (int i = 0; i < SLOTS; i++)
+		if (hc->s[i].e != NULL && !hot_entry_current(hc->s[i].e))
+			slot_clear(&hc->s[i]);
+}
