@@ -77,6 +77,8 @@ struct ckey {
 static const char *check_url(char *value);
 static const char *check_listen(char *value);
 static const char *check_level(char *value);
+static const char *check_names(char *value);
+static const char *check_origins(char *value);
 
 #define M(f) SC_MAIN, offsetof(struct config, f)
 #define F(f) SC_FAMILY, offsetof(struct config_family, f)
@@ -104,6 +106,9 @@ static const struct ckey ckeys[] = {
 	{ "server", "token_lifetime", CT_DURATION, "3600", M(token_lifetime), 0, 1, U_MAX, NULL },
 	{ "server", "max_buffered_body", CT_SIZE, "1M", M(max_buffered_body), 0, 0, SIZE_MAX,
 	  NULL },
+	{ "server", "server_names", CT_STRING, NULL, M(server_names), 0, 0, 0, check_names },
+	{ "server", "allowed_origins", CT_STRING, NULL, M(allowed_origins), 0, 0, 0,
+	  check_origins },
 
 	{ "cache", "file", CT_STRING, NULL, M(cache_file), 0, 0, 0, NULL },
 	/* SQLite's own limit on one blob is 1,000,000,000 bytes. */
@@ -266,6 +271,48 @@ static const char *check_listen(char *value)
 	if (config_parse_listen(value, host, sizeof(host), &port) < 0)
 		return "expected ADDR:PORT (ADDR an IPv4 address, localhost or [IPv6]; PORT "
 		       "0-65535)";
+	return NULL;
+}
+
+/* Lower-cases value; 1 when every space-separated word is made of the
+ * bytes in ok (and is not empty), else 0. */
+static int words_of(char *value, const char *ok)
+{
+	int words = 0;
+
+	for (char *p = value; *p != '\0'; p++) {
+		*p = (char)tolower((unsigned char)*p);
+		if (*p != ' ' && strchr(ok, *p) == NULL)
+			return 0;
+		words += *p != ' ' && (p == value || p[-1] == ' ');
+	}
+	return words > 0;
+}
+
+#define HOST_BYTES "abcdefghijklmnopqrstuvwxyz0123456789.-"
+
+static const char *check_names(char *value)
+{
+	if (!words_of(value, HOST_BYTES))
+		return "expected host names separated by spaces (letters, digits, '.', '-')";
+	return NULL;
+}
+
+static const char *check_origins(char *value)
+{
+	if (!words_of(value, HOST_BYTES ":/[]"))
+		return "expected origins separated by spaces, as a browser sends them: "
+		       "https://host[:port]";
+	for (char *w = value; *w != '\0'; w += strcspn(w, " "), w += strspn(w, " ")) {
+		size_t n = strcspn(w, " ");
+		const char *host = strncmp(w, "https://", 8) == 0 ? w + 8 :
+				   strncmp(w, "http://", 7) == 0  ? w + 7 :
+								    NULL;
+
+		if (host == NULL || host >= w + n || memchr(host, '/', (size_t)(w + n - host)))
+			return "expected origins separated by spaces, as a browser sends them: "
+			       "https://host[:port] (no path)";
+	}
 	return NULL;
 }
 

@@ -58,6 +58,8 @@ struct config {
 	unsigned threads;            /* 0: one per core */
 	unsigned token_lifetime;     /* s, local tokens' expires_in */
 	size_t max_buffered_body; /* bytes; request bodies up to this are buffered (replayable) */
+	char *server_names;       /* Host names accepted besides loopback; space-separated */
+	char *allowed_origins;    /* browser Origins let through; space-separated; none default */
 
 	/* [cache] */
 	char *cache_file;

@@ -13,7 +13,10 @@
 #include <string.h>
 #include <strings.h>
 
+#include <curl/curl.h>
+
 #include "config.h"
+#include "hdr.h"
 #include "policy.h"
 
 struct family {
@@ -304,6 +307,18 @@ static void set_age(long *slot, long v)
 		*slot = v;
 }
 
+/* max-age and s-maxage: a value that is not delta-seconds (negative, a
+ * fraction, missing) makes the answer stale (RFC 9111 4.2.1, 1.2.2). */
+static void set_age_or_bad(struct policy_cc *cc, long *slot, const char *val, size_t len)
+{
+	long v = val != NULL ? parse_delta(val, len) : -1;
+
+	if (v < 0)
+		cc->bad_age = 1;
+	else
+		set_age(slot, v);
+}
+
 static int is_ows(char ch)
 {
 	return ch == ' ' || ch == '\t';
@@ -328,6 +343,8 @@ void policy_parse_cache_control(const char *value, struct policy_cc *out)
 	memset(out, 0, sizeof(*out));
 	out->max_age = -1;
 	out->s_maxage = -1;
+	out->stale_while_rev = -1;
+	out->stale_if_error = -1;
 	if (p == NULL)
 		return;
 	while (*p != '\0') {
@@ -383,10 +400,17 @@ void policy_parse_cache_control(const char *value, struct policy_cc *out)
 			out->only_if_cached = 1;
 		else if (name_is(name, namelen, "private"))
 			out->private_ = 1;
-		else if (name_is(name, namelen, "max-age") && val != NULL)
-			set_age(&out->max_age, parse_delta(val, vallen));
-		else if (name_is(name, namelen, "s-maxage") && val != NULL)
-			set_age(&out->s_maxage, parse_delta(val, vallen));
+		else if (name_is(name, namelen, "must-revalidate") ||
+			 name_is(name, namelen, "proxy-revalidate"))
+			out->must_revalidate = 1;
+		else if (name_is(name, namelen, "max-age"))
+			set_age_or_bad(out, &out->max_age, val, vallen);
+		else if (name_is(name, namelen, "s-maxage"))
+			set_age_or_bad(out, &out->s_maxage, val, vallen);
+		else if (name_is(name, namelen, "stale-while-revalidate") && val != NULL)
+			set_age(&out->stale_while_rev, parse_delta(val, vallen));
+		else if (name_is(name, namelen, "stale-if-error") && val != NULL)
+			set_age(&out->stale_if_error, parse_delta(val, vallen));
 	}
 }
 
@@ -412,4 +436,97 @@ unsigned policy_ttl(const struct policy *p, int family, const struct policy_cc *
 			ttl = (unsigned long)response_cc->max_age;
 	}
 	return (unsigned)ttl;
+}
+
+/* An HTTP-date (curl_getdate() reads all three RFC 9110 5.6.7 forms), or -1. */
+static int64_t http_date(const char *v)
+{
+	time_t t;
+
+	if (v == NULL)
+		return -1;
+	t = curl_getdate(v, NULL);
+	return t == (time_t)-1 ? -1 : (int64_t)t;
+}
+
+int policy_vary_beyond_key(const char *vary)
+{
+	while (vary != NULL && *vary != '\0') {
+		size_t n;
+
+		vary += strspn(vary, " \t,");
+		n = strcspn(vary, " \t,");
+		if (n > 0 && !(n == 15 && strncasecmp(vary, "accept-encoding", 15) == 0))
+			return 1; /* "*" included */
+		vary += n;
+	}
+	return 0;
+}
+
+int policy_vary_carried(const char *vary, const char *(*get)(void *arg, const char *name),
+			void *arg)
+{
+	char name[128];
+
+	while (vary != NULL && *vary != '\0') {
+		size_t n;
+
+		vary += strspn(vary, " \t,");
+		n = strcspn(vary, " \t,");
+		if (n == 0)
+			break;
+		if ((n == 1 && vary[0] == '*') || n >= sizeof(name))
+			return 1;
+		memcpy(name, vary, n);
+		name[n] = '\0';
+		if (strcasecmp(name, "accept-encoding") != 0 && get(arg, name) != NULL)
+			return 1;
+		vary += n;
+	}
+	return 0;
+}
+
+unsigned policy_answer_ttl(const struct policy *p, int family, const struct hdr *h, int64_t now,
+			   unsigned *age)
+{
+	struct policy_cc cc;
+	const char *agev = hdr_get(h, "Age"), *expires = hdr_get(h, "Expires"), *vary;
+	long a = agev != NULL ? parse_delta(agev, strlen(agev)) : -1;
+	unsigned ttl;
+
+	*age = a > 0 ? (a < (long)UINT32_MAX ? (unsigned)a : UINT32_MAX) : 0;
+	policy_parse_cache_control(hdr_get(h, "Cache-Control"), &cc);
+	vary = hdr_get(h, "Vary");
+	if (cc.bad_age || (vary != NULL && strchr(vary, '*') != NULL))
+		return 0; /* (other Vary fields: see policy_vary_carried()) */
+	ttl = policy_ttl(p, family, &cc);
+	if (ttl > 0 && cc.s_maxage < 0 && cc.max_age < 0 && expires != NULL) {
+		int64_t exp = http_date(expires), date = http_date(hdr_get(h, "Date"));
+
+		if (date < 0)
+			date = now;
+		if (exp <= date)
+			return 0; /* invalid, or already past: stale */
+		if (exp - date < (int64_t)ttl)
+			ttl = (unsigned)(exp - date);
+	}
+	return ttl > *age ? ttl - *age : 0;
+}
+
+void policy_stale_limits(const struct hdr *h, unsigned cfg_swr, unsigned cfg_sie, unsigned *swr,
+			 unsigned *sie)
+{
+	struct policy_cc cc;
+
+	policy_parse_cache_control(hdr_get(h, "Cache-Control"), &cc);
+	*swr = cfg_swr;
+	*sie = cfg_sie;
+	if (cc.must_revalidate || cc.s_maxage >= 0) {
+		*swr = *sie = 0;
+		return;
+	}
+	if (cc.stale_while_rev >= 0 && (unsigned long)cc.stale_while_rev < *swr)
+		*swr = (unsigned)cc.stale_while_rev;
+	if (cc.stale_if_error >= 0 && (unsigned long)cc.stale_if_error < *sie)
+		*sie = (unsigned)cc.stale_if_error;
 }

@@ -55,8 +55,12 @@ struct policy_cc {
 	int no_cache;
 	int only_if_cached;
 	int private_;
-	long max_age;  /* -1 when absent */
-	long s_maxage; /* -1 when absent */
+	int must_revalidate;  /* must-revalidate or proxy-revalidate */
+	int bad_age;          /* max-age or s-maxage present but not a number: stale */
+	long max_age;         /* -1 when absent */
+	long s_maxage;        /* -1 when absent */
+	long stale_while_rev; /* stale-while-revalidate=N, -1 when absent */
+	long stale_if_error;  /* stale-if-error=N, -1 when absent */
 };
 
 /* Parses a Cache-Control value (NULL allowed: all clear).  Unknown directives are ignored. */
@@ -68,5 +72,41 @@ void policy_parse_cache_control(const char *value, struct policy_cc *out);
  * private, or a zero TTL).
  */
 unsigned policy_ttl(const struct policy *p, int family, const struct policy_cc *response_cc);
+
+struct hdr;
+/*
+ * What an answer's own headers allow (RFC 9111), for a cache that keeps a
+ * family's answers for the family's TTL when they say nothing:
+ * - 0 (do not store) for no-store, no-cache, private or Vary: * (other
+ *   Vary fields: the caller keeps only the variant for requests without
+ *   them, policy_vary_carried());
+ * - freshness from s-maxage, else max-age, else Expires minus Date (now
+ *   when Date is absent or invalid), each capped by the family's TTL; an
+ *   invalid max-age or Expires, or one already past, means stale (0);
+ * - less the API's Age, which *age receives (0 when absent or invalid).
+ * Returns the seconds the answer stays fresh from now.
+ */
+unsigned policy_answer_ttl(const struct policy *p, int family, const struct hdr *h, int64_t now,
+			   unsigned *age);
+/*
+ * How long past its expiry a stored answer with these headers may still be
+ * served: *swr while a refresh runs behind it, *sie when the API fails.
+ * kaleidod's settings (cfg_swr, cfg_sie), capped by the answer's own
+ * stale-while-revalidate and stale-if-error, and 0 when it says
+ * must-revalidate, proxy-revalidate or s-maxage (RFC 9111 4.2.4, 5.2.2).
+ */
+/* Whether a Vary value names a field besides Accept-Encoding (which the
+ * cache handles itself), "*" included. */
+int policy_vary_beyond_key(const char *vary);
+/*
+ * Whether a request carries a field that Vary names (Accept-Encoding
+ * aside; "*" always counts): then the stored variant, fetched for a
+ * request without such fields, is not its answer (RFC 9111 4.1).  get(arg,
+ * name) gives the request's value of a field, or NULL.
+ */
+int policy_vary_carried(const char *vary, const char *(*get)(void *arg, const char *name),
+			void *arg);
+void policy_stale_limits(const struct hdr *h, unsigned cfg_swr, unsigned cfg_sie, unsigned *swr,
+			 unsigned *sie);
 
 #endif

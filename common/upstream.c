@@ -22,7 +22,9 @@
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <stdatomic.h>
 #include <string.h>
+#include <sys/random.h>
 #include <time.h>
 
 #include "auth.h"
@@ -35,7 +37,8 @@
 #define RING_CAP (256 * 1024) /* per direction, per transfer */
 #define TOKEN_BODY_MAX (64 * 1024)
 #define TOKEN_PATH "/auth/oauth/token"
-#define REAUTH_GAP 30.0 /* s between re-authentications forced by a 401 */
+#define REAUTH_GAP 30.0 /* s a useless re-authentication holds off the next */
+#define REFUSERS 16     /* endpoints remembered for refusing a fresh token */
 
 struct ring {
 	char *buf;
@@ -68,8 +71,9 @@ struct up_xfer {
 	struct curl_slist *sent_headers;
 	enum phase phase;
 	int replayed;
-	int discard; /* a 401 to be replayed: drop what comes */
-	unsigned token_gen;
+	int discard;         /* a 401 to be replayed: drop what comes */
+	unsigned token_gen;  /* the token this attempt carries */
+	unsigned failed_gen; /* replayed: the token its first attempt failed with */
 	size_t body_off;
 	double started, last_progress;
 	int cl_framed, chunk_framed, decoded;
@@ -106,6 +110,9 @@ struct upstream {
 	const struct config *cfg;
 	char *url;
 	char *client_id;
+	char via_name[32];    /* "kaleidod-" 16 hex digits */
+	char via_line[48];    /* "Via: 1.1 " via_name */
+	atomic_llong loop_at; /* wall time a request last came back, 0 never */
 	CURLM *multi;
 	pthread_t thread;
 	int thread_started;
@@ -129,8 +136,17 @@ struct upstream {
 	int tok_overflow;
 	char tok_err[CURL_ERROR_SIZE];
 	int force_auth;
-	double reauth_at; /* when a 401 last forced a new token */
-	int draining;     /* stopping: queued starts fail */
+	/* What 401s have shown (see may_reauth()): the newest launch of an
+	 * attempt the API let through with token ok_gen, and when a token
+	 * minted after a request's 401 was refused for it too. */
+	unsigned ok_gen;
+	double ok_launched;
+	double useless_at;
+	struct refuser {
+		char *what; /* "METHOD URL" without the query, malloc'd */
+		double at;
+	} refusers[REFUSERS];
+	int draining; /* stopping: queued starts fail */
 	unsigned logged_gen;
 	char *logged_token; /* the token registered with the log */
 
@@ -306,18 +322,95 @@ static void unpark(struct up_xfer *x, int do_it)
 /* ---- curl callbacks (worker thread) ---- */
 
 /*
- * A 401 earns a fresh token and one replay.  But within REAUTH_GAP of the
- * last re-authentication a 401 is passed through as it is: an endpoint that
- * always answers 401 (a permission problem, not an expired token) must not
- * throw away the token every client shares, again and again.
+ * Whether a 401 means the token died (revoked, or expired early), so a new
+ * one and a replay will help, or the endpoint refuses this request whatever
+ * the token (a permission problem), when throwing away the token every
+ * client shares would only churn it.
+ *
+ * - A request launched after this one got through with the same token: the
+ *   token still works, so the endpoint refused.
+ * - This endpoint refused a token minted after its own 401, less than
+ *   REAUTH_GAP ago: its 401s are its own.
+ * - A re-authentication lately proved useless (a token minted after a
+ *   request's 401 was refused too) and nothing got through since: do not
+ *   churn again within REAUTH_GAP, whichever the endpoint.
+ * - Otherwise the token worked before and fails now: a revocation.
+ *
+ * So revocations, however close together, never reach clients (but for a
+ * streamed body, which cannot be sent twice), and an endpoint that always
+ * answers 401 costs one new token per REAUTH_GAP at most.
  */
+/* Whether x's endpoint is x's method and URL, query aside. */
+static int same_endpoint(const struct up_xfer *x, const char *what)
+{
+	size_t mlen = strlen(x->method), ulen = strcspn(x->url, "?");
+
+	return strncmp(what, x->method, mlen) == 0 && what[mlen] == ' ' &&
+	       strncmp(what + mlen + 1, x->url, ulen) == 0 && what[mlen + 1 + ulen] == '\0';
+}
+
+/* The slot remembering x's endpoint, or NULL. */
+static struct refuser *refuser_of(struct upstream *u, const struct up_xfer *x)
+{
+	for (int i = 0; i < REFUSERS; i++)
+		if (u->refusers[i].what != NULL && same_endpoint(x, u->refusers[i].what))
+			return &u->refusers[i];
+	return NULL;
+}
+
+/* Remembers that x's endpoint refused a token minted after its 401 (the
+ * oldest memory makes room; without memory, nothing is remembered). */
+static void note_refuser(struct upstream *u, const struct up_xfer *x, double now)
+{
+	struct refuser *r = refuser_of(u, x);
+
+	if (r == NULL) {
+		r = &u->refusers[0];
+		for (int i = 1; i < REFUSERS; i++)
+			if (u->refusers[i].at < r->at)
+				r = &u->refusers[i];
+		free(r->what);
+		r->what = NULL;
+		size_t n = strlen(x->method) + 1 + strcspn(x->url, "?") + 1;
+
+		if ((r->what = malloc(n)) == NULL)
+			return;
+		snprintf(r->what, n, "%s %.*s", x->method, (int)strcspn(x->url, "?"), x->url);
+	}
+	r->at = now;
+}
+
 static int may_reauth(struct upstream *u, struct up_xfer *x, double now)
 {
+	struct refuser *r;
 	unsigned gen;
 
 	if (auth_token(u->auth, now, &gen) == NULL || gen != x->token_gen)
 		return 1; /* a newer token exists already: replaying is cheap */
-	return u->reauth_at == 0 || now - u->reauth_at >= REAUTH_GAP;
+	if (u->ok_gen == x->token_gen && u->ok_launched > x->started)
+		return 0;
+	if ((r = refuser_of(u, x)) != NULL && now - r->at < REAUTH_GAP)
+		return 0;
+	if (u->useless_at > 0 && now - u->useless_at < REAUTH_GAP &&
+	    u->ok_launched <= u->useless_at)
+		return 0;
+	return 1;
+}
+
+/* A final status to an attempt: what it says about its token. */
+static void note_token_verdict(struct upstream *u, struct up_xfer *x, long status, double now)
+{
+	if (status != 401) {
+		if (status < 500 && (x->token_gen != u->ok_gen || x->started > u->ok_launched)) {
+			u->ok_gen = x->token_gen;
+			u->ok_launched = x->started;
+		}
+		return;
+	}
+	if (x->replayed && x->token_gen != x->failed_gen) {
+		u->useless_at = now;
+		note_refuser(u, x, now);
+	}
 }
 
 static size_t on_header(char *line, size_t size, size_t nitems, void *arg)
@@ -342,10 +435,16 @@ static size_t on_header(char *line, size_t size, size_t nitems, void *arg)
 	curl_easy_getinfo(x->easy, CURLINFO_RESPONSE_CODE, &status);
 	if (status < 200)
 		return len;
-	if (status == 401 && !x->replayed && x->body_mode != UP_BODY_STREAM &&
-	    may_reauth(x->u, x, x->last_progress)) {
-		x->discard = 1;
-		return len;
+	note_token_verdict(x->u, x, status, x->last_progress);
+	if (status == 401 && !x->replayed && may_reauth(x->u, x, x->last_progress)) {
+		if (x->body_mode != UP_BODY_STREAM) {
+			x->discard = 1;
+			return len;
+		}
+		/* A streamed body cannot be sent twice: this client sees the
+		 * 401, but the dead token goes, so the next requests do not. */
+		auth_invalidate(x->u->auth, x->token_gen);
+		x->u->force_auth = 1;
 	}
 	{
 		const char *cl = hdr_get(x->building, "Content-Length");
@@ -564,6 +663,7 @@ static void token_start(struct upstream *u, double now)
 	h = curl_slist_append(h, "Content-Type: application/x-www-form-urlencoded");
 	h = curl_slist_append(h, "Accept: application/json");
 	h = curl_slist_append(h, "Expect:");
+	h = curl_slist_append(h, u->via_line);
 	curl_easy_setopt(u->tok_easy, CURLOPT_URL, url);
 	curl_easy_setopt(u->tok_easy, CURLOPT_POSTFIELDS, form);
 	curl_easy_setopt(u->tok_easy, CURLOPT_HTTPHEADER, h);
@@ -874,16 +974,26 @@ static void xfer_done(struct upstream *u, struct up_xfer *x, CURLcode rc, double
 		list_remove(&u->running, x);
 		x->phase = PH_NEW;
 		x->replayed = 1;
+		x->failed_gen = x->token_gen;
 		if (auth_token(u->auth, now, &gen) != NULL && gen == x->token_gen) {
 			auth_invalidate(u->auth, x->token_gen);
 			u->force_auth = 1;
-			u->reauth_at = now;
 		}
 		pthread_mutex_lock(&u->clock);
 		u->counters.replayed_401++;
 		pthread_mutex_unlock(&u->clock);
 		token_start(u, now);
 		xfer_dispatch(u, x, now);
+		return;
+	}
+	/* curl 7.88 refuses a header field over CURL_MAX_HTTP_HEADER (100 KB)
+	 * with "out of memory" and no message: before the headers are whole,
+	 * that is the API's answer at fault, not kaleidod's memory. */
+	if (rc == CURLE_OUT_OF_MEMORY && x->state == UP_PENDING) {
+		xfer_fail(u, x, UP_ERR_PROTOCOL,
+			  "the API's answer headers are larger than kaleidod takes (a field over "
+			  "100 KB)%s%s",
+			  x->errbuf[0] ? ": " : "", x->errbuf);
 		return;
 	}
 	if (rc != CURLE_OK) {
@@ -1117,6 +1227,17 @@ struct upstream *upstream_new(const struct config *cfg, const struct up_events *
 		u->events = *ev;
 	pthread_mutex_init(&u->qlock, NULL);
 	pthread_mutex_init(&u->clock, NULL);
+	atomic_init(&u->loop_at, 0);
+	{
+		unsigned char id[8] = { 0 };
+
+		/* A name, not a secret: a short read only makes it less unique. */
+		(void)!getrandom(id, sizeof(id), GRND_NONBLOCK);
+		snprintf(u->via_name, sizeof(u->via_name),
+			 "kaleidod-%02x%02x%02x%02x%02x%02x%02x%02x", id[0], id[1], id[2], id[3],
+			 id[4], id[5], id[6], id[7]);
+		snprintf(u->via_line, sizeof(u->via_line), "Via: 1.1 %s", u->via_name);
+	}
 	u->url = strdup(cfg->upstream_url);
 	u->client_id = strdup(cfg->client_id ? cfg->client_id : "");
 	u->multi = curl_multi_init();
@@ -1165,6 +1286,8 @@ void upstream_free(struct upstream **up)
 	forget_token(u);
 	free(u->url);
 	free(u->client_id);
+	for (int i = 0; i < REFUSERS; i++)
+		free(u->refusers[i].what);
 	free(u->q);
 	free(u->spare);
 	pthread_mutex_destroy(&u->qlock);
@@ -1194,6 +1317,23 @@ const char *upstream_url(const struct upstream *u)
 const char *upstream_client_id(const struct upstream *u)
 {
 	return u->client_id;
+}
+
+const char *upstream_via_name(const struct upstream *u)
+{
+	return u->via_name;
+}
+
+void upstream_note_loop(struct upstream *u)
+{
+	atomic_store(&u->loop_at, (long long)time(NULL));
+}
+
+int upstream_looped(struct upstream *u, double within)
+{
+	long long at = atomic_load(&u->loop_at);
+
+	return at > 0 && (double)(time(NULL) - at) < within;
 }
 
 void upstream_counters(struct upstream *u, struct upstream_counters *out)

@@ -112,6 +112,18 @@ int upstream_set_secret(struct upstream *u, const char *client_secret);
 void upstream_auth_status(struct upstream *u, struct auth_status *out);
 const char *upstream_url(const struct upstream *u);
 const char *upstream_client_id(const struct upstream *u);
+/*
+ * This instance's name in Via (RFC 9110 7.6.3), "kaleidod-" and 16 random
+ * hex digits: every request sent upstream, token requests included,
+ * carries "Via: 1.1 NAME", so a request that comes back to this instance
+ * (its API URL leads to itself, directly or through other proxies) can be
+ * told from any other.
+ */
+const char *upstream_via_name(const struct upstream *u);
+/* Records that a request came back (a loop), and whether one did within
+ * the last `within` seconds. */
+void upstream_note_loop(struct upstream *u);
+int upstream_looped(struct upstream *u, double within);
 
 /* Counters the worker keeps. */
 struct upstream_counters {

@@ -22,6 +22,8 @@
 #include "upstream.h"
 #include "warm.h"
 
+#define LOOP_MEMORY 60.0 /* s health reports a loop after the last one */
+
 char *admin_health(const struct front_deps *d, unsigned *status)
 {
 	struct auth_status st;
@@ -29,10 +31,19 @@ char *admin_health(const struct front_deps *d, unsigned *status)
 	int64_t entries = 0, bytes = 0;
 	double now = (double)time(NULL);
 	char *text;
+	int looped;
 
 	upstream_auth_status(d->up, &st);
+	/* A loop answers every request 508 while the token looks fine. */
+	looped = upstream_looped(d->up, LOOP_MEMORY);
 	cJSON_AddStringToObject(o, "status",
-				st.state == AUTH_OK && d->cache != NULL ? "ok" : "degraded");
+				looped                                  ? "loop" :
+				st.state == AUTH_OK && d->cache != NULL ? "ok" :
+									  "degraded");
+	if (looped)
+		cJSON_AddStringToObject(o, "detail",
+					"requests kaleidod sends come back to it: its API URL "
+					"leads to itself (KALEIDOSCOPE_API_URL or [upstream] url)");
 	up = cJSON_AddObjectToObject(o, "upstream");
 	cJSON_AddStringToObject(up, "url", upstream_url(d->up));
 	au = cJSON_AddObjectToObject(up, "auth");

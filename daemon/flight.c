@@ -36,6 +36,7 @@ struct flight {
 	int family;
 	unsigned gen;
 	struct hot_entry *stale;
+	struct hdr *req; /* the fields the fetch was sent with (Vary) */
 	struct up_xfer *x;
 	int done;
 	enum flight_outcome outcome;
@@ -74,8 +75,9 @@ struct flights {
 
 /* Fields a kept answer must not replay: framing and per-hop details, and
  * cookies, which belong to one client and a flight answers many. */
-static const char *const keep_skip[] = { "Content-Length", "Content-Encoding", "Date",    "Age",
-					 "Set-Cookie",     "Warning",          "X-Cache", NULL };
+/* (Date stays: the API's, not rewritten; libmicrohttpd adds none then.) */
+static const char *const keep_skip[] = { "Content-Length", "Content-Encoding", "Age", "Set-Cookie",
+					 "Warning",        "X-Cache",          NULL };
 /* What a shared fetch must not carry from the client that started it. */
 static const char *const send_skip[] = { "If-None-Match",
 					 "If-Modified-Since",
@@ -148,6 +150,7 @@ static void flight_free(struct flight *f)
 	upstream_xfer_release(&f->x);
 	hot_entry_unref(&f->stale);
 	hot_entry_unref(&f->entry);
+	hdr_free(&f->req);
 	free(f->key);
 	free(f->path);
 	free(f);
@@ -242,12 +245,11 @@ done:
 	return text;
 }
 
-static unsigned ttl_for(struct flights *fs, int family, const struct hdr *h)
+/* Seconds fresh from now, and the API's Age (see policy_answer_ttl()). */
+static unsigned ttl_for(struct flights *fs, int family, const struct hdr *h, int64_t now,
+			unsigned *age)
 {
-	struct policy_cc cc;
-
-	policy_parse_cache_control(hdr_get(h, "Cache-Control"), &cc);
-	return policy_ttl(fs->policy, family, &cc);
+	return policy_answer_ttl(fs->policy, family, h, now, age);
 }
 
 /* A 304 to our conditional fetch: the expired entry, fresh again. */
@@ -261,28 +263,38 @@ static struct hot_entry *revalidated(struct flight *f, struct up_xfer *x)
 
 	if (text != NULL) {
 		struct hdr *h = hdr_parse(text, len);
-		unsigned ttl = h != NULL ? ttl_for(fs, f->family, h) : 0;
+		unsigned age = 0, ttl = h != NULL ? ttl_for(fs, f->family, h, now, &age) : 0;
+
 		hdr_free(&h);
-		e = hot_entry_refreshed(f->stale, text, len, now, now + ttl);
+		/* Stored "age seconds ago": the Age clients see counts the API's. */
+		e = hot_entry_refreshed(f->stale, text, len, now - age, now + ttl);
 		free(text);
 	}
 	return e;
 }
 
-/* A whole answer: kept when it is a storable 200, handed over either way. */
+static const char *hdr_field(void *arg, const char *name)
+{
+	return hdr_get(arg, name);
+}
+
+/* A whole answer: kept when it is a storable 200, and not a variant for
+ * fields the fetch carried (req; NULL: unknown), handed over either way. */
 static struct hot_entry *answered(struct flights *fs, const char *key, int family, const char *path,
-				  struct up_xfer *x)
+				  struct up_xfer *x, const struct hdr *req)
 {
 	const struct hdr *h = upstream_xfer_headers(x);
 	long status = upstream_xfer_status(x);
+	int64_t now = now_wall();
+	unsigned age = 0;
 	/* Only a framed answer is known to be whole: one the API ended by
 	 * closing the connection is handed on, never kept. */
-	unsigned ttl = status == 200 && upstream_xfer_framed(x) ? ttl_for(fs, family, h) : 0;
+	unsigned ttl =
+		status == 200 && upstream_xfer_framed(x) ? ttl_for(fs, family, h, now, &age) : 0;
 	struct hot_entry_init in = { 0 };
 	struct hot_entry *e;
 	struct hdr *keep = hdr_new();
 	const void *body;
-	int64_t now = now_wall();
 
 	if (keep == NULL || hdr_copy_end_to_end(keep, h, keep_skip) < 0) {
 		hdr_free(&keep);
@@ -294,12 +306,18 @@ static struct hot_entry *answered(struct flights *fs, const char *key, int famil
 		return NULL;
 	}
 	memcpy(in.body, body, in.body_len);
+	const char *vary = hdr_get(h, "Vary");
+
+	if (vary != NULL && policy_vary_beyond_key(vary) &&
+	    (req == NULL || policy_vary_carried(vary, hdr_field, (void *)req)))
+		ttl = 0;
 	in.key = ttl > 0 ? key : NULL;
 	in.family = family;
 	in.path = path;
 	in.status = status;
 	in.headers = hdr_serialize(keep, &in.headers_len);
-	in.stored_at = now;
+	/* Stored "age seconds ago": the Age clients see counts the API's. */
+	in.stored_at = now - age;
 	in.expires_at = now + ttl;
 	hdr_free(&keep);
 	if (in.headers == NULL) {
@@ -314,7 +332,7 @@ static struct hot_entry *answered(struct flights *fs, const char *key, int famil
 struct hot_entry *flight_keep(struct flights *fs, const char *key, int family, const char *path,
 			      unsigned gen, struct up_xfer *x)
 {
-	struct hot_entry *e = answered(fs, key, family, path, x);
+	struct hot_entry *e = answered(fs, key, family, path, x, NULL);
 
 	if (e != NULL && hot_entry_key(e) != NULL)
 		keeper_store(fs->keeper, e, gen, NULL, NULL);
@@ -392,7 +410,7 @@ static void on_complete(void *arg, struct up_xfer *x)
 			f->entry = revalidated(f, x);
 			f->revalidated = f->entry != NULL;
 		} else {
-			f->entry = answered(fs, f->key, f->family, f->path, x);
+			f->entry = answered(fs, f->key, f->family, f->path, x, f->req);
 		}
 		f->outcome = FLIGHT_ENTRY;
 		if (f->entry == NULL) {
@@ -478,7 +496,11 @@ static struct flight *create(struct flights *fs, const struct flight_req *rq)
 	f->gen = hot_gen(fs->hot, rq->family);
 	f->key = strdup(rq->key);
 	f->path = strndup(rq->target, plen);
-	if (f->key == NULL || f->path == NULL) {
+	if ((f->req = hdr_new()) != NULL && rq->headers != NULL &&
+	    hdr_copy_end_to_end(f->req, rq->headers, NULL) < 0)
+		hdr_free(&f->req);
+	if (f->key == NULL || f->path == NULL || f->req == NULL) {
+		hdr_free(&f->req);
 		free(f->key);
 		free(f->path);
 		free(f);
@@ -518,8 +540,8 @@ static void launch(struct flights *fs, struct flight *f, const struct flight_req
 		xfer_ref_free(f);
 	hdr_free(&h);
 	if (x == NULL) {
-		/* Never started, so never ends by itself: end it here. */ f->outcome =
-			FLIGHT_ERROR;
+		/* Never started, so never ends by itself: end it here. */
+		f->outcome = FLIGHT_ERROR;
 		f->err = UP_ERR_INTERNAL;
 		snprintf(f->detail, sizeof(f->detail), "%s",
 			 nomem ? "out of memory" :

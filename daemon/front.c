@@ -38,6 +38,7 @@
 #include "log.h"
 #include "membuf.h"
 #include "policy.h"
+#include "reqcheck.h"
 #include "serve.h"
 #include "stats.h"
 #include "upstream.h"
@@ -102,6 +103,9 @@ struct req {
 	int write_ended;
 
 	struct up_xfer *x;
+	int invalidated;    /* a write's invalidations are done (durable, or given up on) */
+	const char *reject; /* why classify() refused the request */
+	char reject_buf[160];
 
 	/* For the debug access line. */
 	char method[16];
@@ -314,11 +318,40 @@ static enum MHD_Result respond_entry(struct req *r, struct hot_entry *e, enum xc
 	return queue_and_drop(r, (unsigned)hot_entry_status(e), resp);
 }
 
+/* How long past expiry e may be served: while a refresh runs (*swr), and
+ * when the API fails (*sie); kaleidod's settings, capped by the answer's
+ * own Cache-Control. */
+static void stale_limits(const struct req *r, struct hot_entry *e, unsigned *swr, unsigned *sie)
+{
+	const struct config *cfg = r->f->d.cfg;
+
+	policy_stale_limits(hot_entry_headers(e), cfg->stale_while_revalidate, cfg->stale_if_error,
+			    swr, sie);
+}
+
+static const char *request_field(void *arg, const char *name)
+{
+	return MHD_lookup_connection_value(arg, MHD_HEADER_KIND, name);
+}
+
+/* Whether e is a variant for requests without fields this one carries
+ * (its Vary names them): then it is not this request's answer. */
+static int other_variant(const struct req *r, struct hot_entry *e)
+{
+	const char *vary = hot_entry_vary(e);
+
+	return vary != NULL && policy_vary_carried(vary, request_field, r->conn);
+}
+
 /* The expired entry may stand in for an answer the API failed to give. */
 static int stale_usable(const struct req *r)
 {
-	return r->stale != NULL && hot_entry_status(r->stale) == 200 &&
-	       now_wall() < hot_entry_expires_at(r->stale) + (int64_t)r->f->d.cfg->stale_if_error;
+	unsigned swr, sie;
+
+	if (r->stale == NULL || hot_entry_status(r->stale) != 200)
+		return 0;
+	stale_limits(r, r->stale, &swr, &sie);
+	return now_wall() < hot_entry_expires_at(r->stale) + (int64_t)sie;
 }
 
 /* ---- park/unpark: the upstream module suspends and resumes us ---- */
@@ -385,7 +418,8 @@ static int fwd_skip(const struct fwd_ctx *c, const char *name)
 {
 	static const char *const own[] = {
 		"Host",   "Authorization",   "X-Kal-Authorization", "Content-Length",
-		"Expect", "X-Forwarded-For", "X-Forwarded-Proto",   NULL
+		"Expect", "X-Forwarded-For", "X-Forwarded-Proto",   "Via",
+		NULL
 	};
 
 	for (int i = 0; own[i] != NULL; i++)
@@ -432,7 +466,7 @@ static int client_ip(struct MHD_Connection *conn, char *out, size_t len)
 static struct hdr *forward_headers(struct req *r, int identity)
 {
 	struct fwd_ctx c = { 0 };
-	char ip[INET6_ADDRSTRLEN] = "unknown", xff[1024];
+	char ip[INET6_ADDRSTRLEN] = "unknown", xff[1024], via[1024];
 	const char *prev;
 
 	if ((c.h = hdr_new()) == NULL)
@@ -446,8 +480,13 @@ static struct hdr *forward_headers(struct req *r, int identity)
 		snprintf(xff, sizeof(xff), "%s, %s", prev, ip);
 	else
 		snprintf(xff, sizeof(xff), "%s", ip);
+	/* Via, ours appended (RFC 9110 7.6.3): how a loop is noticed. */
+	prev = MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, "Via");
+	snprintf(via, sizeof(via), "%s%s1.1 %s", prev != NULL ? prev : "", prev != NULL ? ", " : "",
+		 upstream_via_name(r->f->d.up));
 	if (hdr_add(c.h, "X-Forwarded-For", 15, xff, strlen(xff)) < 0 ||
-	    hdr_add(c.h, "X-Forwarded-Proto", 17, "http", 4) < 0)
+	    hdr_add(c.h, "X-Forwarded-Proto", 17, "http", 4) < 0 ||
+	    hdr_add(c.h, "Via", 3, via, strlen(via)) < 0)
 		hdr_free(&c.h);
 	return c.h;
 }
@@ -517,23 +556,34 @@ static ssize_t body_reader(void *cls, uint64_t pos, char *buf, size_t max)
 	return MHD_CONTENT_READER_END_WITH_ERROR;
 }
 
-static void invalidate_after_write(struct req *r, const char *method)
+/* Only these change what the API holds; OPTIONS and the like do not. */
+static int is_write(const char *method)
+{
+	return strcmp(method, "POST") == 0 || strcmp(method, "PUT") == 0 ||
+	       strcmp(method, "PATCH") == 0 || strcmp(method, "DELETE") == 0;
+}
+
+/* Forgets the lists a successful write changed.  Returns the number to
+ * wait on (keeper_await_durable()), 0 when nothing was invalidated. */
+static unsigned long long invalidate_after_write(struct req *r, const char *method)
 {
 	struct front *f = r->f;
 	uint32_t mask = policy_invalidates(f->d.policy, method, r->target, path_len(r->target));
+	unsigned long long seq = 0;
 
 	for (int i = 0; mask != 0 && i < policy_family_count(f->d.policy); i++) {
 		if (!(mask & (1u << i)))
 			continue;
-		keeper_invalidate(f->d.keeper, i);
+		seq = keeper_invalidate(f->d.keeper, i);
 		stats_inc(f->d.stats, i, STATS_INVALIDATIONS);
 		log_debug("%s %.*s invalidated %s", method, path_len(r->target), r->target,
 			  policy_family_name(f->d.policy, i));
 	}
+	return seq;
 }
 
 /* Headers that the proxy sets itself on a relayed answer. */
-static const char *const relay_skip[] = { "Content-Length", "Date", NULL };
+static const char *const relay_skip[] = { "Content-Length", NULL };
 
 static enum MHD_Result relay_answer(struct req *r, const char *method)
 {
@@ -543,9 +593,14 @@ static enum MHD_Result relay_answer(struct req *r, const char *method)
 	struct MHD_Response *resp;
 	struct hdr *out;
 
-	if (status >= 200 && status < 300 && strcmp(method, "GET") != 0 &&
-	    strcmp(method, "HEAD") != 0)
-		invalidate_after_write(r, method);
+	/* The client learns of a write only once the lists it changed are
+	 * gone from the file too: a crash right after cannot bring them back. */
+	if (status >= 200 && status < 300 && is_write(method) && !r->invalidated) {
+		r->invalidated = 1;
+		if (keeper_await_durable(r->f->d.keeper, invalidate_after_write(r, method), park,
+					 unpark, r))
+			return MHD_YES; /* parked; called again once durable */
+	}
 	if ((out = hdr_new()) == NULL || hdr_copy_end_to_end(out, h, relay_skip) < 0) {
 		hdr_free(&out);
 		return MHD_NO;
@@ -594,6 +649,10 @@ static enum MHD_Result answer_failure(struct req *r, enum up_error e, const char
 				     "kaleidod is stopping; retry in a moment.");
 	case UP_ERR_INTERNAL:
 		return respond_error(r, MHD_HTTP_INTERNAL_SERVER_ERROR, "internal error", "%s",
+				     detail);
+	case UP_ERR_PROTOCOL:
+		return respond_error(r, MHD_HTTP_BAD_GATEWAY, "bad answer from upstream",
+				     "%s answered something kaleidod cannot relay: %s", url,
 				     detail);
 	default:
 		return respond_error(r, MHD_HTTP_BAD_GATEWAY, "upstream unreachable",
@@ -664,6 +723,8 @@ static enum MHD_Result flight_ended(struct req *r, const char *method)
 	switch (flight_outcome(r->flight)) {
 	case FLIGHT_ENTRY:
 		e = flight_entry(r->flight, &reval);
+		if (other_variant(r, e))
+			break; /* the fetch's variant is not ours: fetch our own */
 		if (hot_entry_status(e) >= 500 && stale_usable(r)) {
 			log_info("%s: the API answered %ld; serving stale copy", r->target,
 				 hot_entry_status(e));
@@ -679,7 +740,8 @@ static enum MHD_Result flight_ended(struct req *r, const char *method)
 	case FLIGHT_DIRECT:
 		break;
 	}
-	/* Too large to keep: everyone who waited fetches it for themselves. */
+	/* Too large to keep (everyone who waited fetches it for themselves),
+	 * or a variant for fields this request does not share. */
 	flight_unref(&r->flight);
 	r->direct = 1;
 	r->may_store = 0;
@@ -695,6 +757,7 @@ static enum MHD_Result forward_cached(struct req *r, const char *method)
 	struct hot_entry *e;
 	struct hdr *h;
 	int64_t now = now_wall();
+	unsigned swr = 0, sie = 0;
 	int started = 0;
 
 	if (r->flight != NULL)
@@ -702,11 +765,19 @@ static enum MHD_Result forward_cached(struct req *r, const char *method)
 	/* The hit path: this thread's own copy, no lock and no shared write
 	 * (the copy is borrowed, and respond_entry() needs no more). */
 	if (hc != NULL && (e = hitcache_get(hc, r->key, r->hash)) != NULL &&
-	    hot_entry_status(e) == 200 && now < hot_entry_expires_at(e))
+	    hot_entry_status(e) == 200 && now < hot_entry_expires_at(e) && !other_variant(r, e))
 		return respond_entry(r, e, XC_HIT);
 	e = keeper_lookup(f->d.keeper, r->key, r->family);
 	if (e != NULL && hot_entry_status(e) != 200)
 		hot_entry_unref(&e);
+	if (e != NULL && other_variant(r, e)) {
+		/* Stored for requests without a field this one has: fetched for
+		 * this client alone, and not kept. */
+		hot_entry_unref(&e);
+		r->direct = 1;
+		r->may_store = 0;
+		return forward_direct(r, method);
+	}
 	if (e != NULL && hc != NULL)
 		hitcache_keep(hc, e, r->hash);
 	rq.key = r->key;
@@ -729,11 +800,11 @@ static enum MHD_Result forward_cached(struct req *r, const char *method)
 				     "the request said only-if-cached and kaleidod has no "
 				     "stored answer for it; ask again without it");
 	}
-	if (e != NULL &&
-	    now < hot_entry_expires_at(e) +
-			    (int64_t)f->d.cfg
-				    ->stale_while_revalidate) { /* Serve what we have now; one fetch behind it brings it up to date
-		 * (unless one just failed: then the stale copy is all there is). */
+	if (e != NULL)
+		stale_limits(r, e, &swr, &sie);
+	/* Serve what we have now; one fetch behind it brings it up to date
+	 * (unless one just failed: then the stale copy is all there is). */
+	if (e != NULL && now < hot_entry_expires_at(e) + (int64_t)swr) {
 		if (!flight_noted(f->d.flights, r->key, FLIGHT_COOLDOWN) &&
 		    (h = forward_headers(r, 1)) != NULL) {
 			rq.headers = h;
@@ -742,7 +813,8 @@ static enum MHD_Result forward_cached(struct req *r, const char *method)
 			hdr_free(&h);
 		}
 		return respond_entry(r, e, XC_STALE);
-	} /* A HEAD is never worth a fetch for the cache, nor is an answer that
+	}
+	/* A HEAD is never worth a fetch for the cache, nor is an answer that
 	 * was lately too large to keep. */
 	if (r->head || flight_noted(f->d.flights, r->key, FLIGHT_TOO_LARGE)) {
 		r->direct = 1;
@@ -816,6 +888,18 @@ static enum MHD_Result local_token(struct req *r, const char *method)
 
 /* ---- admin ---- */
 
+/* Whether a Content-Type is application/json (parameters aside). */
+static int is_json(const char *ct)
+{
+	size_t n;
+
+	if (ct == NULL)
+		return 0;
+	ct += strspn(ct, " \t");
+	n = strcspn(ct, "; \t");
+	return n == 16 && strncasecmp(ct, "application/json", 16) == 0;
+}
+
 static enum MHD_Result admin(struct req *r, const char *method)
 {
 	unsigned status = 200;
@@ -832,6 +916,12 @@ static enum MHD_Result admin(struct req *r, const char *method)
 		if (r->too_large)
 			return respond_error(r, MHD_HTTP_CONTENT_TOO_LARGE, "request too large",
 					     "a purge request body is at most 64 KiB");
+		/* A form or text/plain body is what a page can post cross-site
+		 * without asking first: the admin takes JSON only. */
+		if (!is_json(MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, "Content-Type")))
+			return respond_error(r, MHD_HTTP_UNSUPPORTED_MEDIA_TYPE,
+					     "unsupported media type",
+					     "purge takes Content-Type: application/json");
 		body = admin_purge(&r->f->d, r->body.data ? r->body.data : "", r->body.len, &status,
 				   &why);
 		if (body == NULL && why != NULL)
@@ -864,18 +954,203 @@ enum {
 	CLASSIFY_REJECT_FRAMING = 1,
 	CLASSIFY_REJECT_HOST,
 	CLASSIFY_REJECT_TARGET,
+	CLASSIFY_REJECT_HOST_NAME,
+	CLASSIFY_REJECT_CROSS_SITE,
+	CLASSIFY_REJECT_LOOP,           /* 508: the request came back to us */
+	CLASSIFY_REJECT_MALFORMED,      /* 400, reason in r->reject */
+	CLASSIFY_REJECT_UNSUPPORTED_TE, /* 501 */
 };
+
+/* What the strict reading of the header fields found. */
+#define MAX_CL 8
+struct fields {
+	const char *why; /* the first bad field's reason */
+	char name[64];   /* its name, as far as printable */
+	const char *cl[MAX_CL];
+	size_t ncl;
+	char te[256]; /* Transfer-Encoding field lines joined */
+	int te_overflow;
+};
+
+/*
+ * Whether a field was continued on the next line (obs-fold, RFC 9112 5.2).
+ * libmicrohttpd 0.9.75 glues the continuation to the field's *name*
+ * ("X-Fold: a" + " b" becomes "X-Foldb: a"), in a copy of the name made in
+ * its connection pool; unfolded, the name and the value still sit where
+ * the request line put them, "Name" NUL (was ':') optional whitespace
+ * "value", in the same read buffer.  So a value that does not follow its
+ * name that way was folded.  Both pointers are into the one pool, so the
+ * bytes between them can be read.
+ */
+static int folded(const char *key, size_t key_size, const char *value)
+{
+	const char *p = key + key_size;
+
+	if (value == NULL || value <= p || value - p > 4096 || *p != '\0')
+		return 1;
+	for (p++; p < value; p++)
+		if (*p != ' ' && *p != '\t')
+			return 1;
+	return 0;
+}
+
+static enum MHD_Result check_field(void *cls, enum MHD_ValueKind kind, const char *key,
+				   size_t key_size, const char *value, size_t value_size)
+{
+	struct fields *fl = cls;
+	const char *why = reqcheck_field(key, key_size, value, value_size);
+
+	if (why == NULL && folded(key, key_size, value))
+		why = "a header field is continued on the next line (obs-fold); send it on one "
+		      "line";
+
+	(void)kind;
+	if (why != NULL) {
+		size_t n = 0;
+
+		for (size_t i = 0; i < key_size && n + 1 < sizeof(fl->name); i++)
+			fl->name[n++] = key[i] > 0x20 && key[i] < 0x7f ? key[i] : '?';
+		fl->name[n] = '\0';
+		fl->why = why;
+		return MHD_NO;
+	}
+	if (strcasecmp(key, "Content-Length") == 0) {
+		if (fl->ncl == MAX_CL) {
+			fl->why = "too many Content-Length fields";
+			return MHD_NO;
+		}
+		fl->cl[fl->ncl++] = value != NULL ? value : "";
+	} else if (strcasecmp(key, "Transfer-Encoding") == 0) {
+		size_t at = strlen(fl->te);
+
+		if (at + value_size + 3 > sizeof(fl->te))
+			fl->te_overflow = 1;
+		else
+			snprintf(fl->te + at, sizeof(fl->te) - at, "%s%s", at > 0 ? ", " : "",
+				 value != NULL ? value : "");
+	}
+	return MHD_YES;
+}
+
+/* The strict reading of the request line and fields (libmicrohttpd
+ * 0.9.75 is lenient): CLASSIFY_OK or a refusal, its reason in r->reject. */
+static int check_request(struct req *r)
+{
+	struct fields fl = { 0 };
+
+	if ((r->reject = reqcheck_target(r->target)) != NULL)
+		return CLASSIFY_REJECT_MALFORMED;
+	MHD_get_connection_values_n(r->conn, MHD_HEADER_KIND, check_field, &fl);
+	if (fl.why == NULL && fl.ncl > 0)
+		fl.why = reqcheck_content_length(fl.cl, fl.ncl);
+	if (fl.why != NULL) {
+		/* The field's name, in printable bytes, goes into the answer. */
+		snprintf(r->reject_buf, sizeof(r->reject_buf), "%s%s%s", fl.why,
+			 fl.name[0] ? ": " : "", fl.name);
+		r->reject = r->reject_buf;
+		return CLASSIFY_REJECT_MALFORMED;
+	}
+	if (fl.te[0] != '\0' || fl.te_overflow) {
+		switch (fl.te_overflow ? REQCHECK_TE_BAD : reqcheck_transfer_encoding(fl.te)) {
+		case REQCHECK_TE_CHUNKED:
+			break;
+		case REQCHECK_TE_BAD:
+			r->reject = "Transfer-Encoding must end in chunked (RFC 9112 6.3)";
+			return CLASSIFY_REJECT_MALFORMED;
+		case REQCHECK_TE_UNSUPPORTED:
+			r->reject = "kaleidod takes no transfer coding but chunked";
+			return CLASSIFY_REJECT_UNSUPPORTED_TE;
+		}
+	}
+	return CLASSIFY_OK;
+}
+
+/* Whether the space-separated list names word (len bytes), ignoring case. */
+static int word_in(const char *list, const char *word, size_t len)
+{
+	while (list != NULL && *list != '\0') {
+		size_t n = strcspn(list, " ");
+
+		if (n == len && n > 0 && strncasecmp(list, word, n) == 0)
+			return 1;
+		list += n;
+		list += strspn(list, " ");
+	}
+	return 0;
+}
+
+/*
+ * Whether a Host names this daemon: a loopback address, localhost, or one of
+ * [server] server_names.  Any other name is how a DNS-rebinding page reaches
+ * a daemon on the loopback (its name now resolves to 127.0.0.1, and the
+ * browser lets it read the answers as its own).
+ */
+static int host_allowed(const struct front *f, const char *host)
+{
+	char name[256];
+	size_t n;
+	struct in_addr a4;
+	struct in6_addr a6;
+
+	if (host[0] == '[') {
+		n = strcspn(host + 1, "]");
+		if (host[1 + n] != ']' || n >= sizeof(name))
+			return 0;
+		memcpy(name, host + 1, n);
+		name[n] = '\0';
+		return inet_pton(AF_INET6, name, &a6) == 1 &&
+		       (IN6_IS_ADDR_LOOPBACK(&a6) ||
+			(IN6_IS_ADDR_V4MAPPED(&a6) && a6.s6_addr[12] == 127));
+	}
+	if ((n = strcspn(host, ":")) >= sizeof(name))
+		return 0;
+	memcpy(name, host, n);
+	name[n] = '\0';
+	if (n > 0 && name[n - 1] == '.')
+		name[--n] = '\0'; /* the absolute form of the same name */
+	if (strcasecmp(name, "localhost") == 0)
+		return 1;
+	if (inet_pton(AF_INET, name, &a4) == 1 && (ntohl(a4.s_addr) >> 24) == 127)
+		return 1;
+	return word_in(f->d.cfg->server_names, name, n);
+}
+
+/*
+ * Whether a browser page of another site sent this: an Origin that
+ * [server] allowed_origins does not list, or Sec-Fetch-Site saying so.
+ * Such a page could otherwise post through the workspace token, or purge
+ * the cache, from the user's own browser (scripts and SDKs send neither).
+ */
+static int cross_site(const struct front *f, struct MHD_Connection *conn)
+{
+	const char *origin = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "Origin");
+	const char *site = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "Sec-Fetch-Site");
+
+	if (origin != NULL)
+		return !word_in(f->d.cfg->allowed_origins, origin, strlen(origin));
+	return site != NULL &&
+	       (strcasecmp(site, "cross-site") == 0 || strcasecmp(site, "same-site") == 0);
+}
 
 static int classify(struct req *r, const char *method, const char *version)
 {
 	struct front *f = r->f;
 	const char *cl = MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, "Content-Length");
 	const char *te = MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, "Transfer-Encoding");
-	int plen = path_len(r->target);
+	const char *host = MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, "Host");
+	const char *via;
+	int plen = path_len(r->target), rc;
 
 	r->family = -1;
 	r->body_len = te != NULL ? -1 : (cl != NULL ? strtoll(cl, NULL, 10) : NO_BODY);
-	stats_inc(f->d.stats, -1, STATS_REQUESTS);
+	if ((rc = check_request(r)) != CLASSIFY_OK)
+		return rc;
+	/* Our own name in Via: we sent this, and it came back. */
+	if ((via = MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, "Via")) != NULL &&
+	    strstr(via, upstream_via_name(f->d.up)) != NULL) {
+		upstream_note_loop(f->d.up);
+		return CLASSIFY_REJECT_LOOP;
+	}
 	/* Both framings at once is how requests are smuggled past proxies
 	 * (RFC 9112 6.1), and HTTP/1.1 requires Host (3.2): refuse both.
 	 * Answering on this first call also makes libmicrohttpd close the
@@ -889,9 +1164,12 @@ static int classify(struct req *r, const char *method, const char *version)
 	/* A bodiless method that declares an empty body has none. */
 	if (r->body_len == 0 && (strcmp(method, "GET") == 0 || strcmp(method, "HEAD") == 0))
 		r->body_len = NO_BODY;
-	if (strcmp(version, MHD_HTTP_VERSION_1_1) == 0 &&
-	    MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, "Host") == NULL)
+	if (strcmp(version, MHD_HTTP_VERSION_1_1) == 0 && host == NULL)
 		return CLASSIFY_REJECT_HOST;
+	if (host != NULL && !host_allowed(f, host))
+		return CLASSIFY_REJECT_HOST_NAME;
+	if (cross_site(f, r->conn))
+		return CLASSIFY_REJECT_CROSS_SITE;
 	if (strncmp(r->target, ADMIN_PREFIX, strlen(ADMIN_PREFIX)) == 0) {
 		r->route = R_ADMIN;
 		return 0;
@@ -914,7 +1192,6 @@ static int classify(struct req *r, const char *method, const char *version)
 			struct policy_cc pc;
 
 			r->family = fam;
-			stats_inc(f->d.stats, fam, STATS_REQUESTS);
 			policy_parse_cache_control(cc, &pc);
 			r->may_store = !pc.no_store && !r->head;
 			r->only_if_cached = pc.only_if_cached;
@@ -977,7 +1254,11 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
 		r->method[mlen] = '\0';
 		if (ci != NULL && ci->socket_context == &over_limit)
 			return respond_too_many(r);
-		switch (classify(r, method, version)) {
+		int verdict = classify(r, method, version);
+
+		/* Once, in its family (which counts in the total too) or the total. */
+		stats_inc(r->f->d.stats, r->family, STATS_REQUESTS);
+		switch (verdict) {
 		case CLASSIFY_OK:
 			return MHD_YES;
 		case CLASSIFY_REJECT_FRAMING:
@@ -992,6 +1273,29 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
 				r, MHD_HTTP_BAD_REQUEST, "bad request",
 				"the request target must be a path starting with '/' "
 				"(kaleidod is the API's base URL, not a forward proxy)");
+		case CLASSIFY_REJECT_LOOP:
+			return respond_error(
+				r, MHD_HTTP_LOOP_DETECTED, "loop detected",
+				"this request was sent by this kaleidod and came back to it: its API URL "
+				"(KALEIDOSCOPE_API_URL or [upstream] url) leads to itself, directly or "
+				"through another proxy; point it at the Kaleidoscope API");
+		case CLASSIFY_REJECT_MALFORMED:
+			return respond_error(r, MHD_HTTP_BAD_REQUEST, "bad request", "%s",
+					     r->reject);
+		case CLASSIFY_REJECT_UNSUPPORTED_TE:
+			return respond_error(r, MHD_HTTP_NOT_IMPLEMENTED, "not implemented", "%s",
+					     r->reject);
+		case CLASSIFY_REJECT_HOST_NAME:
+			return respond_error(r, MHD_HTTP_MISDIRECTED_REQUEST, "unknown host",
+					     "kaleidod answers requests for a loopback address, "
+					     "localhost or a name in [server] server_names; "
+					     "this Host is none of them");
+		case CLASSIFY_REJECT_CROSS_SITE:
+			return respond_error(r, MHD_HTTP_FORBIDDEN, "cross-site request refused",
+					     "a web page of another site sent this request "
+					     "(Origin or Sec-Fetch-Site); kaleidod serves scripts "
+					     "and SDKs, and browser pages only from [server] "
+					     "allowed_origins");
 		default:
 			return MHD_NO;
 		}

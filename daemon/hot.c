@@ -19,6 +19,7 @@
 #include <strings.h>
 
 #include "hdr.h"
+#include "policy.h"
 
 #define MIN_BUCKETS 64
 
@@ -36,6 +37,7 @@ struct hot_entry {
 	char *headers_text;
 	size_t headers_len;
 	struct hdr *headers;
+	const char *vary; /* its Vary, when it names more than Accept-Encoding */
 	struct blob *body, *gz;
 	int64_t stored_at, expires_at;
 	size_t size;
@@ -120,6 +122,9 @@ static struct hot_entry *entry_alloc(const char *key, const char *path, const ch
 	e->headers_len = headers_len;
 	if ((e->headers = hdr_parse(headers, headers_len)) == NULL)
 		goto fail;
+	e->vary = hdr_get(e->headers, "Vary");
+	if (e->vary != NULL && !policy_vary_beyond_key(e->vary))
+		e->vary = NULL;
 	return e;
 fail:
 	free(e->key);
@@ -303,6 +308,11 @@ const void *hot_entry_gzip(const struct hot_entry *e, size_t *len)
 size_t hot_entry_size(const struct hot_entry *e)
 {
 	return e->size;
+}
+
+const char *hot_entry_vary(const struct hot_entry *e)
+{
+	return e->vary;
 }
 
 int hot_entry_current(struct hot_entry *e)

@@ -61,6 +61,8 @@ const char *hot_entry_headers_text(const struct hot_entry *e, size_t *len);
 const void *hot_entry_body(const struct hot_entry *e, size_t *len);
 const void *hot_entry_gzip(const struct hot_entry *e, size_t *len); /* NULL when none */
 size_t hot_entry_size(const struct hot_entry *e);
+/* e's Vary when it names a field besides Accept-Encoding, else NULL. */
+const char *hot_entry_vary(const struct hot_entry *e);
 /* Whether e is (still) the table's entry for its key: 1 or 0.  A lock-free
  * read; an entry once out never comes back. */
 int hot_entry_current(struct hot_entry *e);

@@ -22,6 +22,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/queue.h>
 #include <time.h>
 
 #include "config.h"
@@ -78,9 +79,27 @@ struct keeper {
 
 	atomic_uint inval_dirty; /* families written to, delete not yet run */
 	atomic_int inval_queued; /* a JOB_INVALIDATE marker is in the queue */
+	atomic_ullong inval_seq; /* invalidations so far */
+
+	/* Writes' answers waiting for their deletes to reach the file. */
+	pthread_mutex_t wlock;
+	unsigned long long durable_seq; /* invalidations whose deletes are committed */
+	int waits_released;
+	TAILQ_HEAD(, durable_wait) waits;
 
 	atomic_ullong evicted, pruned, purged, write_errors;
 };
+
+struct durable_wait {
+	unsigned long long seq;
+	struct timespec since; /* CLOCK_MONOTONIC */
+	void (*unpark)(void *);
+	void *arg;
+	TAILQ_ENTRY(durable_wait) link;
+	struct durable_wait *next_done; /* off the list, to be unparked */
+};
+
+static void durable(struct keeper *k, unsigned long long upto);
 
 static int64_t now_wall(void)
 {
@@ -509,6 +528,9 @@ static int write_refresh(struct keeper *k, struct hot_entry *e, int64_t was_at, 
  * time voids the rows), and once more on the way out. */
 static int write_invalidations(struct keeper *k)
 {
+	/* Read before the dirty bits: an invalidation counts itself after
+	 * setting its bit, so every one up to `upto` is in todo (or pending). */
+	unsigned long long upto = atomic_load(&k->inval_seq);
 	uint32_t todo = atomic_exchange(&k->inval_dirty, 0) | k->inval_pending;
 	int rc = 0;
 
@@ -526,17 +548,21 @@ static int write_invalidations(struct keeper *k)
 		}
 		pthread_mutex_unlock(&k->store_lock);
 	}
+	if (k->inval_pending == 0)
+		durable(k, upto);
 	return rc;
 }
 
-void keeper_invalidate(struct keeper *k, int family)
+unsigned long long keeper_invalidate(struct keeper *k, int family)
 {
+	unsigned long long seq;
 	struct job *j;
 
 	hot_invalidate(k->hot, family, now_wall());
 	if (k->cache == NULL)
-		return;
+		return 0;
 	atomic_fetch_or(&k->inval_dirty, 1u << family);
+	seq = atomic_fetch_add(&k->inval_seq, 1) + 1;
 	/* One marker in the queue stands for every write until it runs: a
 	 * stream of writes against a locked file must not pile up jobs.  It
 	 * keeps its place in the order: stores queued before it are deleted
@@ -547,6 +573,109 @@ void keeper_invalidate(struct keeper *k, int family)
 		else
 			jobq_push(&k->file, j);
 	}
+	return seq;
+}
+
+/* ---- writes' answers waiting for their deletes ---- */
+
+/* Takes the waits that may end (all when every is set) off the list,
+ * under wlock, into out. */
+static void take_waits(struct keeper *k, int every, unsigned long long upto,
+		       const struct timespec *older_than, struct durable_wait **out, size_t *n)
+{
+	struct durable_wait *w, *next;
+
+	*n = 0;
+	for (w = TAILQ_FIRST(&k->waits); w != NULL; w = next) {
+		next = TAILQ_NEXT(w, link);
+		if (every || w->seq <= upto ||
+		    (older_than != NULL && (w->since.tv_sec < older_than->tv_sec ||
+					    (w->since.tv_sec == older_than->tv_sec &&
+					     w->since.tv_nsec < older_than->tv_nsec)))) {
+			TAILQ_REMOVE(&k->waits, w, link);
+			w->next_done = *out;
+			*out = w;
+			(*n)++;
+		}
+	}
+}
+
+/* Unparks what take_waits() took, outside the lock. */
+static void end_waits(struct durable_wait *list)
+{
+	while (list != NULL) {
+		struct durable_wait *w = list;
+
+		list = w->next_done;
+		w->unpark(w->arg);
+		free(w);
+	}
+}
+
+/* The deletes of every invalidation up to `upto` are committed. */
+static void durable(struct keeper *k, unsigned long long upto)
+{
+	struct durable_wait *done = NULL;
+	size_t n;
+
+	pthread_mutex_lock(&k->wlock);
+	if (upto > k->durable_seq)
+		k->durable_seq = upto;
+	take_waits(k, 0, k->durable_seq, NULL, &done, &n);
+	pthread_mutex_unlock(&k->wlock);
+	end_waits(done);
+}
+
+int keeper_await_durable(struct keeper *k, unsigned long long seq, void (*park)(void *),
+			 void (*unpark)(void *), void *arg)
+{
+	struct durable_wait *w;
+	int parked = 0;
+
+	if (seq == 0 || k->cache == NULL)
+		return 0;
+	pthread_mutex_lock(&k->wlock);
+	if (seq > k->durable_seq && !k->waits_released && (w = calloc(1, sizeof(*w))) != NULL) {
+		w->seq = seq;
+		clock_gettime(CLOCK_MONOTONIC, &w->since);
+		w->unpark = unpark;
+		w->arg = arg;
+		/* Parked before anyone can see it, so the unpark comes after. */
+		park(arg);
+		TAILQ_INSERT_TAIL(&k->waits, w, link);
+		parked = 1;
+	}
+	pthread_mutex_unlock(&k->wlock);
+	return parked;
+}
+
+void keeper_expire_waits(struct keeper *k)
+{
+	struct durable_wait *late = NULL;
+	struct timespec cut;
+	size_t n;
+
+	clock_gettime(CLOCK_MONOTONIC, &cut);
+	cut.tv_sec -= KEEPER_DURABLE_WAIT;
+	pthread_mutex_lock(&k->wlock);
+	take_waits(k, 0, k->durable_seq, &cut, &late, &n);
+	pthread_mutex_unlock(&k->wlock);
+	/* The file thread warns why ("cannot invalidate ..."). */
+	if (n > 0)
+		log_debug("cache: %zu writes answered before the file took their invalidations", n);
+	end_waits(late);
+}
+
+void keeper_release_waits(struct keeper *k)
+{
+	struct durable_wait *all = NULL;
+	size_t n;
+
+	pthread_mutex_lock(&k->wlock);
+	k->waits_released = 1;
+	take_waits(k, 1, 0, NULL, &all, &n);
+	pthread_mutex_unlock(&k->wlock);
+	end_waits(all);
 }
 
 /* Waits (at most seconds) for the file queue to be written out. */
@@ -736,6 +865,8 @@ struct keeper *keeper_new(const struct config *cfg, struct cache *cache, struct 
 	k->hot = hot;
 	k->policy = policy;
 	pthread_mutex_init(&k->store_lock, NULL);
+	pthread_mutex_init(&k->wlock, NULL);
+	TAILQ_INIT(&k->waits);
 	jobq_init(&k->prep);
 	jobq_init(&k->file);
 	/* The first pass runs at once: a file may come in over its limit or
@@ -771,6 +902,8 @@ void keeper_free(struct keeper **kp)
 	jobq_stop(&k->file);
 	jobq_destroy(&k->prep);
 	jobq_destroy(&k->file);
+	keeper_release_waits(k);
+	pthread_mutex_destroy(&k->wlock);
 	pthread_mutex_destroy(&k->store_lock);
 	free(k);
 	*kp = NULL;

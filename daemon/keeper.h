@@ -53,8 +53,26 @@ void keeper_refresh(struct keeper *k, struct hot_entry *e, int64_t was_at, unsig
 
 /* A write changed family: memory forgets it before this returns, and from
  * then on its rows in the file are void; the keeper deletes them (and keeps
- * trying while the file refuses). */
-void keeper_invalidate(struct keeper *k, int family);
+ * trying while the file refuses).  Returns the invalidation's number for
+ * keeper_await_durable(), or 0 without a file. */
+unsigned long long keeper_invalidate(struct keeper *k, int family);
+
+/*
+ * A write's answer waits for this: parks the caller (park(arg) is called
+ * here) until the deletes of invalidation `seq` and all before it are
+ * committed to the file, so no crash can bring the pre-write lists back;
+ * then unpark(arg) is called from another thread.  The wait is bounded
+ * (KEEPER_DURABLE_WAIT, counted by keeper_expire_waits()) for a file that
+ * refuses writes.  Returns 1 when parked, 0 when there is nothing to wait
+ * for (already durable, no file, or stopping).
+ */
+#define KEEPER_DURABLE_WAIT 2 /* s */
+int keeper_await_durable(struct keeper *k, unsigned long long seq, void (*park)(void *),
+			 void (*unpark)(void *), void *arg);
+/* Ends the waits older than KEEPER_DURABLE_WAIT (run a few times a second). */
+void keeper_expire_waits(struct keeper *k);
+/* Ends every wait, and parks nobody from now on (shutdown). */
+void keeper_release_waits(struct keeper *k);
 
 /* Deletes what the purge names, in memory and in the file.  Count or -1. */
 long keeper_purge(struct keeper *k, enum cache_purge kind, const char *what);

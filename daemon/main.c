@@ -16,6 +16,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <systemd/sd-daemon.h>
@@ -453,6 +454,62 @@ static void fit_fd_limit(struct config *cfg)
 	cfg->max_connections = fit;
 }
 
+static unsigned port_of(const struct sockaddr *sa)
+{
+	if (sa->sa_family == AF_INET)
+		return ntohs(((const struct sockaddr_in *)sa)->sin_port);
+	if (sa->sa_family == AF_INET6)
+		return ntohs(((const struct sockaddr_in6 *)sa)->sin6_port);
+	return 0;
+}
+
+/*
+ * Whether the API URL names the socket kaleidod listens on: a user who
+ * exported KALEIDOSCOPE_API_URL=http://127.0.0.1:8765 for their scripts and
+ * then starts kaleidod from the same shell.  Only addresses and localhost
+ * are looked at (no DNS at start); a name that leads back is caught at run
+ * time by Via.
+ */
+static int points_at_itself(const char *url, int fd)
+{
+	struct sockaddr_storage ss;
+	socklen_t sl = sizeof(ss);
+	CURLU *h = curl_url();
+	char *host = NULL, *port = NULL;
+	struct addrinfo hints = { 0 }, *ai = NULL;
+	int self = 0;
+
+	if (h == NULL || curl_url_set(h, CURLUPART_URL, url, 0) != CURLUE_OK ||
+	    curl_url_get(h, CURLUPART_HOST, &host, 0) != CURLUE_OK ||
+	    curl_url_get(h, CURLUPART_PORT, &port, CURLU_DEFAULT_PORT) != CURLUE_OK ||
+	    getsockname(fd, (struct sockaddr *)&ss, &sl) < 0)
+		goto out;
+	if ((unsigned)atoi(port) != port_of((const struct sockaddr *)&ss))
+		goto out;
+	if (strcasecmp(host, "localhost") == 0) {
+		self = is_loopback(&ss);
+		goto out;
+	}
+	if (host[0] == '[') { /* curl keeps an IPv6 literal's brackets */
+		memmove(host, host + 1, strlen(host));
+		host[strcspn(host, "]")] = '\0';
+	}
+	hints.ai_flags = AI_NUMERICHOST | AI_NUMERICSERV;
+	hints.ai_socktype = SOCK_STREAM;
+	if (getaddrinfo(host, port, &hints, &ai) != 0)
+		goto out;
+	for (struct addrinfo *p = ai; p != NULL && !self; p = p->ai_next)
+		self = is_loopback((const struct sockaddr_storage *)(void *)p->ai_addr) &&
+		       is_loopback(&ss);
+out:
+	if (ai != NULL)
+		freeaddrinfo(ai);
+	curl_free(host);
+	curl_free(port);
+	curl_url_cleanup(h);
+	return self;
+}
+
 int main(int argc, char **argv)
 {
 	struct flags fl = { 0 };
@@ -524,6 +581,16 @@ int main(int argc, char **argv)
 		log_error("libcurl failed to initialise");
 		goto out;
 	}
+	if (points_at_itself(cfg->upstream_url, fd)) {
+		sock_name(fd, where, sizeof(where));
+		log_error(
+			"the API URL %s is kaleidod's own address (%s): every request would "
+			"come back here.  KALEIDOSCOPE_API_URL is for the scripts that use "
+			"kaleidod; start kaleidod without it (or with the real API's URL), or set "
+			"[upstream] url",
+			cfg->upstream_url, where);
+		goto out;
+	}
 	if (cfg->client_id == NULL || cfg->client_secret == NULL)
 		log_warnx("no API client credentials: set KALEIDOSCOPE_API_CLIENT_ID and "
 			  "KALEIDOSCOPE_API_CLIENT_SECRET (or client_secret_file); only cached "
@@ -570,6 +637,7 @@ int main(int argc, char **argv)
 
 		if ((sig = sigtimedwait(&set, NULL, &tick)) < 0) {
 			warm_tick(deps.warm);
+			keeper_expire_waits(deps.keeper);
 			continue;
 		}
 		if (sig == SIGHUP) {
@@ -589,6 +657,10 @@ out:
 		drain(deps.up, DRAIN_SECONDS);
 	if (deps.up != NULL)
 		upstream_shutdown(deps.up);
+	/* Writes waiting for their invalidations to reach the file are
+	 * answered now: no connection may stay suspended. */
+	if (deps.keeper != NULL)
+		keeper_release_waits(deps.keeper);
 	/* Waiters wake only once their flight is over; libmicrohttpd aborts if
 	 * stopped with a connection still suspended, so if flights will not
 	 * end, leave the server to the exit rather than stop it. */

@@ -613,3 +613,14 @@ def md5_hex(data):
 
 def export_md5(n):
     return mockmod.csv_bytes_md5(n)
+
+
+# kaleidod's whole-second clock is time(2), which reads CLOCK_REALTIME_COARSE
+# and can trail Python's time.time() by a scheduler tick (up to 10 ms): a
+# test that waits for "the second after expires_at" waits a little longer.
+CLOCK_SLACK = 0.05
+
+
+def past(t):
+    """Whether kaleidod's clock has certainly reached wall time t."""
+    return time.time() >= t + CLOCK_SLACK

@@ -9,8 +9,11 @@ def test_health_reports_upstream_auth_and_cache(daemon, mock):
     Sdk(daemon.port).get("/programs")
     r = daemon.get("/_kaleidod/health")
     assert r.status == 200, r
-    h = wait_for(lambda: (lambda h: h if h["upstream"]["auth"]["state"] == "ok" else None)(
-        daemon.health()), timeout=10, what="auth ok")
+    # The answer reaches the file on the keeper's thread, after the client
+    # has it: wait for both the token and the row.
+    h = wait_for(lambda: (lambda h: h if h["upstream"]["auth"]["state"] == "ok" and
+                          h["cache"]["entries"] >= 1 else None)(daemon.health()),
+                 timeout=10, what="auth ok and the answer in the file")
     assert h["status"] == "ok", h
     assert h["upstream"]["url"] == mock.url, h
     auth = h["upstream"]["auth"]

@@ -641,7 +641,7 @@ static void *reader_main(void *p)
 						 cache_errmsg(a->c));
 				continue;
 			}
-			a->hits++;
+			__atomic_add_fetch(&a->hits, 1, __ATOMIC_RELAXED);
 			if (e->body_len != BODY_LEN || e->headers_len != 5 || !uniform(e->body)) {
 				if (a->errors++ == 0)
 					snprintf(a->msg, sizeof(a->msg), "torn entry %s", name);
@@ -688,6 +688,13 @@ static void test_concurrent_readers(void **state)
 		if (v % 10 == 0)
 			assert_true(cache_invalidate_family(c, "scratch") >= 1);
 	}
+	/* On a loaded machine a reader may not have run yet: every reader
+	 * reads at least once before they stop (bounded: 30 s). */
+	for (int t = 0, waited = 0; t < 4 && waited < 30000; waited++)
+		if (__atomic_load_n(&args[t].hits, __ATOMIC_RELAXED) > 0)
+			t++;
+		else
+			usleep(1000);
 	__atomic_store_n(&stop, 1, __ATOMIC_RELAXED);
 	for (int t = 0; t < 4; t++) {
 		assert_int_equal(pthread_join(th[t], NULL), 0);

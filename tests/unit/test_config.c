@@ -852,6 +852,8 @@ static void test_print_masks(void **state)
 		"\nthreads = 0\n",
 		"\ntoken_lifetime = 3600\n",
 		"\nmax_buffered_body = 1M\n",
+		"\nserver_names =",
+		"\nallowed_origins =",
 		"[cache]\n",
 		"\nfile = /tmp/c.db\n",
 		"\nmax_entry_size = 64M\n",

@@ -15,6 +15,7 @@
 #include <cmocka.h>
 
 #include "config.h"
+#include "hdr.h"
 #include "policy.h"
 
 enum { PROGRAMS, ENTITY_SLICES, RECORD_VIEWS };
@@ -403,6 +404,147 @@ static void test_ttl(void **state)
 	assert_int_equal(ttl_for(p, 3, NULL), 0);
 }
 
+/* An answer's headers, "Name: value" lines, as a hdr list. */
+static struct hdr *headers(const char *const *lines)
+{
+	struct hdr *h = hdr_new();
+
+	for (; *lines != NULL; lines++) {
+		const char *colon = strchr(*lines, ':');
+
+		assert_non_null(colon);
+		assert_int_equal(
+			hdr_add(h, *lines, (size_t)(colon - *lines), colon + 2, strlen(colon + 2)),
+			0);
+	}
+	return h;
+}
+
+static unsigned answer_ttl(struct policy *p, int family, unsigned *age, ...)
+{
+	const char *lines[16];
+	int n = 0;
+	va_list ap;
+	struct hdr *h;
+	unsigned ttl;
+
+	va_start(ap, age);
+	while ((lines[n] = va_arg(ap, const char *)) != NULL && n < 15)
+		n++;
+	va_end(ap);
+	lines[n] = NULL;
+	h = headers(lines);
+	/* 1 Dec 2026 00:00:00 UTC */
+	ttl = policy_answer_ttl(p, family, h, 1796083200, age);
+	hdr_free(&h);
+	return ttl;
+}
+
+static void test_answer_ttl(void **state)
+{
+	struct policy *p = *state;
+	unsigned age = 99;
+
+	/* Nothing said: the family's TTL, deliberately. */
+	assert_int_equal(answer_ttl(p, PROGRAMS, &age, NULL), 300);
+	assert_int_equal(age, 0);
+	/* Expires counts without max-age, from Date (or now). */
+	assert_int_equal(answer_ttl(p, PROGRAMS, &age, "Date: Tue, 01 Dec 2026 00:00:00 GMT",
+				    "Expires: Tue, 01 Dec 2026 00:01:00 GMT", NULL),
+			 60);
+	assert_int_equal(
+		answer_ttl(p, PROGRAMS, &age, "Expires: Tue, 01 Dec 2026 00:00:30 GMT", NULL), 30);
+	assert_int_equal(
+		answer_ttl(p, PROGRAMS, &age, "Expires: Wed, 02 Dec 2026 00:00:00 GMT", NULL),
+		300); /* capped by the family */
+	assert_int_equal(
+		answer_ttl(p, PROGRAMS, &age, "Expires: Mon, 30 Nov 2026 00:00:00 GMT", NULL),
+		0);                                                             /* past */
+	assert_int_equal(answer_ttl(p, PROGRAMS, &age, "Expires: 0", NULL), 0); /* invalid */
+	assert_int_equal(answer_ttl(p, PROGRAMS, &age, "Cache-Control: max-age=100",
+				    "Expires: Mon, 30 Nov 2026 00:00:00 GMT", NULL),
+			 100); /* max-age wins */
+	/* The API's Age counts against freshness, and is reported. */
+	assert_int_equal(
+		answer_ttl(p, PROGRAMS, &age, "Cache-Control: max-age=100", "Age: 30", NULL), 70);
+	assert_int_equal(age, 30);
+	assert_int_equal(answer_ttl(p, PROGRAMS, &age, "Age: 500", NULL), 0);
+	assert_int_equal(answer_ttl(p, PROGRAMS, &age, "Age: -4", NULL), 300);
+	assert_int_equal(age, 0);
+	/* Invalid or negative max-age: stale; the quoted form is read. */
+	assert_int_equal(answer_ttl(p, PROGRAMS, &age, "Cache-Control: max-age=-1", NULL), 0);
+	assert_int_equal(answer_ttl(p, PROGRAMS, &age, "Cache-Control: max-age=1.5", NULL), 0);
+	assert_int_equal(answer_ttl(p, PROGRAMS, &age, "Cache-Control: max-age", NULL), 0);
+	assert_int_equal(answer_ttl(p, PROGRAMS, &age, "Cache-Control: max-age=\"40\"", NULL), 40);
+	/* Vary: * is never kept; other fields are up to policy_vary_carried(). */
+	assert_int_equal(answer_ttl(p, PROGRAMS, &age, "Vary: Accept-Encoding", NULL), 300);
+	assert_int_equal(answer_ttl(p, PROGRAMS, &age, "Vary: *", NULL), 0);
+	assert_int_equal(answer_ttl(p, PROGRAMS, &age, "Vary: Origin, *", NULL), 0);
+	assert_int_equal(answer_ttl(p, PROGRAMS, &age, "Vary: Origin", NULL), 300);
+}
+
+static const char *field_of(void *arg, const char *name)
+{
+	return hdr_get(arg, name);
+}
+
+static void test_vary(void **state)
+{
+	static const char *const req_lines[] = { "Accept: */*", "Accept-Encoding: gzip", NULL };
+	struct hdr *req = headers(req_lines);
+
+	(void)state;
+	assert_false(policy_vary_beyond_key(NULL));
+	assert_false(policy_vary_beyond_key("Accept-Encoding"));
+	assert_false(policy_vary_beyond_key(" accept-encoding , "));
+	assert_true(policy_vary_beyond_key("Accept-Encoding, Origin"));
+	assert_true(policy_vary_beyond_key("*"));
+	/* The request carries Accept (and Accept-Encoding, which never counts). */
+	assert_true(policy_vary_carried("Accept", field_of, req));
+	assert_true(policy_vary_carried("origin, ACCEPT", field_of, req));
+	assert_false(policy_vary_carried("Accept-Encoding", field_of, req));
+	assert_false(policy_vary_carried("Origin, Accept-Language", field_of, req));
+	assert_true(policy_vary_carried("*", field_of, req));
+	assert_false(policy_vary_carried("", field_of, req));
+	hdr_free(&req);
+}
+
+static void stale_limits_of(const char *cc, unsigned *swr, unsigned *sie)
+{
+	const char *lines[] = { cc, NULL };
+	struct hdr *h = headers(cc != NULL ? lines : lines + 1);
+
+	policy_stale_limits(h, 60, 604800, swr, sie);
+	hdr_free(&h);
+}
+
+static void test_stale_limits(void **state)
+{
+	unsigned swr, sie;
+
+	(void)state;
+	stale_limits_of(NULL, &swr, &sie);
+	assert_int_equal(swr, 60);
+	assert_int_equal(sie, 604800);
+	stale_limits_of("Cache-Control: max-age=10, stale-while-revalidate=5, stale-if-error=100",
+			&swr, &sie);
+	assert_int_equal(swr, 5);
+	assert_int_equal(sie, 100);
+	stale_limits_of("Cache-Control: stale-while-revalidate=600, stale-if-error=99999999", &swr,
+			&sie);
+	assert_int_equal(swr, 60); /* the answer caps, never raises */
+	assert_int_equal(sie, 604800);
+	for (int i = 0; i < 3; i++) {
+		static const char *const forbid[] = { "Cache-Control: must-revalidate",
+						      "Cache-Control: proxy-revalidate",
+						      "Cache-Control: s-maxage=30" };
+
+		stale_limits_of(forbid[i], &swr, &sie);
+		assert_int_equal(swr, 0);
+		assert_int_equal(sie, 0);
+	}
+}
+
 static void test_ttl_zero_family(void **state)
 {
 	struct config c;
@@ -435,6 +577,9 @@ int main(void)
 		cmocka_unit_test(test_canonical_query_many),
 		cmocka_unit_test(test_cache_control),
 		cmocka_unit_test_setup_teardown(test_ttl, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_answer_ttl, setup, teardown),
+		cmocka_unit_test(test_stale_limits),
+		cmocka_unit_test(test_vary),
 		cmocka_unit_test(test_ttl_zero_family),
 	};
 
