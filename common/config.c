@@ -703,6 +703,8 @@ void config_free(struct config **cfgp)
 	for (i = 0; i < cfg->nheaders; i++)
 		free_secret_string(&cfg->headers[i]);
 	free(cfg->listen);
+	free(cfg->server_names);
+	free(cfg->allowed_origins);
 	free(cfg->cache_file);
 	free(cfg->log_level);
 	for (i = 0; i < cfg->nfamilies; i++)
