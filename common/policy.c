@@ -463,12 +463,28 @@ int policy_vary_beyond_key(const char *vary)
 	return 0;
 }
 
-int policy_vary_carried(const char *vary, const char *(*get)(void *arg, const char *name),
-			void *arg)
+/* Fields kaleidod sets or replaces itself on the way up: whatever the
+ * client sent there did not reach the API, so it cannot select a variant. */
+static int own_field(const char *name)
+{
+	static const char *const own[] = {
+		"accept-encoding", "authorization",     "x-kal-authorization", "host",   "via",
+		"x-forwarded-for", "x-forwarded-proto", "content-length",      "expect", NULL
+	};
+
+	for (int i = 0; own[i] != NULL; i++)
+		if (strcasecmp(name, own[i]) == 0)
+			return 1;
+	return 0;
+}
+
+int policy_vary_same(const char *vary, const char *(*get_a)(void *arg, const char *name),
+		     void *arg_a, const char *(*get_b)(void *arg, const char *name), void *arg_b)
 {
 	char name[128];
 
 	while (vary != NULL && *vary != '\0') {
+		const char *a, *b;
 		size_t n;
 
 		vary += strspn(vary, " \t,");
@@ -476,25 +492,42 @@ int policy_vary_carried(const char *vary, const char *(*get)(void *arg, const ch
 		if (n == 0)
 			break;
 		if ((n == 1 && vary[0] == '*') || n >= sizeof(name))
-			return 1;
+			return 0;
 		memcpy(name, vary, n);
 		name[n] = '\0';
-		if (strcasecmp(name, "accept-encoding") != 0 && get(arg, name) != NULL)
-			return 1;
 		vary += n;
+		if (own_field(name))
+			continue;
+		a = get_a(arg_a, name);
+		b = get_b != NULL ? get_b(arg_b, name) : NULL;
+		if ((a == NULL) != (b == NULL) || (a != NULL && strcmp(a, b) != 0))
+			return 0;
 	}
-	return 0;
+	return 1;
+}
+
+int policy_vary_carried(const char *vary, const char *(*get)(void *arg, const char *name),
+			void *arg)
+{
+	return !policy_vary_same(vary, get, arg, NULL, NULL);
+}
+
+unsigned policy_age(const struct hdr *h)
+{
+	const char *v = hdr_get(h, "Age");
+	long a = v != NULL ? parse_delta(v, strlen(v)) : -1;
+
+	return a > 0 ? (a < (long)UINT32_MAX ? (unsigned)a : UINT32_MAX) : 0;
 }
 
 unsigned policy_answer_ttl(const struct policy *p, int family, const struct hdr *h, int64_t now,
 			   unsigned *age)
 {
 	struct policy_cc cc;
-	const char *agev = hdr_get(h, "Age"), *expires = hdr_get(h, "Expires"), *vary;
-	long a = agev != NULL ? parse_delta(agev, strlen(agev)) : -1;
+	const char *expires = hdr_get(h, "Expires"), *vary;
 	unsigned ttl;
 
-	*age = a > 0 ? (a < (long)UINT32_MAX ? (unsigned)a : UINT32_MAX) : 0;
+	*age = policy_age(h);
 	policy_parse_cache_control(hdr_get(h, "Cache-Control"), &cc);
 	vary = hdr_get(h, "Vary");
 	if (cc.bad_age || (vary != NULL && strchr(vary, '*') != NULL))

@@ -95,15 +95,23 @@ unsigned policy_answer_ttl(const struct policy *p, int family, const struct hdr 
  * stale-while-revalidate and stale-if-error, and 0 when it says
  * must-revalidate, proxy-revalidate or s-maxage (RFC 9111 4.2.4, 5.2.2).
  */
+/* The API's Age in seconds (0 when absent or not delta-seconds). */
+unsigned policy_age(const struct hdr *h);
 /* Whether a Vary value names a field besides Accept-Encoding (which the
  * cache handles itself), "*" included. */
 int policy_vary_beyond_key(const char *vary);
 /*
- * Whether a request carries a field that Vary names (Accept-Encoding
- * aside; "*" always counts): then the stored variant, fetched for a
- * request without such fields, is not its answer (RFC 9111 4.1).  get(arg,
- * name) gives the request's value of a field, or NULL.
+ * Whether two requests select the same variant of an answer with this
+ * Vary (RFC 9111 4.1): every field it names has the same value in both, or
+ * is absent from both.  Fields kaleidod sets itself on the way up
+ * (Accept-Encoding, Authorization, Host, Via, X-Forwarded-*...) are not
+ * compared; "*" never matches.  get_x(arg_x, name) gives a request's value
+ * of a field, or NULL; get_b NULL stands for a request without fields.
  */
+int policy_vary_same(const char *vary, const char *(*get_a)(void *arg, const char *name),
+		     void *arg_a, const char *(*get_b)(void *arg, const char *name), void *arg_b);
+/* Whether a request carries a field that Vary names, so that a variant
+ * stored for requests without such fields is not its answer. */
 int policy_vary_carried(const char *vary, const char *(*get)(void *arg, const char *name),
 			void *arg);
 void policy_stale_limits(const struct hdr *h, unsigned cfg_swr, unsigned cfg_sie, unsigned *swr,

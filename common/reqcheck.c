@@ -94,8 +94,12 @@ enum reqcheck_te reqcheck_transfer_encoding(const char *value)
 {
 	const char *last = NULL, *p = value;
 	size_t last_len = 0;
-	int codings = 0;
+	int codings = 0, others = 0;
 
+	/* libmicrohttpd 0.9.75 decodes chunked only for exactly this value
+	 * (case aside); anything else it would read until the client closes. */
+	if (strcasecmp(value, "chunked") == 0)
+		return REQCHECK_TE_CHUNKED;
 	while (*p != '\0') {
 		size_t n;
 
@@ -104,6 +108,8 @@ enum reqcheck_te reqcheck_transfer_encoding(const char *value)
 		while (n > 0 && (p[n - 1] == ' ' || p[n - 1] == '\t'))
 			n--;
 		if (n > 0) {
+			others += last != NULL &&
+				  !(last_len == 7 && strncasecmp(last, "chunked", 7) == 0);
 			last = p;
 			last_len = n;
 			codings++;
@@ -112,5 +118,7 @@ enum reqcheck_te reqcheck_transfer_encoding(const char *value)
 	}
 	if (last == NULL || last_len != 7 || strncasecmp(last, "chunked", 7) != 0)
 		return REQCHECK_TE_BAD;
-	return codings == 1 ? REQCHECK_TE_CHUNKED : REQCHECK_TE_UNSUPPORTED;
+	/* Ends in chunked: a real coding before it is not supported; stray
+	 * whitespace, commas or chunked twice are malformed. */
+	return codings > 1 && others > 0 ? REQCHECK_TE_UNSUPPORTED : REQCHECK_TE_BAD;
 }

@@ -26,7 +26,7 @@ const char *reqcheck_field(const char *name, size_t name_len, const char *value,
 const char *reqcheck_content_length(const char *const *values, size_t n);
 
 enum reqcheck_te {
-	REQCHECK_TE_CHUNKED = 0, /* exactly "chunked": fine */
+	REQCHECK_TE_CHUNKED = 0, /* exactly "chunked" (any case), nothing around it: fine */
 	REQCHECK_TE_BAD,         /* does not end in chunked: 400 (RFC 9112 6.3) */
 	REQCHECK_TE_UNSUPPORTED, /* another coding before chunked: 501 */
 };

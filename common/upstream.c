@@ -145,6 +145,7 @@ struct upstream {
 	struct refuser {
 		char *what; /* "METHOD URL" without the query, malloc'd */
 		double at;
+		int unproven; /* a streamed 401 only: no replay proved it */
 	} refusers[REFUSERS];
 	int draining; /* stopping: queued starts fail */
 	unsigned logged_gen;
@@ -358,9 +359,10 @@ static struct refuser *refuser_of(struct upstream *u, const struct up_xfer *x)
 	return NULL;
 }
 
-/* Remembers that x's endpoint refused a token minted after its 401 (the
- * oldest memory makes room; without memory, nothing is remembered). */
-static void note_refuser(struct upstream *u, const struct up_xfer *x, double now)
+/* Remembers that x's endpoint refused a token minted after its 401, or
+ * (unproven) that a streamed request there cost a new token: the oldest
+ * memory makes room; without memory, nothing is remembered. */
+static void note_refuser(struct upstream *u, const struct up_xfer *x, double now, int unproven)
 {
 	struct refuser *r = refuser_of(u, x);
 
@@ -376,7 +378,9 @@ static void note_refuser(struct upstream *u, const struct up_xfer *x, double now
 		if ((r->what = malloc(n)) == NULL)
 			return;
 		snprintf(r->what, n, "%s %.*s", x->method, (int)strcspn(x->url, "?"), x->url);
+		r->unproven = unproven;
 	}
+	r->unproven &= unproven;
 	r->at = now;
 }
 
@@ -389,7 +393,10 @@ static int may_reauth(struct upstream *u, struct up_xfer *x, double now)
 		return 1; /* a newer token exists already: replaying is cheap */
 	if (u->ok_gen == x->token_gen && u->ok_launched > x->started)
 		return 0;
-	if ((r = refuser_of(u, x)) != NULL && now - r->at < REAUTH_GAP)
+	/* A streamed 401 proves nothing alone (no replay), but holds off the
+	 * next streamed one at that endpoint: uploads cannot churn the token. */
+	if ((r = refuser_of(u, x)) != NULL && now - r->at < REAUTH_GAP &&
+	    (!r->unproven || x->body_mode == UP_BODY_STREAM))
 		return 0;
 	if (u->useless_at > 0 && now - u->useless_at < REAUTH_GAP &&
 	    u->ok_launched <= u->useless_at)
@@ -409,7 +416,7 @@ static void note_token_verdict(struct upstream *u, struct up_xfer *x, long statu
 	}
 	if (x->replayed && x->token_gen != x->failed_gen) {
 		u->useless_at = now;
-		note_refuser(u, x, now);
+		note_refuser(u, x, now, 0);
 	}
 }
 
@@ -443,8 +450,14 @@ static size_t on_header(char *line, size_t size, size_t nitems, void *arg)
 		}
 		/* A streamed body cannot be sent twice: this client sees the
 		 * 401, but the dead token goes, so the next requests do not. */
-		auth_invalidate(x->u->auth, x->token_gen);
-		x->u->force_auth = 1;
+		struct upstream *u = x->u;
+		unsigned gen;
+
+		if (auth_token(u->auth, x->last_progress, &gen) != NULL && gen == x->token_gen) {
+			auth_invalidate(u->auth, x->token_gen);
+			u->force_auth = 1;
+			note_refuser(u, x, x->last_progress, 1);
+		}
 	}
 	{
 		const char *cl = hdr_get(x->building, "Content-Length");

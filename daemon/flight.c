@@ -75,8 +75,9 @@ struct flights {
 
 /* Fields a kept answer must not replay: framing and per-hop details, and
  * cookies, which belong to one client and a flight answers many. */
-/* (Date stays: the API's, not rewritten; libmicrohttpd adds none then.) */
-static const char *const keep_skip[] = { "Content-Length", "Content-Encoding", "Age", "Set-Cookie",
+/* (Date and Age stay: the API's Date is not rewritten, libmicrohttpd adds
+ * none then; hot.c sends the API's Age plus the time stored.) */
+static const char *const keep_skip[] = { "Content-Length", "Content-Encoding", "Set-Cookie",
 					 "Warning",        "X-Cache",          NULL };
 /* What a shared fetch must not carry from the client that started it. */
 static const char *const send_skip[] = { "If-None-Match",
@@ -266,8 +267,7 @@ static struct hot_entry *revalidated(struct flight *f, struct up_xfer *x)
 		unsigned age = 0, ttl = h != NULL ? ttl_for(fs, f->family, h, now, &age) : 0;
 
 		hdr_free(&h);
-		/* Stored "age seconds ago": the Age clients see counts the API's. */
-		e = hot_entry_refreshed(f->stale, text, len, now - age, now + ttl);
+		e = hot_entry_refreshed(f->stale, text, len, now, now + ttl);
 		free(text);
 	}
 	return e;
@@ -316,8 +316,7 @@ static struct hot_entry *answered(struct flights *fs, const char *key, int famil
 	in.path = path;
 	in.status = status;
 	in.headers = hdr_serialize(keep, &in.headers_len);
-	/* Stored "age seconds ago": the Age clients see counts the API's. */
-	in.stored_at = now - age;
+	in.stored_at = now;
 	in.expires_at = now + ttl;
 	hdr_free(&keep);
 	if (in.headers == NULL) {
@@ -595,6 +594,11 @@ int flight_start(struct flights *fs, const struct flight_req *rq)
 		return -1;
 	flight_unref(&f);
 	return started;
+}
+
+const struct hdr *flight_request(const struct flight *f)
+{
+	return f->req;
 }
 
 int flight_wait(struct flight *f, void (*park)(void *), void (*unpark)(void *), void *arg)

@@ -57,6 +57,8 @@ int flight_wait(struct flight *f, void (*park)(void *), void (*unpark)(void *), 
 /* A waiter going away before the end (client gone). */
 void flight_leave(struct flight *f, void *arg);
 void flight_unref(struct flight **f);
+/* The end-to-end fields the flight's fetch was sent with (for Vary). */
+const struct hdr *flight_request(const struct flight *f);
 
 enum flight_outcome {
 	FLIGHT_ENTRY,  /* an answer (any status), in flight_entry(); maybe kept */

@@ -334,13 +334,28 @@ static const char *request_field(void *arg, const char *name)
 	return MHD_lookup_connection_value(arg, MHD_HEADER_KIND, name);
 }
 
-/* Whether e is a variant for requests without fields this one carries
- * (its Vary names them): then it is not this request's answer. */
+/* Whether e, stored only as the variant for requests without the fields
+ * its Vary names, is not this request's answer (it carries one). */
 static int other_variant(const struct req *r, struct hot_entry *e)
 {
 	const char *vary = hot_entry_vary(e);
 
 	return vary != NULL && policy_vary_carried(vary, request_field, r->conn);
+}
+
+static const char *fetch_field(void *arg, const char *name)
+{
+	return hdr_get(arg, name);
+}
+
+/* Whether the answer a flight brought is another variant than this
+ * waiter's: its Vary names a field the two requests do not share. */
+static int other_variant_of_fetch(const struct req *r, struct hot_entry *e)
+{
+	const char *vary = hot_entry_vary(e);
+
+	return vary != NULL && !policy_vary_same(vary, request_field, r->conn, fetch_field,
+						 (void *)flight_request(r->flight));
 }
 
 /* The expired entry may stand in for an answer the API failed to give. */
@@ -372,9 +387,15 @@ static void unpark(void *arg)
 	 * suspend in libmicrohttpd 0.9.75: resume only what we suspended.
 	 * In external mode libmicrohttpd only marks it; its serve thread must
 	 * be woken to run it (MHD_start_daemon drops MHD_USE_ITC there). */
+	struct serve *serve = r->f->serve;
+	struct MHD_Connection *conn = r->conn;
+	int thread = r->thread;
+
+	/* Nothing of r after the resume: its serve thread may answer the
+	 * connection and free r before we get to the wake-up. */
 	if (atomic_exchange(&r->suspended, 0)) {
-		MHD_resume_connection(r->conn);
-		serve_wake(r->f->serve, r->thread);
+		MHD_resume_connection(conn);
+		serve_wake(serve, thread);
 	}
 }
 
@@ -723,7 +744,7 @@ static enum MHD_Result flight_ended(struct req *r, const char *method)
 	switch (flight_outcome(r->flight)) {
 	case FLIGHT_ENTRY:
 		e = flight_entry(r->flight, &reval);
-		if (other_variant(r, e))
+		if (other_variant_of_fetch(r, e))
 			break; /* the fetch's variant is not ours: fetch our own */
 		if (hot_entry_status(e) >= 500 && stale_usable(r)) {
 			log_info("%s: the API answered %ld; serving stale copy", r->target,
@@ -970,6 +991,7 @@ struct fields {
 	size_t ncl;
 	char te[256]; /* Transfer-Encoding field lines joined */
 	int te_overflow;
+	int nte; /* Transfer-Encoding field lines */
 };
 
 /*
@@ -1023,6 +1045,7 @@ static enum MHD_Result check_field(void *cls, enum MHD_ValueKind kind, const cha
 	} else if (strcasecmp(key, "Transfer-Encoding") == 0) {
 		size_t at = strlen(fl->te);
 
+		fl->nte++;
 		if (at + value_size + 3 > sizeof(fl->te))
 			fl->te_overflow = 1;
 		else
@@ -1050,8 +1073,10 @@ static int check_request(struct req *r)
 		r->reject = r->reject_buf;
 		return CLASSIFY_REJECT_MALFORMED;
 	}
-	if (fl.te[0] != '\0' || fl.te_overflow) {
-		switch (fl.te_overflow ? REQCHECK_TE_BAD : reqcheck_transfer_encoding(fl.te)) {
+	if (fl.nte > 0) {
+		/* libmicrohttpd reads the first field line only: one, exactly. */
+		switch (fl.te_overflow || fl.nte > 1 ? REQCHECK_TE_BAD :
+						       reqcheck_transfer_encoding(fl.te)) {
 		case REQCHECK_TE_CHUNKED:
 			break;
 		case REQCHECK_TE_BAD:

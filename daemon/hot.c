@@ -38,6 +38,7 @@ struct hot_entry {
 	size_t headers_len;
 	struct hdr *headers;
 	const char *vary; /* its Vary, when it names more than Accept-Encoding */
+	unsigned age0;    /* the API's Age when it was stored */
 	struct blob *body, *gz;
 	int64_t stored_at, expires_at;
 	size_t size;
@@ -122,6 +123,7 @@ static struct hot_entry *entry_alloc(const char *key, const char *path, const ch
 	e->headers_len = headers_len;
 	if ((e->headers = hdr_parse(headers, headers_len)) == NULL)
 		goto fail;
+	e->age0 = policy_age(e->headers);
 	e->vary = hdr_get(e->headers, "Vary");
 	if (e->vary != NULL && !policy_vary_beyond_key(e->vary))
 		e->vary = NULL;
@@ -345,7 +347,9 @@ static void add_headers(struct MHD_Response *resp, const struct hot_entry *e, in
 
 		for (int k = 0; only != NULL && only[k] != NULL; k++)
 			keep |= strcasecmp(n, only[k]) == 0;
-		if (!keep || (e->gz != NULL && strcasecmp(n, "Vary") == 0))
+		/* Age: ours, which adds the time stored to the API's. */
+		if (!keep || strcasecmp(n, "Age") == 0 ||
+		    (e->gz != NULL && strcasecmp(n, "Vary") == 0))
 			continue;
 		if (gz && strcasecmp(n, "ETag") == 0 && strncmp(v, "W/", 2) != 0) {
 			snprintf(buf, sizeof(buf), "W/%s", v);
@@ -367,7 +371,7 @@ struct MHD_Response *hot_entry_response(struct hot_entry *e, int gzip, const cha
 {
 	struct blob *b = gzip && e->gz != NULL ? e->gz : e->body;
 	struct MHD_Response *resp;
-	int64_t age = now - e->stored_at;
+	int64_t age = (int64_t)e->age0 + (now - e->stored_at);
 	char num[32];
 
 	blob_ref(b);

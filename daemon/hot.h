@@ -63,8 +63,10 @@ const void *hot_entry_gzip(const struct hot_entry *e, size_t *len); /* NULL when
 size_t hot_entry_size(const struct hot_entry *e);
 /* e's Vary when it names a field besides Accept-Encoding, else NULL. */
 const char *hot_entry_vary(const struct hot_entry *e);
-/* Whether e is (still) the table's entry for its key: 1 or 0.  A lock-free
- * read; an entry once out never comes back. */
+/* Whether e is (now) the table's entry for its key: 1 or 0.  A lock-free
+ * read, so the answer can be a moment old; an entry that left may be put
+ * back (the same immutable answer, never one a write voided: generations
+ * stop that), so callers ask again at every use. */
 int hot_entry_current(struct hot_entry *e);
 /* Records a hit that bypassed hot_get(), for both LRU orders. */
 void hot_entry_mark_used(struct hot_entry *e);

@@ -198,7 +198,8 @@ struct serve *serve_new(const struct serve_params *p, char *err, size_t errlen)
 		lim = per + (i < extra ? 1 : 0);
 		t->d = p->start(p->arg, i, fd, lim > 0 ? lim : 1);
 		if (t->d == NULL) {
-			close(fd);
+			/* Not closed here: some of libmicrohttpd's failure paths
+			 * close it already, and we exit anyway. */
 			snprintf(err, errlen, "libmicrohttpd refused to start (see the debug log)");
 			goto fail;
 		}

@@ -104,6 +104,20 @@ def test_a_revocation_right_after_a_401_endpoint_still_never_reaches_clients(dae
         assert r.status == 200, (i, r)
 
 
+def test_streamed_uploads_to_a_401_endpoint_do_not_churn_the_token(daemon, mock):
+    """A streamed body cannot be replayed, so nothing proves the endpoint
+    refuses every token: one new token, then its 401s pass through."""
+    wait_auth_ok(daemon)
+    mock.fault("/records/r1/values/file", "status", status=401)
+    before = token_grants(mock)
+    big = b"x" * (2 << 20)   # over max_buffered_body: streamed
+    for i in range(4):
+        r = Sdk(daemon.port).post("/records/r1/values/file", body=big)
+        assert r.status == 401, (i, r)
+    assert token_grants(mock) - before <= 1, mock.tokens()["grants"]
+    assert Sdk(daemon.port).get("/activities/after").status == 200
+
+
 def test_a_401_endpoint_costs_no_new_token_while_the_token_works(daemon, mock):
     """Requests that get through with the token prove it alive: 401s from
     one endpoint in between them are that endpoint's, not a revocation."""
@@ -292,10 +306,17 @@ def test_obs_fold_is_refused(daemon, mock):
 
 def test_unknown_transfer_encodings_are_refused(daemon, mock):
     body = b"5\r\nhello\r\n0\r\n\r\n"
+    # libmicrohttpd decodes chunked only for exactly "chunked": stray
+    # whitespace or commas would make it read until the client closes.
     for te, status in (("xchunked", 400), ("chunked, identity", 400),
-                       ("identity, chunked", 501), ("gzip, chunked", 501)):
+                       ("identity, chunked", 501), ("gzip, chunked", 501),
+                       ("chunked ", 400), (",chunked", 400), ("chunked,", 400),
+                       ("", 400), ("chunked, chunked", 400)):
         data = raw("POST", "/activities/te", ["Transfer-Encoding: " + te], body)
         refused_and_closed(daemon.port, data, status, "chunked")
+    data = raw("POST", "/activities/te", ["Transfer-Encoding: chunked",
+                                          "Transfer-Encoding: chunked"], body)
+    refused_and_closed(daemon.port, data, 400, "chunked")
     assert mock.count("POST /activities/te") == 0
     # Plain chunked still goes through.
     r = raw_exchange(daemon.port, raw("POST", "/activities/te",
@@ -521,3 +542,32 @@ def test_a_variant_is_served_only_to_requests_like_the_one_it_was_fetched_for(
     assert other.status == 200 and xc(other) != "HIT", other
     assert mock.count("GET /programs") == n + 1
     assert xc(s.get("/programs")) == "HIT"   # the stored variant is still there
+
+
+def test_a_field_kaleidod_replaces_selects_no_variant(daemon, mock):
+    """Vary: Authorization: every client sends its own local token, which
+    never reaches the API, so the answer is still everyone's."""
+    mock.config(extra_headers=[["Vary", "Authorization, Accept-Encoding"]])
+    s = Sdk(daemon.port)
+    assert xc(s.get("/programs")) == "MISS"
+    assert xc(Sdk(daemon.port).get("/programs")) == "HIT"
+
+
+def test_coalesced_clients_with_the_same_varied_field_share_one_fetch(daemon, mock):
+    mock.config(extra_headers=[["Vary", "Accept"]])
+    mock.hold("/programs")
+    s = Sdk(daemon.port)
+    s.auth()
+    out = []
+    threads = [threading.Thread(target=lambda: out.append(
+        s.get("/programs", headers=[("Accept", "application/json")])))
+        for _ in range(5)]
+    for t in threads:
+        t.start()
+    wait_for(lambda: mock.stats()["held"] >= 1 and daemon.stats()["families"]["programs"]
+             ["coalesced"] >= 4, timeout=10, what="five clients waiting on one fetch")
+    mock.release()
+    for t in threads:
+        t.join(10)
+    assert [r.status for r in out] == [200] * 5, out
+    assert mock.count("GET /programs") == 1

@@ -78,7 +78,13 @@ static void test_transfer_encoding(void **state)
 {
 	(void)state;
 	assert_int_equal(reqcheck_transfer_encoding("chunked"), REQCHECK_TE_CHUNKED);
-	assert_int_equal(reqcheck_transfer_encoding(" Chunked "), REQCHECK_TE_CHUNKED);
+	assert_int_equal(reqcheck_transfer_encoding("Chunked"), REQCHECK_TE_CHUNKED);
+	/* libmicrohttpd would not decode these as chunked: refused. */
+	assert_int_equal(reqcheck_transfer_encoding("chunked "), REQCHECK_TE_BAD);
+	assert_int_equal(reqcheck_transfer_encoding("chunked\t"), REQCHECK_TE_BAD);
+	assert_int_equal(reqcheck_transfer_encoding(",chunked"), REQCHECK_TE_BAD);
+	assert_int_equal(reqcheck_transfer_encoding("chunked,"), REQCHECK_TE_BAD);
+	assert_int_equal(reqcheck_transfer_encoding("chunked, chunked"), REQCHECK_TE_BAD);
 	assert_int_equal(reqcheck_transfer_encoding("xchunked"), REQCHECK_TE_BAD);
 	assert_int_equal(reqcheck_transfer_encoding("chunked, identity"), REQCHECK_TE_BAD);
 	assert_int_equal(reqcheck_transfer_encoding("identity, chunked"), REQCHECK_TE_UNSUPPORTED);
