@@ -37,7 +37,7 @@
 #define RING_CAP (256 * 1024) /* per direction, per transfer */
 #define TOKEN_BODY_MAX (64 * 1024)
 #define TOKEN_PATH "/auth/oauth/token"
-#define REAUTH_GAP 30.0 /* s a useless re-authentication holds off the next */
+#define REAUTH_GAP 30.0 /* s an endpoint that refused a fresh token is remembered */
 #define REFUSERS 16     /* endpoints remembered for refusing a fresh token */
 
 struct ring {
@@ -136,12 +136,8 @@ struct upstream {
 	int tok_overflow;
 	char tok_err[CURL_ERROR_SIZE];
 	int force_auth;
-	/* What 401s have shown (see may_reauth()): the newest launch of an
-	 * attempt the API let through with token ok_gen, and when a token
-	 * minted after a request's 401 was refused for it too. */
-	unsigned ok_gen;
-	double ok_launched;
-	double useless_at;
+	/* Endpoints that refused a token minted after their own 401 (see
+	 * may_reauth()). */
 	struct refuser {
 		char *what; /* "METHOD URL" without the query, malloc'd */
 		double at;
@@ -326,20 +322,15 @@ static void unpark(struct up_xfer *x, int do_it)
  * Whether a 401 means the token died (revoked, or expired early), so a new
  * one and a replay will help, or the endpoint refuses this request whatever
  * the token (a permission problem), when throwing away the token every
- * client shares would only churn it.
- *
- * - A request launched after this one got through with the same token: the
- *   token still works, so the endpoint refused.
- * - This endpoint refused a token minted after its own 401, less than
- *   REAUTH_GAP ago: its 401s are its own.
- * - A re-authentication lately proved useless (a token minted after a
- *   request's 401 was refused too) and nothing got through since: do not
- *   churn again within REAUTH_GAP, whichever the endpoint.
- * - Otherwise the token worked before and fails now: a revocation.
- *
- * So revocations, however close together, never reach clients (but for a
- * streamed body, which cannot be sent twice), and an endpoint that always
- * answers 401 costs one new token per REAUTH_GAP at most.
+ * client shares would only churn it.  A request that fails with a token
+ * minted after its first failure began shows the endpoint's doing: that
+ * endpoint is remembered for REAUTH_GAP, and its 401s pass through
+ * meanwhile.  Any other 401 is taken for a revocation: a new token and one
+ * replay.  So revocations never reach clients (but for a streamed body,
+ * which cannot be sent twice, or a second revocation within the replay
+ * itself), and an endpoint that always answers 401 costs one new token per
+ * REAUTH_GAP.  (Success elsewhere proves nothing: requests launched just
+ * before a revocation still succeed after it.)
  */
 /* Whether x's endpoint is x's method and URL, query aside. */
 static int same_endpoint(const struct up_xfer *x, const char *what)
@@ -391,33 +382,20 @@ static int may_reauth(struct upstream *u, struct up_xfer *x, double now)
 
 	if (auth_token(u->auth, now, &gen) == NULL || gen != x->token_gen)
 		return 1; /* a newer token exists already: replaying is cheap */
-	if (u->ok_gen == x->token_gen && u->ok_launched > x->started)
-		return 0;
 	/* A streamed 401 proves nothing alone (no replay), but holds off the
 	 * next streamed one at that endpoint: uploads cannot churn the token. */
 	if ((r = refuser_of(u, x)) != NULL && now - r->at < REAUTH_GAP &&
 	    (!r->unproven || x->body_mode == UP_BODY_STREAM))
 		return 0;
-	if (u->useless_at > 0 && now - u->useless_at < REAUTH_GAP &&
-	    u->ok_launched <= u->useless_at)
-		return 0;
 	return 1;
 }
 
-/* A final status to an attempt: what it says about its token. */
+/* A 401 to a replay with a token minted after the first attempt's: the
+ * endpoint's doing. */
 static void note_token_verdict(struct upstream *u, struct up_xfer *x, long status, double now)
 {
-	if (status != 401) {
-		if (status < 500 && (x->token_gen != u->ok_gen || x->started > u->ok_launched)) {
-			u->ok_gen = x->token_gen;
-			u->ok_launched = x->started;
-		}
-		return;
-	}
-	if (x->replayed && x->token_gen != x->failed_gen) {
-		u->useless_at = now;
+	if (status == 401 && x->replayed && x->token_gen != x->failed_gen)
 		note_refuser(u, x, now, 0);
-	}
 }
 
 static size_t on_header(char *line, size_t size, size_t nitems, void *arg)

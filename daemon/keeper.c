@@ -80,6 +80,12 @@ struct keeper {
 	atomic_uint inval_dirty; /* families written to, delete not yet run */
 	atomic_int inval_queued; /* a JOB_INVALIDATE marker is in the queue */
 	atomic_ullong inval_seq; /* invalidations so far */
+	/* Per family: the last invalidation, and the last whose delete is
+	 * committed.  While they differ, rows stored up to the family's
+	 * written-at second may predate the write; once equal, the file holds
+	 * none (the delete took them, and generations keep later pre-write
+	 * answers out), so same-second rows are not voided for nothing. */
+	atomic_ullong fam_latest[32], fam_done[32];
 
 	/* Writes' answers waiting for their deletes to reach the file. */
 	pthread_mutex_t wlock;
@@ -315,7 +321,8 @@ struct hot_entry *keeper_lookup(struct keeper *k, const char *key, int family)
 		keeper_warn("lookup failed: %s", cache_errmsg(k->cache));
 	if (rc != 1)
 		return NULL;
-	if (row->stored_at <= hot_invalid_before(k->hot, family)) {
+	if (row->stored_at <= hot_invalid_before(k->hot, family) &&
+	    atomic_load(&k->fam_latest[family]) > atomic_load(&k->fam_done[family])) {
 		/* A write changed the family and the row's delete has not
 		 * reached the file yet (or failed): it is gone all the same. */
 	} else if ((e = from_row(key, family, row, k->cfg->max_entry_size)) == NULL) {
@@ -545,6 +552,8 @@ static int write_invalidations(struct keeper *k)
 			rc = -1;
 		} else {
 			k->inval_pending &= ~(1u << i);
+			if (atomic_load(&k->fam_done[i]) < upto)
+				atomic_store(&k->fam_done[i], upto);
 		}
 		pthread_mutex_unlock(&k->store_lock);
 	}
@@ -563,6 +572,9 @@ unsigned long long keeper_invalidate(struct keeper *k, int family)
 		return 0;
 	atomic_fetch_or(&k->inval_dirty, 1u << family);
 	seq = atomic_fetch_add(&k->inval_seq, 1) + 1;
+	for (unsigned long long at = atomic_load(&k->fam_latest[family]);
+	     at < seq && !atomic_compare_exchange_weak(&k->fam_latest[family], &at, seq);)
+		;
 	/* One marker in the queue stands for every write until it runs: a
 	 * stream of writes against a locked file must not pile up jobs.  It
 	 * keeps its place in the order: stores queued before it are deleted
