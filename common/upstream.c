@@ -38,7 +38,11 @@
 #define TOKEN_BODY_MAX (64 * 1024)
 #define TOKEN_PATH "/auth/oauth/token"
 #define REAUTH_GAP 30.0 /* s an endpoint that refused a fresh token is remembered */
-#define REFUSERS 16     /* endpoints remembered for refusing a fresh token */
+#define REFUSERS 16
+/* A replay that fails with a fresh token is ambiguous: the endpoint
+ * refuses, or that token was revoked too (two revocations close together).
+ * One more replay with yet another token tells them apart. */
+#define MAX_REPLAYS 2 /* endpoints remembered for refusing a fresh token */
 
 struct ring {
 	char *buf;
@@ -70,10 +74,10 @@ struct up_xfer {
 	CURL *easy;
 	struct curl_slist *sent_headers;
 	enum phase phase;
-	int replayed;
+	int replayed;        /* replays after a 401 so far (MAX_REPLAYS at most) */
 	int discard;         /* a 401 to be replayed: drop what comes */
 	unsigned token_gen;  /* the token this attempt carries */
-	unsigned failed_gen; /* replayed: the token its first attempt failed with */
+	unsigned failed_gen; /* replayed: the token its last attempt failed with */
 	size_t body_off;
 	double started, last_progress;
 	int cl_framed, chunk_framed, decoded;
@@ -322,15 +326,15 @@ static void unpark(struct up_xfer *x, int do_it)
  * Whether a 401 means the token died (revoked, or expired early), so a new
  * one and a replay will help, or the endpoint refuses this request whatever
  * the token (a permission problem), when throwing away the token every
- * client shares would only churn it.  A request that fails with a token
- * minted after its first failure began shows the endpoint's doing: that
- * endpoint is remembered for REAUTH_GAP, and its 401s pass through
- * meanwhile.  Any other 401 is taken for a revocation: a new token and one
- * replay.  So revocations never reach clients (but for a streamed body,
- * which cannot be sent twice, or a second revocation within the replay
- * itself), and an endpoint that always answers 401 costs one new token per
- * REAUTH_GAP.  (Success elsewhere proves nothing: requests launched just
- * before a revocation still succeed after it.)
+ * client shares would only churn it.  A request that fails again and again
+ * with tokens minted after its earlier failures (MAX_REPLAYS replays) shows
+ * the endpoint's doing: that endpoint is remembered for REAUTH_GAP, and its
+ * 401s pass through meanwhile.  Any other 401 is taken for a revocation: a
+ * new token and a replay.  So revocations never reach clients (but for a
+ * streamed body, which cannot be sent twice), and an endpoint that always
+ * answers 401 costs MAX_REPLAYS new tokens per REAUTH_GAP.  (Success
+ * elsewhere proves nothing: requests launched just before a revocation
+ * still succeed after it.)
  */
 /* Whether x's endpoint is x's method and URL, query aside. */
 static int same_endpoint(const struct up_xfer *x, const char *what)
@@ -394,7 +398,7 @@ static int may_reauth(struct upstream *u, struct up_xfer *x, double now)
  * endpoint's doing. */
 static void note_token_verdict(struct upstream *u, struct up_xfer *x, long status, double now)
 {
-	if (status == 401 && x->replayed && x->token_gen != x->failed_gen)
+	if (status == 401 && x->replayed == MAX_REPLAYS && x->token_gen != x->failed_gen)
 		note_refuser(u, x, now, 0);
 }
 
@@ -421,7 +425,7 @@ static size_t on_header(char *line, size_t size, size_t nitems, void *arg)
 	if (status < 200)
 		return len;
 	note_token_verdict(x->u, x, status, x->last_progress);
-	if (status == 401 && !x->replayed && may_reauth(x->u, x, x->last_progress)) {
+	if (status == 401 && x->replayed < MAX_REPLAYS && may_reauth(x->u, x, x->last_progress)) {
 		if (x->body_mode != UP_BODY_STREAM) {
 			x->discard = 1;
 			return len;
@@ -964,7 +968,7 @@ static void xfer_done(struct upstream *u, struct up_xfer *x, CURLcode rc, double
 		curl_multi_remove_handle(u->multi, x->easy);
 		list_remove(&u->running, x);
 		x->phase = PH_NEW;
-		x->replayed = 1;
+		x->replayed++;
 		x->failed_gen = x->token_gen;
 		if (auth_token(u->auth, now, &gen) != NULL && gen == x->token_gen) {
 			auth_invalidate(u->auth, x->token_gen);
