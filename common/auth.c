@@ -350,6 +350,31 @@ static size_t longest_secret(const struct auth *a)
 	return max;
 }
 
+/* The length of raw[0..n) without a tail that starts one of the secrets
+ * (raw is cut there too). */
+static size_t cut_partial_secrets(const struct auth *a, char *raw, size_t n)
+{
+	const char *needles[] = { a->secret, a->secret_esc, a->access, a->refresh };
+	int again = 1;
+
+	while (again) {
+		again = 0;
+		for (size_t i = 0; i < sizeof(needles) / sizeof(needles[0]); i++) {
+			size_t nl = needles[i] != NULL ? strlen(needles[i]) : 0;
+
+			for (size_t k = nl > 0 ? nl - 1 : 0; k > 0; k--) {
+				if (k <= n && memcmp(raw + n - k, needles[i], k) == 0) {
+					n -= k;
+					explicit_bzero(raw + n, k);
+					again = 1;
+					break;
+				}
+			}
+		}
+	}
+	return n;
+}
+
 /*
  * The first BODY_EXCERPT bytes of an error body, cut on a UTF-8 boundary,
  * with control characters made visible as '?' so the reason stays one line.
@@ -373,6 +398,10 @@ static int body_excerpt(const struct auth *a, char *dst, const char *body, size_
 		raw[i] = c < 0x20 || c == 0x7F ? '?' : (char)c;
 	}
 	raw[n] = '\0';
+	/* A secret cut by the window's end is no whole secret to scrub, and the
+	 * scrubbing before it shortens the text enough to pull that part into
+	 * the excerpt: end the window before any such start of a secret. */
+	n = cut_partial_secrets(a, raw, n);
 	clean = scrub(a, raw, NULL, NULL);
 	explicit_bzero(raw, n);
 	free(raw);

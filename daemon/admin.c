@@ -18,6 +18,7 @@
 #include "hot.h"
 #include "keeper.h"
 #include "policy.h"
+#include "purgereq.h"
 #include "stats.h"
 #include "upstream.h"
 #include "warm.h"
@@ -102,45 +103,31 @@ static void add_cache_stats(const struct front_deps *d, cJSON *o)
 char *admin_purge(const struct front_deps *d, const char *body, size_t len, unsigned *status,
 		  const char **why)
 {
-	cJSON *in = cJSON_ParseWithLength(body, len), *o;
-	const cJSON *fam = cJSON_GetObjectItemCaseSensitive(in, "family");
-	const cJSON *pre = cJSON_GetObjectItemCaseSensitive(in, "prefix");
-	const cJSON *all = cJSON_GetObjectItemCaseSensitive(in, "all");
-	enum cache_purge kind;
-	const char *what = NULL;
+	struct purgereq req;
+	cJSON *o;
 	char *text = NULL;
 	long n;
+	int rc;
 
 	*status = 400;
-	if (!cJSON_IsObject(in)) {
-		*why = "the body must be a JSON object";
-		goto out;
+	/* The body's words are purgereq.c's (fuzzed there); the family's
+	 * existence and the purge itself are the daemon's. */
+	if ((rc = purgereq_parse(body, len, &req, why)) < 0) {
+		if (rc == -2)
+			*status = 500;
+		return NULL;
 	}
-	if ((fam != NULL) + (pre != NULL) + (all != NULL) != 1) {
-		*why = "name exactly one of family, prefix or all";
-		goto out;
-	}
-	if (cJSON_IsTrue(all)) {
-		kind = CACHE_PURGE_ALL;
-	} else if (cJSON_IsString(fam)) {
-		kind = CACHE_PURGE_FAMILY;
-		what = fam->valuestring;
+	if (req.kind == CACHE_PURGE_FAMILY) {
 		int known = 0;
 
 		for (int i = 0; i < policy_family_count(d->policy); i++)
-			known |= strcmp(policy_family_name(d->policy, i), what) == 0;
+			known |= strcmp(policy_family_name(d->policy, i), req.what) == 0;
 		if (!known) {
 			*why = "no such family (see /_kaleidod/stats for the names)";
 			goto out;
 		}
-	} else if (cJSON_IsString(pre) && pre->valuestring[0] == '/') {
-		kind = CACHE_PURGE_PREFIX;
-		what = pre->valuestring;
-	} else {
-		*why = "family must be a name, prefix a path starting with '/', all true";
-		goto out;
 	}
-	if ((n = keeper_purge(d->keeper, kind, what)) < 0) {
+	if ((n = keeper_purge(d->keeper, req.kind, req.what)) < 0) {
 		*status = 500;
 		*why = "the cache file refused the purge (see the log)";
 		goto out;
@@ -151,7 +138,7 @@ char *admin_purge(const struct front_deps *d, const char *body, size_t len, unsi
 	cJSON_Delete(o);
 	*status = 200;
 out:
-	cJSON_Delete(in);
+	purgereq_clear(&req);
 	return text;
 }
 

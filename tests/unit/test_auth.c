@@ -186,6 +186,37 @@ static void test_expires_in_default_and_clamp(void **state)
 }
 
 /* A token is put in a header line: one with CR/LF or spaces is refused. */
+/* An error body echoing the form-encoded secret twice: scrubbing the first
+ * copy must not pull part of a second, cut by the excerpt's window, into
+ * the reason (found by tests/fuzz/fuzz_auth). */
+static void test_no_partial_secret_in_reason(void **state)
+{
+	const char *secret = "kd-Fz5ecr3t/Q9+x", *esc = "kd-Fz5ecr3t%2FQ9%2Bx";
+	struct auth_status st;
+	char body[400];
+	char *form = NULL;
+
+	(void)state;
+	for (int pad = 80; pad < 140; pad++) {
+		struct auth *a = auth_new("id", secret, 1, 60);
+
+		assert_non_null(a);
+		assert_int_equal(auth_begin(a, 0, 0, &form), 1);
+		free(form);
+		snprintf(body, sizeof(body), "%s%*s%s", esc, pad, "", esc);
+		auth_finish(a, 0, 400, body, strlen(body), NULL);
+		auth_status(a, &st);
+		for (size_t i = 0; i + 6 <= strlen(esc); i++) {
+			char piece[7];
+
+			memcpy(piece, esc + i, 6);
+			piece[6] = '\0';
+			assert_null(strstr(st.last_error, piece));
+		}
+		auth_free(&a);
+	}
+}
+
 static void test_token_charset(void **state)
 {
 	struct auth *a = new_auth(1, 60);
@@ -589,6 +620,7 @@ int main(void)
 		cmocka_unit_test(test_success_schedule),
 		cmocka_unit_test(test_expires_in_default_and_clamp),
 		cmocka_unit_test(test_token_charset),
+		cmocka_unit_test(test_no_partial_secret_in_reason),
 		cmocka_unit_test(test_refresh_uses_refresh_grant),
 		cmocka_unit_test(test_failed_refresh_falls_back),
 		cmocka_unit_test(test_failure_backoff),
