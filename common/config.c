@@ -810,12 +810,15 @@ static char *cfg_reader(char *str, int num, void *stream)
 		skip++;
 	memmove(str, str + skip, len - skip + 1);
 	/* Debian's inih cuts a value at " ;" (an inline comment) without a
-	 * word: a secret or header holding one would be silently shortened. */
+	 * word: a secret or header holding one would be silently shortened.
+	 * inih takes ':' as well as '=' between key and value, and a value
+	 * starting with ';' would print (--check-config: "key = ;x") as one
+	 * that does not load back (found by tests/fuzz/fuzz_config). */
 	if (str[0] != ';' && str[0] != '#' && str[0] != '[') {
-		const char *eq = strchr(str, '=');
+		const char *eq = strpbrk(str, "=:");
 
 		for (const char *p = eq; p != NULL && *p != '\0'; p++) {
-			if (*p == ';' && isspace((unsigned char)p[-1])) {
+			if (*p == ';' && (p == eq + 1 || isspace((unsigned char)p[-1]))) {
 				ctx_error(ctx,
 					  "inline comments are not supported (' ;' in a value); "
 					  "put comments on their own line, and a secret holding "

@@ -315,6 +315,14 @@ static void test_bad_values_file_line(void **state)
 	expect_load_error("[upstream]\nclient_secret = abc ;def\n", 2,
 			  "inline comments are not supported (' ;' in a value); put comments "
 			  "on their own line, and a secret holding ' ;' in client_secret_file");
+	/* The same with inih's other separator, and a value that starts with
+	 * ';' (found by tests/fuzz/fuzz_config). */
+	expect_load_error("[upstream]\nclient_secret: s3cr3t ;rest\n", 2,
+			  "inline comments are not supported (' ;' in a value); put comments "
+			  "on their own line, and a secret holding ' ;' in client_secret_file");
+	expect_load_error("[upstream]\nclient_id =;x\n", 2,
+			  "inline comments are not supported (' ;' in a value); put comments "
+			  "on their own line, and a secret holding ' ;' in client_secret_file");
 	expect_load_error("[upstream]\nauth_header = bearer\n", 2,
 			  "[upstream] auth_header: expected both, authorization or "
 			  "x-kal-authorization");
