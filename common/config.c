@@ -399,6 +399,10 @@ static const char *parse_header(const char *value, char **out)
 		end--;
 	if (end == v)
 		return "header value is empty";
+	/* printed back as "Name: ;x", whose " ;" the reader takes for a
+	 * comment (found by tests/fuzz/fuzz_config) */
+	if (*v == ';')
+		return "header value must not start with ';'";
 	for (const char *p = v; p < end; p++)
 		if (((unsigned char)*p < 0x20 && *p != '\t') || *p == 0x7f)
 			return "must not contain control characters";

@@ -1398,7 +1398,9 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
 	free(r);
 }
 
-static void on_mhd_log(void *cls, const char *fmt, va_list ap)
+/* fmt is libmicrohttpd's own format; the attribute tells the compiler so */
+__attribute__((format(printf, 2, 0))) static void on_mhd_log(void *cls, const char *fmt,
+							      va_list ap)
 {
 	char line[512];
 	size_t n;

@@ -6,7 +6,8 @@
  * Input: up to 4 rounds, each a header byte, a 2-byte little-endian body
  * length, and the body.  The header byte's low 3 bits pick the status (200,
  * 200, 200, 201, 400, 401, 503, or 0: a transport error whose text is the
- * body), the next 2 how far the clock moves first, bit 5 forces the request.
+ * body's first 255 bytes, as long as curl's error texts get), the next 2
+ * how far the clock moves first, bit 5 forces the request.
  *
  * Invariants (the client secret is SECRET, its form-encoding SECRET_ESC):
  *  - a success holds a token of printable ASCII without blanks, state OK,
@@ -89,7 +90,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		long status = statuses[hdr & 7];
 		struct auth_status st;
 		unsigned gen_before, gen_after;
-		char *form = NULL, *body, *terr = NULL;
+		char *form = NULL, *body, *terr = NULL, *v, *c1, *clean;
 		int rc;
 
 		off += 3;
@@ -113,8 +114,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		FUZZ_CHECK(auth_busy(a), "not busy after auth_begin");
 		auth_token(a, now, &gen_before);
 
+		/* curl's error buffer holds CURL_ERROR_SIZE (256) bytes with the NUL */
 		if (status == 0)
-			terr = visible(body, len);
+			terr = visible(body, len < 255 ? len : 255);
 		rc = auth_finish(a, now, status, status == 0 ? NULL : body, status == 0 ? 0 : len,
 				 terr);
 		FUZZ_CHECK(!auth_busy(a), "still busy after auth_finish");
@@ -132,9 +134,12 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 				   auth_state_name(st.state), st.last_error);
 			FUZZ_CHECK(auth_next_due(a, now) > 0, "refresh due at once");
 		} else {
-			char *v = visible(body, len), *c1 = replace_all(v, SECRET);
-			char *clean = replace_all(c1, SECRET_ESC);
-
+			/* the answer with every whole secret gone: what the reason may show */
+			v = status == 0 ? strdup(terr) : visible(body, len);
+			if (v == NULL)
+				abort();
+			c1 = replace_all(v, SECRET);
+			clean = replace_all(c1, SECRET_ESC);
 			FUZZ_CHECK(rc == -1, "rc %d", rc);
 			FUZZ_CHECK(st.last_error[0] != '\0', "a failure without a reason");
 			for (const char *c = st.last_error; *c != '\0'; c++)

@@ -447,6 +447,11 @@ static void test_headers(void **state)
 		config_set(cfg, "upstream", "header", "X-Empty:", "--header", err, sizeof(err)),
 		-1);
 	assert_string_equal(err, "--header: header value is empty");
+	/* "X-Team: ;genomics" would print back as a comment (tests/fuzz/crashes) */
+	assert_int_equal(
+		config_set(cfg, "upstream", "header", "X-Team:;genomics", "--header", err, sizeof(err)),
+		-1);
+	assert_string_equal(err, "--header: header value must not start with ';'");
 	assert_int_equal(
 		config_set(cfg, "upstream", "header", "host: evil", "--header", err, sizeof(err)),
 		-1);
