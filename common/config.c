@@ -2,10 +2,14 @@
  * config: every setting kaleidod has, in one table (lighttpd's cpk[] idea).
  *
  * A key is {section, name, type, default, where it is stored, bounds,
- * validator}.  config_new() applies the defaults through the same setter the
- * file, the environment and the flags use, so a default can never be a value
- * the parser would refuse.  config_finish() is the single pass for rules that
- * span keys and for defaults that depend on the environment.
+ * validator, one-line doc}.  The doc repeats kaleidod.conf(5) in a few words;
+ * tests/unit/test_config checks that the page documents exactly these keys
+ * and names the same defaults.
+ *
+ * config_new() applies the defaults through the same setter the file, the
+ * environment and the flags use, so a default can never be a value the parser
+ * would refuse.  config_finish() is the single pass for rules that span keys
+ * and for defaults that depend on the environment.
  *
  * The INI file is read by inih through our own line reader, which keeps the
  * physical line number for "file:line" messages, refuses lines longer than
@@ -72,6 +76,7 @@ struct ckey {
 	size_t count_off; /* lists: the int holding the count */
 	unsigned long long min, max;
 	cvalidator check;
+	const char *doc; /* one line for users; agrees with kaleidod.conf(5) */
 };
 
 static const char *check_url(char *value);
@@ -86,50 +91,74 @@ static const char *check_origins(char *value);
 
 static const struct ckey ckeys[] = {
 	{ "upstream", "url", CT_STRING, "https://api.kaleidoscope.bio", M(upstream_url), 0, 0, 0,
-	  check_url },
-	{ "upstream", "client_id", CT_STRING, NULL, M(client_id), 0, 0, 0, NULL },
-	{ "upstream", "client_secret", CT_STRING, NULL, M(client_secret), 0, 0, 0, NULL },
-	{ "upstream", "client_secret_file", CT_STRING, NULL, M(client_secret_file), 0, 0, 0, NULL },
-	{ "upstream", "auth_header", CT_AUTH, "both", M(auth_header), 0, 0, 0, NULL },
+	  check_url,
+	  "Base URL of the API, no query (string, default https://api.kaleidoscope.bio)" },
+	{ "upstream", "client_id", CT_STRING, NULL, M(client_id), 0, 0, 0, NULL,
+	  "The API client id; required, here or in the environment (no default)" },
+	{ "upstream", "client_secret", CT_STRING, NULL, M(client_secret), 0, 0, 0, NULL,
+	  "The API client secret; prefer client_secret_file or the environment (no default)" },
+	{ "upstream", "client_secret_file", CT_STRING, NULL, M(client_secret_file), 0, 0, 0, NULL,
+	  "File holding the secret on one line, read if no other source gave one (no default)" },
+	{ "upstream", "auth_header", CT_AUTH, "both", M(auth_header), 0, 0, 0, NULL,
+	  "Upstream token header: both, authorization or x-kal-authorization (default both)" },
 	{ "upstream", "header", CT_HEADER, NULL, M(headers), offsetof(struct config, nheaders), 0,
-	  0, NULL },
-	{ "upstream", "connect_timeout", CT_DURATION, "10", M(connect_timeout), 0, 1, U_MAX, NULL },
-	{ "upstream", "timeout", CT_DURATION, "30", M(timeout), 0, 1, U_MAX, NULL },
-	{ "upstream", "auth_retry_min", CT_DURATION, "1", M(auth_retry_min), 0, 1, U_MAX, NULL },
-	{ "upstream", "auth_retry_max", CT_DURATION, "300", M(auth_retry_max), 0, 1, U_MAX, NULL },
+	  0, NULL,
+	  "An extra \"Name: value\" header on every upstream request; repeatable, at most 16" },
+	{ "upstream", "connect_timeout", CT_DURATION, "10", M(connect_timeout), 0, 1, U_MAX, NULL,
+	  "How long to wait for a connection to the API, TLS included (duration, default 10)" },
+	{ "upstream", "timeout", CT_DURATION, "30", M(timeout), 0, 1, U_MAX, NULL,
+	  "How long to wait for the API's response headers, then 504 (duration, default 30)" },
+	{ "upstream", "auth_retry_min", CT_DURATION, "1", M(auth_retry_min), 0, 1, U_MAX, NULL,
+	  "First wait after a failed token request, doubled per failure (duration, default 1)" },
+	{ "upstream", "auth_retry_max", CT_DURATION, "300", M(auth_retry_max), 0, 1, U_MAX, NULL,
+	  "The cap on the wait between failed token requests (duration, default 300)" },
 
-	{ "server", "listen", CT_STRING, "127.0.0.1:8765", M(listen), 0, 0, 0, check_listen },
-	{ "server", "max_connections", CT_UINT, "4096", M(max_connections), 0, 1, U_MAX, NULL },
+	{ "server", "listen", CT_STRING, "127.0.0.1:8765", M(listen), 0, 0, 0, check_listen,
+	  "Loopback ADDR:PORT or [IPv6]:PORT that clients connect to (default 127.0.0.1:8765)" },
+	{ "server", "max_connections", CT_UINT, "4096", M(max_connections), 0, 1, U_MAX, NULL,
+	  "Client connections served at once, idle keep-alive ones too (count, default 4096)" },
 	{ "server", "connection_timeout", CT_DURATION, "60", M(connection_timeout), 0, 1, U_MAX,
-	  NULL },
-	{ "server", "threads", CT_UINT, "0", M(threads), 0, 0, 1024, NULL },
-	{ "server", "token_lifetime", CT_DURATION, "3600", M(token_lifetime), 0, 1, U_MAX, NULL },
-	{ "server", "max_buffered_body", CT_SIZE, "1M", M(max_buffered_body), 0, 0, SIZE_MAX,
-	  NULL },
-	{ "server", "server_names", CT_STRING, NULL, M(server_names), 0, 0, 0, check_names },
-	{ "server", "allowed_origins", CT_STRING, NULL, M(allowed_origins), 0, 0, 0,
-	  check_origins },
+	  NULL, "A client connection with no traffic this long is closed (duration, default 60)" },
+	{ "server", "threads", CT_UINT, "0", M(threads), 0, 0, 1024, NULL,
+	  "Threads serving clients; 0 means one per CPU core but one (count, default 0)" },
+	{ "server", "token_lifetime", CT_DURATION, "3600", M(token_lifetime), 0, 1, U_MAX, NULL,
+	  "The expires_in of the local tokens handed out (duration, default 3600)" },
+	{ "server", "max_buffered_body", CT_SIZE, "1M", M(max_buffered_body), 0, 0, SIZE_MAX, NULL,
+	  "Request bodies up to this are buffered, replayable after a 401 (size, default 1M)" },
+	{ "server", "server_names", CT_STRING, NULL, M(server_names), 0, 0, 0, check_names,
+	  "Host names, space-separated, accepted besides loopback and localhost (default none)" },
+	{ "server", "allowed_origins", CT_STRING, NULL, M(allowed_origins), 0, 0, 0, check_origins,
+	  "Web page origins, space-separated, whose pages may use this daemon (default none)" },
 
-	{ "cache", "file", CT_STRING, NULL, M(cache_file), 0, 0, 0, NULL },
+	{ "cache", "file", CT_STRING, NULL, M(cache_file), 0, 0, 0, NULL,
+	  "The SQLite cache file (default: cache.db in the state directory)" },
 	/* SQLite's own limit on one blob is 1,000,000,000 bytes. */
 	{ "cache", "max_entry_size", CT_SIZE, "64M", M(max_entry_size), 0, 0, 900 * 1024 * 1024,
-	  NULL },
-	{ "cache", "max_size", CT_SIZE, "256M", M(max_size), 0, 0, SIZE_MAX, NULL },
-	{ "cache", "memory", CT_SIZE, "8M", M(memory), 0, 0, SIZE_MAX, NULL },
+	  NULL, "Larger answers are forwarded, not stored; at most 900M (size, default 64M)" },
+	{ "cache", "max_size", CT_SIZE, "256M", M(max_size), 0, 0, SIZE_MAX, NULL,
+	  "What the entries may take; least recently used go beyond it (size, default 256M)" },
+	{ "cache", "memory", CT_SIZE, "8M", M(memory), 0, 0, SIZE_MAX, NULL,
+	  "Recently used entries also kept in memory (size, default 8M)" },
 	{ "cache", "stale_while_revalidate", CT_DURATION, "60", M(stale_while_revalidate), 0, 0,
-	  U_MAX, NULL },
-	{ "cache", "stale_if_error", CT_DURATION, "7d", M(stale_if_error), 0, 0, U_MAX, NULL },
-	{ "cache", "refresh_ahead", CT_BOOL, "yes", M(refresh_ahead), 0, 0, 0, NULL },
+	  U_MAX, NULL,
+	  "After expiry, serve stale this long while refreshing behind (duration, default 60)" },
+	{ "cache", "stale_if_error", CT_DURATION, "7d", M(stale_if_error), 0, 0, U_MAX, NULL,
+	  "After expiry, serve stale this long when the API fails (duration, default 7d)" },
+	{ "cache", "refresh_ahead", CT_BOOL, "yes", M(refresh_ahead), 0, 0, 0, NULL,
+	  "Fetch each family's base list at start and before it expires (boolean, default yes)" },
 	{ "cache", "maintenance_interval", CT_DURATION, "60", M(maintenance_interval), 0, 1, U_MAX,
-	  NULL },
+	  NULL, "How often pruning, eviction and vacuum run (duration, default 60)" },
 
-	{ "log", "level", CT_STRING, "info", M(log_level), 0, 0, 0, check_level },
+	{ "log", "level", CT_STRING, "info", M(log_level), 0, 0, 0, check_level,
+	  "The least important messages logged: error, warn, info or debug (default info)" },
 
 	{ "family", "paths", CT_PREFIXES, NULL, F(paths), offsetof(struct config_family, npaths), 0,
-	  0, NULL },
-	{ "family", "ttl", CT_DURATION, "300", F(ttl), 0, 0, U_MAX, NULL },
+	  0, NULL, "The path prefixes the family covers, at most 8 (required for a new family)" },
+	{ "family", "ttl", CT_DURATION, "300", F(ttl), 0, 0, U_MAX, NULL,
+	  "How long an answer is served fresh; 0 turns caching off (duration, default 300)" },
 	{ "family", "invalidated_by", CT_PREFIXES, NULL, F(invalidated_by),
-	  offsetof(struct config_family, ninvalidated_by), 0, 0, NULL },
+	  offsetof(struct config_family, ninvalidated_by), 0, 0, NULL,
+	  "Other prefixes whose writes empty the family too, at most 8 (default none)" },
 };
 
 #undef M
@@ -1195,6 +1224,26 @@ int config_finish(struct config *cfg, char *err, size_t errlen)
 fail:
 	free(source);
 	return -1;
+}
+
+/* --- the table, for documentation and its checks --- */
+
+size_t config_key_count(void)
+{
+	return sizeof(ckeys) / sizeof(ckeys[0]);
+}
+
+int config_key_info(size_t i, const char **section, const char **name, const char **doc)
+{
+	if (i >= config_key_count())
+		return -1;
+	if (section != NULL)
+		*section = ckeys[i].section;
+	if (name != NULL)
+		*name = ckeys[i].key;
+	if (doc != NULL)
+		*doc = ckeys[i].doc;
+	return 0;
 }
 
 /* --- printing --- */

@@ -3,9 +3,11 @@
  * and the command line, in that order of increasing precedence.
  *
  * Every key lives in one static table {section, key, type, default,
- * validator} in config.c.  Loading never prints: errors come back as text
- * naming "file:line" and the key.  The result is a plain read-only record
- * (struct config) that the rest of the daemon reads after config_finish().
+ * validator, one-line doc} in config.c; config_key_info() lists it, so a
+ * test can hold kaleidod.conf(5) to the same keys.  Loading never prints:
+ * errors come back as text naming "file:line" and the key.  The result is a
+ * plain read-only record (struct config) that the rest of the daemon reads
+ * after config_finish().
  *
  * Secrets: the client secret may come from KALEIDOSCOPE_API_CLIENT_SECRET,
  * $CREDENTIALS_DIRECTORY/client_secret, the file named by client_secret_file,
@@ -114,6 +116,16 @@ int config_finish(struct config *cfg, char *err, size_t errlen);
 
 /* Writes the effective configuration as INI, the secret masked. */
 void config_print(const struct config *cfg, FILE *out);
+
+/*
+ * The keys a file may set, in table order, for checks that the manual
+ * matches them: i runs from 0 to config_key_count() - 1.  section is
+ * "family" for the keys of every [family.NAME]; doc is one line saying what
+ * the key does, with its type and default.  The strings are static; a NULL
+ * out-pointer is skipped.  Returns 0, or -1 when i is out of range.
+ */
+size_t config_key_count(void);
+int config_key_info(size_t i, const char **section, const char **name, const char **doc);
 
 /* Parses "ADDR:PORT" / "[ADDR]:PORT"; host is written into host (hostlen).  0 or -1. */
 int config_parse_listen(const char *spec, char *host, size_t hostlen, unsigned *port);
