@@ -1,9 +1,10 @@
 /*
  * Unit tests for common/config.c: defaults, each value type, "file:line"
  * errors, families, the precedence of file < environment < flags, the
- * secret's sources, the default cache file, masking in config_print and
- * listen parsing.  Files live in a private mkdtemp directory; the environment
- * variables config reads are cleared before every test.
+ * secret's sources, the default cache file, masking in config_print, listen
+ * parsing, and that kaleidod.conf(5) documents exactly the table's keys.
+ * Files live in a private mkdtemp directory; the environment variables
+ * config reads are cleared before every test.
  */
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE 1
@@ -448,9 +449,9 @@ static void test_headers(void **state)
 		-1);
 	assert_string_equal(err, "--header: header value is empty");
 	/* "X-Team: ;genomics" would print back as a comment (tests/fuzz/crashes) */
-	assert_int_equal(
-		config_set(cfg, "upstream", "header", "X-Team:;genomics", "--header", err, sizeof(err)),
-		-1);
+	assert_int_equal(config_set(cfg, "upstream", "header", "X-Team:;genomics", "--header", err,
+				    sizeof(err)),
+			 -1);
 	assert_string_equal(err, "--header: header value must not start with ';'");
 	assert_int_equal(
 		config_set(cfg, "upstream", "header", "host: evil", "--header", err, sizeof(err)),
@@ -873,8 +874,9 @@ static void test_print_masks(void **state)
 		"[log]\n",
 		"\nlevel = info\n",
 		"[family.programs]\npaths = /programs\nttl = 300\ninvalidated_by =\n",
-		"[family.entity_slices]\npaths = /entity_slices\nttl = 300\n"
-		"invalidated_by = /push/imports /key_fields /data_fields\n",
+		/* one element in two pieces; the parentheses tell clang so */
+		("[family.entity_slices]\npaths = /entity_slices\nttl = 300\n"
+		 "invalidated_by = /push/imports /key_fields /data_fields\n"),
 		"[family.record_views]\npaths = /record_views\n",
 	};
 	struct config *cfg = config_new();
@@ -994,6 +996,262 @@ static void test_parse_listen(void **state)
 	assert_int_equal(config_parse_listen(NULL, host, sizeof(host), &port), -1);
 }
 
+/* --- kaleidod.conf(5) documents exactly the table's keys --- */
+
+#define MAN_PAGE "docs/kaleidod.conf.5"
+#define MAN_KEYS_MAX 128
+
+struct man_key {
+	char section[48]; /* as the table names it: "family" for [family.NAME] */
+	char name[48];
+	char def[96]; /* the default the entry's tag names; "" when it names none */
+	int line;
+};
+
+/* The roff word at s, up to a blank, '"' or ')', into out (outlen), with
+ * \- and \& undone. */
+static void roff_word(const char *s, char *out, size_t outlen)
+{
+	size_t n = 0;
+
+	while (*s != '\0' && strchr(" \t\n\")", *s) == NULL) {
+		if (s[0] == '\\' && s[1] == '-') {
+			s += 2;
+			if (n + 1 < outlen)
+				out[n++] = '-';
+			continue;
+		}
+		if (s[0] == '\\' && s[1] == '&') {
+			s += 2;
+			continue;
+		}
+		if (n + 1 < outlen)
+			out[n++] = *s;
+		s++;
+	}
+	out[n] = '\0';
+}
+
+/* Appends a line, indented, to the text in buf. */
+static void append_line(char *buf, size_t len, const char *fmt, ...)
+	__attribute__((format(printf, 3, 4)));
+
+static void append_line(char *buf, size_t len, const char *fmt, ...)
+{
+	size_t used = strlen(buf);
+	va_list ap;
+
+	snprintf(buf + used, len - used, "\n  ");
+	used = strlen(buf);
+	va_start(ap, fmt);
+	vsnprintf(buf + used, len - used, fmt, ap);
+	va_end(ap);
+}
+
+/* Opens DIR/docs/kaleidod.conf.5 (its name into *path); else notes why in tried. */
+static FILE *try_man_page(const char *dir, char **path, char *tried, size_t triedlen)
+{
+	FILE *fp;
+
+	free(*path);
+	assert_true(asprintf(path, "%s/%s", dir, MAN_PAGE) > 0);
+	if ((fp = fopen(*path, "r")) != NULL)
+		return fp;
+	append_line(tried, triedlen, "%s: %s", *path, strerror(errno));
+	return NULL;
+}
+
+/*
+ * Opens kaleidod.conf(5) from the source tree: $KD_SRCDIR (set by make
+ * check), $srcdir (automake's test driver), else the top build directory
+ * above this program or its parent (an in-tree build, or one in build/).
+ * Its name goes into *path (malloc'd).  Fails the test, never skips it: a
+ * check that cannot find its page proves nothing.
+ */
+static FILE *open_man_page(char **path)
+{
+	const char *env[] = { getenv("KD_SRCDIR"), getenv("srcdir") };
+	char exe[4096], tried[2048] = "";
+	FILE *fp;
+	ssize_t n;
+	size_t i;
+
+	*path = NULL;
+	for (i = 0; i < sizeof(env) / sizeof(env[0]); i++)
+		if (env[i] != NULL && *env[i] != '\0' &&
+		    (fp = try_man_page(env[i], path, tried, sizeof(tried))) != NULL)
+			return fp;
+	n = readlink("/proc/self/exe", exe, sizeof(exe) - 1);
+	exe[n > 0 ? n : 0] = '\0';
+	/* .../tests/unit/test_config: the top build directory is three up */
+	for (i = 1; i <= 4; i++) {
+		char *slash = strrchr(exe, '/');
+
+		if (slash == NULL)
+			break;
+		*slash = '\0';
+		if (i >= 3 && (fp = try_man_page(exe, path, tried, sizeof(tried))) != NULL)
+			return fp;
+	}
+	fail_msg("cannot open %s; tried:%s\n  (set KD_SRCDIR to the source tree)", MAN_PAGE, tried);
+	return NULL;
+}
+
+/*
+ * The keys the page documents.  The rule: a key is the first word of a .TP
+ * entry's tag (".B key" or ".BR key ...") under a ".SH [section]" heading;
+ * "[family.NAME]" stands for the table's "family".  .TP entries under any
+ * other heading (value types, FILES) are prose, and a .TP under a [section]
+ * whose tag is not .B or .BR is an error, so a key cannot hide in one.
+ * Returns the number of keys.
+ */
+static size_t read_man_keys(FILE *fp, const char *path, struct man_key *keys, size_t max)
+{
+	char line[1024], section[48] = "";
+	int lineno = 0, after_tp = 0;
+	size_t n = 0;
+
+	while (fgets(line, sizeof(line), fp) != NULL) {
+		const char *p;
+
+		lineno++;
+		if (strncmp(line, ".SH", 3) == 0 && (line[3] == ' ' || line[3] == '\t')) {
+			char head[64];
+			size_t hl;
+
+			p = line + 3 + strspn(line + 3, " \t\"");
+			snprintf(head, sizeof(head), "%.*s", (int)strcspn(p, "\"\n"), p);
+			hl = strlen(head);
+			section[0] = '\0';
+			if (hl > 2 && head[0] == '[' && head[hl - 1] == ']')
+				snprintf(section, sizeof(section), "%.*s", (int)(hl - 2), head + 1);
+			if (strncmp(section, "family.", 7) == 0)
+				strcpy(section, "family");
+			after_tp = 0;
+			continue;
+		}
+		if (strncmp(line, ".TP", 3) == 0) {
+			after_tp = 1;
+			continue;
+		}
+		if (!after_tp)
+			continue;
+		after_tp = 0;
+		if (section[0] == '\0')
+			continue;
+		if (strncmp(line, ".B ", 3) != 0 && strncmp(line, ".BR ", 4) != 0)
+			fail_msg("%s:%d: a .TP entry under [%s] whose tag is not .B or .BR key: %s",
+				 path, lineno, section, line);
+		assert_true(n < max);
+		p = line + strcspn(line, " ");
+		p += strspn(p, " \"");
+		snprintf(keys[n].section, sizeof(keys[n].section), "%s", section);
+		roff_word(p, keys[n].name, sizeof(keys[n].name));
+		keys[n].def[0] = '\0';
+		keys[n].line = lineno;
+		if ((p = strstr(p, "default")) != NULL) {
+			p += strlen("default");
+			p += strspn(p, " \"");
+			roff_word(p, keys[n].def, sizeof(keys[n].def));
+		}
+		if (keys[n].name[0] == '\0')
+			fail_msg("%s:%d: a .TP entry under [%s] with an empty tag", path, lineno,
+				 section);
+		n++;
+	}
+	assert_false(ferror(fp));
+	return n;
+}
+
+/* A table section as a file spells it. */
+static const char *heading(const char *section)
+{
+	return strcmp(section, "family") == 0 ? "family.NAME" : section;
+}
+
+/* The page's entry for section/name, or NULL; *count says how many it has. */
+static const struct man_key *find_man_key(const struct man_key *keys, size_t nkeys,
+					  const char *section, const char *name, size_t *count)
+{
+	const struct man_key *first = NULL;
+	size_t j;
+
+	*count = 0;
+	for (j = 0; j < nkeys; j++) {
+		if (strcmp(keys[j].section, section) != 0 || strcmp(keys[j].name, name) != 0)
+			continue;
+		if (first == NULL)
+			first = &keys[j];
+		(*count)++;
+	}
+	return first;
+}
+
+/*
+ * Every key of the table is documented once, under its section, and the
+ * table's one-line doc names the default the page names; every key the page
+ * documents is in the table.  The failure lists each disagreement.
+ */
+static void test_man_page_keys(void **state)
+{
+	static struct man_key keys[MAN_KEYS_MAX];
+	char *path, problems[4096] = "", want[128];
+	const char *section, *name, *doc;
+	const struct man_key *mk;
+	size_t nkeys, i, j, count;
+	FILE *fp;
+
+	(void)state;
+	fp = open_man_page(&path);
+	nkeys = read_man_keys(fp, path, keys, MAN_KEYS_MAX);
+	fclose(fp);
+	if (nkeys == 0)
+		fail_msg("%s: no keys found (no .TP entries under .SH [section] headings)", path);
+	assert_true(config_key_count() > 0);
+	assert_int_equal(config_key_info(config_key_count(), &section, &name, &doc), -1);
+
+	for (i = 0; i < config_key_count(); i++) {
+		assert_int_equal(config_key_info(i, &section, &name, &doc), 0);
+		if (doc == NULL || *doc == '\0' || strchr(doc, '\n') != NULL) {
+			append_line(problems, sizeof(problems),
+				    "[%s] %s: the table's doc is not one line of text",
+				    heading(section), name);
+			doc = "";
+		}
+		mk = find_man_key(keys, nkeys, section, name, &count);
+		if (mk == NULL) {
+			append_line(problems, sizeof(problems),
+				    "[%s] %s: in the config table, not documented in %s",
+				    heading(section), name, path);
+			continue;
+		}
+		if (count > 1)
+			append_line(problems, sizeof(problems),
+				    "[%s] %s: documented %zu times in %s", heading(section), name,
+				    count, path);
+		snprintf(want, sizeof(want), "default %s", mk->def);
+		if (mk->def[0] != '\0' && strstr(doc, want) == NULL)
+			append_line(problems, sizeof(problems),
+				    "[%s] %s: %s:%d says \"%s\", the table's doc says \"%s\"",
+				    heading(section), name, path, mk->line, want, doc);
+	}
+	for (j = 0; j < nkeys; j++) {
+		for (i = 0; i < config_key_count(); i++) {
+			assert_int_equal(config_key_info(i, &section, &name, NULL), 0);
+			if (strcmp(keys[j].section, section) == 0 &&
+			    strcmp(keys[j].name, name) == 0)
+				break;
+		}
+		if (i == config_key_count())
+			append_line(problems, sizeof(problems),
+				    "%s:%d: documents [%s] %s, which is not in the config table",
+				    path, keys[j].line, heading(keys[j].section), keys[j].name);
+	}
+	free(path);
+	if (problems[0] != '\0')
+		fail_msg("kaleidod.conf(5) and the config table disagree:%s", problems);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -1018,6 +1276,7 @@ int main(void)
 		cmocka_unit_test_setup(test_print_masks, clear_env),
 		cmocka_unit_test_setup(test_print_reloads, clear_env),
 		cmocka_unit_test_setup(test_parse_listen, clear_env),
+		cmocka_unit_test_setup(test_man_page_keys, clear_env),
 	};
 
 	return cmocka_run_group_tests(tests, group_setup, group_teardown);
