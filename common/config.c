@@ -839,9 +839,18 @@ static char *cfg_reader(char *str, int num, void *stream)
 		}
 	}
 	skip = 0;
+	/* A UTF-8 byte-order mark may open the file.  inih drops one from the
+	 * start of what the first line hands it; drop it here instead, so that
+	 * one after blanks (which the stripping below would bring to the start)
+	 * is not taken for a mark, and so hides no section or value from the
+	 * checks below (found by tests/fuzz/fuzz_config). */
+	if (ctx->lineno == 1 && len >= 3 && memcmp(str, "\xEF\xBB\xBF", 3) == 0)
+		skip = 3;
 	while (str[skip] != '\0' && isspace((unsigned char)str[skip]) && str[skip] != '\n')
 		skip++;
 	memmove(str, str + skip, len - skip + 1);
+	if (ctx->lineno == 1 && strncmp(str, "\xEF\xBB\xBF", 3) == 0)
+		ctx_error(ctx, "a byte-order mark may only open the file");
 	/* Debian's inih cuts a value at " ;" (an inline comment) without a
 	 * word: a secret or header holding one would be silently shortened.
 	 * inih takes ':' as well as '=' between key and value, and a value

@@ -57,7 +57,7 @@ struct config {
 	char *listen; /* "ADDR:PORT", "[v6]:PORT" */
 	unsigned max_connections;
 	unsigned connection_timeout; /* s idle before a client is dropped */
-	unsigned threads;            /* 0: one per core */
+	unsigned threads;            /* 0: one per core but one, at least one */
 	unsigned token_lifetime;     /* s, local tokens' expires_in */
 	size_t max_buffered_body; /* bytes; request bodies up to this are buffered (replayable) */
 	char *server_names;       /* Host names accepted besides loopback; space-separated */

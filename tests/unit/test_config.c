@@ -324,6 +324,21 @@ static void test_bad_values_file_line(void **state)
 	expect_load_error("[upstream]\nclient_id =;x\n", 2,
 			  "inline comments are not supported (' ;' in a value); put comments "
 			  "on their own line, and a secret holding ' ;' in client_secret_file");
+	/* A byte-order mark opens a file, and nowhere else: after blanks it
+	 * would hide a section from the checks (found by tests/fuzz/fuzz_config) */
+	expect_load_error("\t\xEF\xBB\xBF[]\n", 1, "a byte-order mark may only open the file");
+	expect_load_error("\xEF\xBB\xBF\xEF\xBB\xBF;x\n", 1,
+			  "a byte-order mark may only open the file");
+	{
+		struct config *bom = config_new();
+
+		assert_int_equal(load(bom, "\xEF\xBB\xBF[upstream]\nclient_id = lab\n"), 0);
+		assert_string_equal(bom->client_id, "lab");
+		config_free(&bom);
+	}
+	expect_load_error("\xEF\xBB\xBF[upstream]\nclient_id = ;x\n", 2,
+			  "inline comments are not supported (' ;' in a value); put comments "
+			  "on their own line, and a secret holding ' ;' in client_secret_file");
 	expect_load_error("[upstream]\nauth_header = bearer\n", 2,
 			  "[upstream] auth_header: expected both, authorization or "
 			  "x-kal-authorization");
