@@ -289,7 +289,7 @@ out:
 	return ret;
 }
 
-static enum cache_err classify(int rc)
+static enum cache_err sqlite_err_kind(int rc)
 {
 	switch (rc & 0xff) {
 	case SQLITE_NOTADB:
@@ -423,7 +423,7 @@ static int upgrade(struct cache *c, long long version, enum cache_err *why)
 	if (rc != SQLITE_OK) {
 		/* A plain error here is SQL refused by the tables in the file: a
 		 * foreign "entries", say.  Not a cache this code can use. */
-		*why = (rc & 0xff) == SQLITE_ERROR ? CACHE_ERR_CORRUPT : classify(rc);
+		*why = (rc & 0xff) == SQLITE_ERROR ? CACHE_ERR_CORRUPT : sqlite_err_kind(rc);
 		return rc;
 	}
 	if (version > CACHE_SCHEMA_VERSION)
@@ -501,7 +501,8 @@ static int setup_writer(struct cache *c, enum cache_err *why)
 	for (int i = 0; i < W_COUNT; i++) {
 		if ((rc = prepare(db, wsql[i], &c->w[i])) != SQLITE_OK) {
 			set_err("%s: unexpected schema: %s", c->path, sqlite3_errmsg(db));
-			*why = (rc & 0xff) == SQLITE_ERROR ? CACHE_ERR_CORRUPT : classify(rc);
+			*why = (rc & 0xff) == SQLITE_ERROR ? CACHE_ERR_CORRUPT :
+							     sqlite_err_kind(rc);
 			return rc;
 		}
 	}
@@ -520,7 +521,7 @@ static int setup_writer(struct cache *c, enum cache_err *why)
 	return SQLITE_OK;
 fail:
 	set_err("%s: %s", c->path, sqlite3_errmsg(db));
-	*why = classify(rc);
+	*why = sqlite_err_kind(rc);
 	return rc;
 }
 
@@ -583,7 +584,7 @@ struct cache *cache_open(const char *path, enum cache_err *why, char *err, size_
 	rc = sqlite3_open_v2(path, &c->wdb, SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX, NULL);
 	if (rc != SQLITE_OK) {
 		set_err("%s: %s", path, c->wdb ? sqlite3_errmsg(c->wdb) : sqlite3_errstr(rc));
-		*why = classify(rc);
+		*why = sqlite_err_kind(rc);
 		goto fail;
 	}
 	sqlite3_extended_result_codes(c->wdb, 1);

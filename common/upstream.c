@@ -28,6 +28,7 @@
 #include <time.h>
 
 #include "auth.h"
+#include "check.h"
 #include "config.h"
 #include "hdr.h"
 #include "kdbuild.h"
@@ -36,7 +37,6 @@
 
 #define RING_CAP (256 * 1024) /* per direction, per transfer */
 #define TOKEN_BODY_MAX (64 * 1024)
-#define TOKEN_PATH "/auth/oauth/token"
 #define REAUTH_GAP 30.0 /* s an endpoint that refused a fresh token is remembered */
 #define REFUSERS 16
 /* A replay that fails with a fresh token is ambiguous: the endpoint
@@ -52,6 +52,8 @@ struct ring {
 enum phase { PH_NEW = 0, PH_WAITING, PH_RUNNING, PH_DONE };
 
 struct up_xfer {
+	unsigned magic;
+#define UP_XFER_MAGIC 0x2c81f04bu
 	pthread_mutex_t lock;
 	int refs;
 	struct upstream *u;
@@ -221,6 +223,7 @@ static int slist_add(struct curl_slist **list, const char *line)
 
 static void xfer_free(struct up_xfer *x)
 {
+	CHECK_OBJ(x, UP_XFER_MAGIC);
 	if (x->easy != NULL)
 		curl_easy_cleanup(x->easy);
 	curl_slist_free_all(x->fwd_headers);
@@ -236,6 +239,7 @@ static void xfer_free(struct up_xfer *x)
 	free(x->up.buf);
 	membuf_free(&x->collect, 0);
 	pthread_mutex_destroy(&x->lock);
+	FINI_OBJ(x);
 	free(x);
 }
 
@@ -243,9 +247,11 @@ static void xfer_unref(struct up_xfer *x)
 {
 	int left;
 
+	CHECK_OBJ(x, UP_XFER_MAGIC);
 	pthread_mutex_lock(&x->lock);
 	left = --x->refs;
 	pthread_mutex_unlock(&x->lock);
+	ASSERT(left >= 0);
 	if (left == 0)
 		xfer_free(x);
 }
@@ -314,7 +320,7 @@ static int take_park_locked(struct up_xfer *x)
 	return was;
 }
 
-static void unpark(struct up_xfer *x, int do_it)
+static void xfer_unpark(struct up_xfer *x, int do_it)
 {
 	if (do_it && x->hooks.unpark != NULL)
 		x->hooks.unpark(x->hooks.arg);
@@ -465,7 +471,7 @@ static size_t on_header(char *line, size_t size, size_t nitems, void *arg)
 		x->state = UP_HEADERS;
 		wake = take_park_locked(x);
 		pthread_mutex_unlock(&x->lock);
-		unpark(x, wake);
+		xfer_unpark(x, wake);
 	}
 	return x->building != NULL ? len : 0;
 }
@@ -519,7 +525,7 @@ static size_t on_write(char *data, size_t size, size_t nmemb, void *arg)
 	}
 	wake = take_park_locked(x);
 	pthread_mutex_unlock(&x->lock);
-	unpark(x, wake);
+	xfer_unpark(x, wake);
 	if (mask)
 		curl_easy_pause(x->easy, mask);
 	return len;
@@ -548,13 +554,13 @@ static size_t on_read(char *buf, size_t size, size_t nitems, void *arg)
 		x->paused_send = 1;
 		wake = take_park_locked(x);
 		pthread_mutex_unlock(&x->lock);
-		unpark(x, wake);
+		xfer_unpark(x, wake);
 		return CURL_READFUNC_PAUSE;
 	}
 	n = ring_get(&x->up, buf, max);
 	wake = take_park_locked(x);
 	pthread_mutex_unlock(&x->lock);
-	unpark(x, wake);
+	xfer_unpark(x, wake);
 	return n;
 }
 
@@ -644,7 +650,7 @@ static void token_start(struct upstream *u, double now)
 	if (!auth_begin(u->auth, now, u->force_auth, &form))
 		return;
 	u->force_auth = 0;
-	snprintf(url, sizeof(url), "%s%s", u->url, TOKEN_PATH);
+	snprintf(url, sizeof(url), "%s%s", u->url, UPSTREAM_TOKEN_PATH);
 	u->tok_easy = curl_easy_init();
 	if (u->tok_easy == NULL) {
 		auth_finish(u->auth, now, 0, NULL, 0, "out of memory");
@@ -774,7 +780,7 @@ static void xfer_fail(struct upstream *u, struct up_xfer *x, enum up_error e, co
 	}
 	wake = take_park_locked(x);
 	pthread_mutex_unlock(&x->lock);
-	unpark(x, wake);
+	xfer_unpark(x, wake);
 	complete_detached(x);
 	pthread_mutex_lock(&u->clock);
 	u->counters.failed++;
@@ -943,7 +949,7 @@ static void drain_waiting(struct upstream *u, double now)
 	}
 }
 
-static enum up_error classify(CURLcode rc)
+static enum up_error curl_err_kind(CURLcode rc)
 {
 	switch (rc) {
 	case CURLE_OPERATION_TIMEDOUT:
@@ -992,7 +998,7 @@ static void xfer_done(struct upstream *u, struct up_xfer *x, CURLcode rc, double
 		return;
 	}
 	if (rc != CURLE_OK) {
-		xfer_fail(u, x, classify(rc), "%s: %s", curl_easy_strerror(rc),
+		xfer_fail(u, x, curl_err_kind(rc), "%s: %s", curl_easy_strerror(rc),
 			  x->errbuf[0] ? x->errbuf : "no detail");
 		return;
 	}
@@ -1018,7 +1024,7 @@ static void xfer_done(struct upstream *u, struct up_xfer *x, CURLcode rc, double
 	x->down_eof = 1;
 	wake = take_park_locked(x);
 	pthread_mutex_unlock(&x->lock);
-	unpark(x, wake);
+	xfer_unpark(x, wake);
 	complete_detached(x);
 	xfer_retire(u, x);
 }
@@ -1354,6 +1360,7 @@ struct up_xfer *upstream_start(struct upstream *u, const struct up_request *req,
 			hooks->complete_free(hooks->complete_arg);
 		return NULL;
 	}
+	INIT_OBJ(x, UP_XFER_MAGIC);
 	pthread_mutex_init(&x->lock, NULL);
 	x->refs = 2; /* the front's and the worker's */
 	x->worker_ref = 1;
@@ -1436,6 +1443,7 @@ void upstream_xfer_write(struct up_xfer *x, const char *data, size_t len, size_t
 {
 	int queue = 0;
 
+	CHECK_OBJ(x, UP_XFER_MAGIC);
 	pthread_mutex_lock(&x->lock);
 	/* After a failure, the end, or an early final answer (curl stops
 	 * sending once a status >= 300 arrived), nobody reads the rest. */
@@ -1482,6 +1490,7 @@ enum up_state upstream_xfer_poll(struct up_xfer *x)
 {
 	enum up_state s;
 
+	CHECK_OBJ(x, UP_XFER_MAGIC);
 	pthread_mutex_lock(&x->lock);
 	s = x->state;
 	if (s == UP_PENDING) {
@@ -1521,6 +1530,7 @@ ssize_t upstream_xfer_read(struct up_xfer *x, char *buf, size_t max)
 	ssize_t n;
 	int queue = 0;
 
+	CHECK_OBJ(x, UP_XFER_MAGIC);
 	pthread_mutex_lock(&x->lock);
 	/* While an answer is being collected for the cache, its last byte waits
 	 * for the end of the transfer: a client that has the whole answer finds
@@ -1589,25 +1599,4 @@ void upstream_xfer_release(struct up_xfer **xp)
 	if (worker)
 		cmd_push(x->u, CMD_RELEASE, x);
 	xfer_unref(x);
-}
-
-const char *upstream_error_name(enum up_error e)
-{
-	switch (e) {
-	case UP_ERR_NONE:
-		return "none";
-	case UP_ERR_CONNECT:
-		return "upstream unreachable";
-	case UP_ERR_TIMEOUT:
-		return "upstream timeout";
-	case UP_ERR_AUTH:
-		return "upstream authentication failed";
-	case UP_ERR_PROTOCOL:
-		return "upstream protocol error";
-	case UP_ERR_SHUTDOWN:
-		return "shutting down";
-	case UP_ERR_INTERNAL:
-		return "internal error";
-	}
-	return "unknown";
 }

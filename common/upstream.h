@@ -20,6 +20,9 @@
 #include <stddef.h>
 #include <sys/types.h>
 
+/* The API's token endpoint, which kaleidod also answers for its clients. */
+#define UPSTREAM_TOKEN_PATH "/auth/oauth/token"
+
 struct config;
 struct hdr;
 struct auth_status;
@@ -179,7 +182,5 @@ const void *upstream_xfer_collected(struct up_xfer *x, size_t *len);
 
 /* The front is done with the handle: aborts a transfer still running.  NULLs *x. */
 void upstream_xfer_release(struct up_xfer **x);
-
-const char *upstream_error_name(enum up_error e);
 
 #endif

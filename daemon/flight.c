@@ -15,8 +15,11 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/queue.h>
 #include <time.h>
 
+#include "check.h"
+#include "clock.h"
 #include "config.h"
 #include "hdr.h"
 #include "hot.h"
@@ -26,10 +29,13 @@
 struct waiter {
 	void *arg;
 	void (*unpark)(void *);
-	struct waiter *next;
+	STAILQ_ENTRY(waiter) link;
 };
+STAILQ_HEAD(waiters, waiter);
 
 struct flight {
+	unsigned magic;
+#define FLIGHT_MAGIC 0x5be0c2d1u
 	struct flights *fs;
 	int refs; /* under fs->lock */
 	char *key, *path;
@@ -44,8 +50,9 @@ struct flight {
 	int revalidated;
 	enum up_error err;
 	char detail[512];
-	struct waiter *waiters;
-	struct flight *next; /* the table, while running */
+	struct waiters waiters;  /* resumed in arrival order */
+	LIST_ENTRY(flight) link; /* the table, while running */
+	int in_table;
 };
 
 /* What recent flights taught about a key, by hash: a small table where a
@@ -67,7 +74,7 @@ struct flights {
 	struct policy *policy;
 	pthread_mutex_t lock;
 	pthread_cond_t idle; /* signalled when no flight runs */
-	struct flight *running;
+	LIST_HEAD(, flight) running;
 	int live;   /* flights not yet finished, in the table or not */
 	int waking; /* finish() calls resuming waiters */
 	struct note notes[NOTES];
@@ -103,6 +110,7 @@ struct flights *flights_new(const struct config *cfg, struct upstream *up, struc
 	fs->hot = hot;
 	fs->policy = policy;
 	pthread_mutex_init(&fs->lock, NULL);
+	LIST_INIT(&fs->running);
 	{
 		pthread_condattr_t ca;
 
@@ -148,12 +156,15 @@ int flights_drain(struct flights *fs, double seconds)
 
 static void flight_free(struct flight *f)
 {
+	CHECK_OBJ(f, FLIGHT_MAGIC);
+	ASSERT(f->refs == 0 && !f->in_table && STAILQ_EMPTY(&f->waiters));
 	upstream_xfer_release(&f->x);
 	hot_entry_unref(&f->stale);
 	hot_entry_unref(&f->entry);
 	hdr_free(&f->req);
 	free(f->key);
 	free(f->path);
+	FINI_OBJ(f);
 	free(f);
 }
 
@@ -164,9 +175,11 @@ void flight_unref(struct flight **fp)
 
 	if (f == NULL)
 		return;
+	CHECK_OBJ(f, FLIGHT_MAGIC);
 	*fp = NULL;
 	pthread_mutex_lock(&f->fs->lock);
 	left = --f->refs;
+	ASSERT(left >= 0);
 	pthread_mutex_unlock(&f->fs->lock);
 	if (left == 0)
 		flight_free(f);
@@ -179,18 +192,13 @@ static void xfer_ref_free(void *arg)
 	flight_unref(&f);
 }
 
-static int64_t now_wall(void)
-{
-	return (int64_t)time(NULL);
-}
-
 /* ---- notes ---- */
 
 static void note(struct flights *fs, const char *key, int too_large_for, int cooldown_for)
 {
 	uint64_t h = hot_key_hash(key);
 	struct note *n = &fs->notes[h % NOTES];
-	int64_t now = now_wall();
+	int64_t now = clock_wall();
 
 	pthread_mutex_lock(&fs->lock);
 	if (n->hash != h)
@@ -207,7 +215,7 @@ int flight_noted(struct flights *fs, const char *key, enum flight_note what)
 {
 	uint64_t h = hot_key_hash(key);
 	const struct note *n = &fs->notes[h % NOTES];
-	int64_t now = now_wall();
+	int64_t now = clock_wall();
 	int yes;
 
 	pthread_mutex_lock(&fs->lock);
@@ -260,7 +268,7 @@ static struct hot_entry *revalidated(struct flight *f, struct up_xfer *x)
 	size_t len;
 	char *text = merge_304(hot_entry_headers(f->stale), upstream_xfer_headers(x), &len);
 	struct hot_entry *e = NULL;
-	int64_t now = now_wall();
+	int64_t now = clock_wall();
 
 	if (text != NULL) {
 		struct hdr *h = hdr_parse(text, len);
@@ -285,7 +293,7 @@ static struct hot_entry *answered(struct flights *fs, const char *key, int famil
 {
 	const struct hdr *h = upstream_xfer_headers(x);
 	long status = upstream_xfer_status(x);
-	int64_t now = now_wall();
+	int64_t now = clock_wall();
 	unsigned age = 0;
 	/* Only a framed answer is known to be whole: one the API ended by
 	 * closing the connection is handed on, never kept. */
@@ -343,14 +351,12 @@ struct hot_entry *flight_keep(struct flights *fs, const char *key, int family, c
  * caller still holds one. */
 static void unlink_locked(struct flights *fs, struct flight *f)
 {
-	for (struct flight **p = &fs->running; *p != NULL; p = &(*p)->next) {
-		if (*p == f) {
-			*p = f->next;
-			f->next = NULL;
-			f->refs--;
-			return;
-		}
-	}
+	if (!f->in_table)
+		return;
+	LIST_REMOVE(f, link);
+	f->in_table = 0;
+	f->refs--;
+	ASSERT(f->refs > 0);
 }
 
 /* Takes f out of the table, marks it ended, wakes its waiters.  The
@@ -358,26 +364,28 @@ static void unlink_locked(struct flights *fs, struct flight *f)
 static void finish(struct flights *fs, struct flight *f)
 {
 	struct up_xfer *mine;
+	struct waiters woken;
 	struct waiter *w;
+
+	CHECK_OBJ(f, FLIGHT_MAGIC);
 	pthread_mutex_lock(&fs->lock);
+	ASSERT(!f->done);
 	f->done = 1;
 	unlink_locked(fs, f);
 	fs->live--;
 	fs->waking++;
-	w = f->waiters;
-	f->waiters = NULL;
+	STAILQ_INIT(&woken);
+	STAILQ_CONCAT(&woken, &f->waiters);
 	mine = f->x;
 	f->x = NULL;
 	pthread_mutex_unlock(&fs->lock);
-	while (w != NULL) {
-		struct waiter *next = w->next;
-
+	while ((w = STAILQ_FIRST(&woken)) != NULL) {
+		STAILQ_REMOVE_HEAD(&woken, link);
 		w->unpark(w->arg);
 		free(w);
-		w = next;
 	}
-	pthread_mutex_lock(
-		&fs->lock); /* Idle only once every waiter is resumed: the server may stop then. */
+	/* Idle only once every waiter is resumed: the server may stop then. */
+	pthread_mutex_lock(&fs->lock);
 	if (--fs->waking == 0 && fs->live == 0)
 		pthread_cond_broadcast(&fs->idle);
 	pthread_mutex_unlock(&fs->lock);
@@ -474,9 +482,11 @@ fail:
 
 static struct flight *find(struct flights *fs, const char *key)
 {
-	for (struct flight *f = fs->running; f != NULL; f = f->next)
-		if (strcmp(f->key, key) == 0)
-			return f;
+	struct flight *f;
+
+	LIST_FOREACH(f, &fs->running, link)
+	if (strcmp(f->key, key) == 0)
+		return f;
 	return NULL;
 }
 
@@ -489,6 +499,8 @@ static struct flight *create(struct flights *fs, const struct flight_req *rq)
 
 	if (f == NULL)
 		return NULL;
+	INIT_OBJ(f, FLIGHT_MAGIC);
+	STAILQ_INIT(&f->waiters);
 	f->fs = fs;
 	f->refs = 1;
 	f->family = rq->family;
@@ -506,8 +518,8 @@ static struct flight *create(struct flights *fs, const struct flight_req *rq)
 		return NULL;
 	}
 	f->stale = hot_entry_ref(rq->stale);
-	f->next = fs->running;
-	fs->running = f;
+	LIST_INSERT_HEAD(&fs->running, f, link);
+	f->in_table = 1;
 	fs->live++;
 	return f;
 }
@@ -605,6 +617,7 @@ int flight_wait(struct flight *f, void (*park)(void *), void (*unpark)(void *), 
 {
 	struct waiter *w;
 
+	CHECK_OBJ(f, FLIGHT_MAGIC);
 	pthread_mutex_lock(&f->fs->lock);
 	if (f->done) {
 		pthread_mutex_unlock(&f->fs->lock);
@@ -616,8 +629,7 @@ int flight_wait(struct flight *f, void (*park)(void *), void (*unpark)(void *), 
 	}
 	w->arg = arg;
 	w->unpark = unpark;
-	w->next = f->waiters;
-	f->waiters = w;
+	STAILQ_INSERT_TAIL(&f->waiters, w, link);
 	park(arg);
 	pthread_mutex_unlock(&f->fs->lock);
 	return 1;
@@ -627,14 +639,13 @@ void flight_leave(struct flight *f, void *arg)
 {
 	struct waiter *gone = NULL;
 
+	CHECK_OBJ(f, FLIGHT_MAGIC);
 	pthread_mutex_lock(&f->fs->lock);
-	for (struct waiter **p = &f->waiters; *p != NULL; p = &(*p)->next) {
-		if ((*p)->arg == arg) {
-			gone = *p;
-			*p = gone->next;
-			break;
-		}
-	}
+	STAILQ_FOREACH(gone, &f->waiters, link)
+	if (gone->arg == arg)
+		break;
+	if (gone != NULL)
+		STAILQ_REMOVE(&f->waiters, gone, waiter, link);
 	pthread_mutex_unlock(&f->fs->lock);
 	free(gone);
 }

@@ -28,7 +28,11 @@
 
 #include "admin.h"
 #include "cache.h"
+#include "check.h"
+#include "clock.h"
 #include "config.h"
+#include "conneg.h"
+#include "deliver.h"
 #include "flight.h"
 #include "hdr.h"
 #include "hitcache.h"
@@ -43,7 +47,6 @@
 #include "stats.h"
 #include "upstream.h"
 
-#define TOKEN_PATH "/auth/oauth/token"
 #define ADMIN_PREFIX "/_kaleidod/"
 #define SMALL_BODY_MAX (64 * 1024) /* token endpoint and admin bodies */
 #define READ_BLOCK (64 * 1024)
@@ -65,19 +68,34 @@ struct front {
  * first request is answered 503 and the connection closed. */
 static char over_limit;
 
-enum route { R_FORWARD = 0, R_TOKEN, R_ADMIN };
+enum step {
+	STEP_RECV,   /* first call: strict checks, Host, Origin, loops */
+	STEP_ROUTE,  /* where it goes: admin, token, the cache or the API */
+	STEP_BODY,   /* the body arrives: buffered, or streamed up as it comes */
+	STEP_ADMIN,  /* /_kaleidod/... */
+	STEP_TOKEN,  /* the local token endpoint */
+	STEP_LOOKUP, /* a cacheable GET or HEAD: hitcache, memory, file */
+	STEP_WAIT,   /* parked on the key's flight */
+	STEP_FETCH,  /* our own transfer: parked until the API's headers */
+	STEP_STREAM, /* relay the answer (a write: once its invalidations are durable) */
+	STEP_DONE,   /* answered */
+};
+/* A step's result when it set r->step and the next step runs now. */
+#define GO_ON (-1)
 
 /* X-Cache values, for cacheable requests only. */
 enum xcache { XC_NONE = 0, XC_HIT, XC_MISS, XC_STALE, XC_BYPASS, XC_REVALIDATED };
 static const char *const xcache_names[] = { NULL, "HIT", "MISS", "STALE", "BYPASS", "REVALIDATED" };
 
 struct req {
+	unsigned magic;
+#define REQ_MAGIC 0x7a4d19e3u
 	struct front *f;
 	struct MHD_Connection *conn;
-	int thread;   /* the serve thread whose daemon has the connection */
-	char *target; /* raw request target, as sent */
-	int seen;     /* on_request() has run once */
-	enum route route;
+	int thread;           /* the serve thread whose daemon has the connection */
+	char *target;         /* raw request target, as sent */
+	enum step step;       /* where run() goes on; RECV until the first call */
+	enum step after;      /* what runs once the body is read: ADMIN, TOKEN, LOOKUP or FETCH */
 	atomic_int suspended; /* guards each suspend/resume pair */
 
 	/* Cache decisions (family >= 0: a cacheable GET or HEAD). */
@@ -104,7 +122,7 @@ struct req {
 
 	struct up_xfer *x;
 	int invalidated;    /* a write's invalidations are done (durable, or given up on) */
-	const char *reject; /* why classify() refused the request */
+	const char *reject; /* why route_request() refused the request */
 	char reject_buf[160];
 
 	/* For the debug access line. */
@@ -114,11 +132,6 @@ struct req {
 };
 
 /* ---- small helpers ---- */
-
-static int64_t now_wall(void)
-{
-	return (int64_t)time(NULL);
-}
 
 static int path_len(const char *target)
 {
@@ -231,69 +244,13 @@ static struct hitcache *thread_hitcache(struct front *f)
 	return t >= 0 && (unsigned)t < f->threads ? f->hc[t] : NULL;
 }
 
-/* Whether an Accept-Encoding value admits gzip (a "q=0" refuses it). */
-static int accepts_gzip(const char *ae)
-{
-	while (ae != NULL && *ae != '\0') {
-		size_t n = strcspn(ae, ",");
-		const char *tok = ae, *semi;
-
-		while (*tok == ' ' || *tok == '\t')
-			tok++;
-		semi = memchr(tok, ';', (size_t)(ae + n - tok));
-		size_t tlen = (size_t)((semi ? semi : ae + n) - tok);
-
-		while (tlen > 0 && (tok[tlen - 1] == ' ' || tok[tlen - 1] == '\t'))
-			tlen--;
-		if ((tlen == 4 && strncasecmp(tok, "gzip", 4) == 0) ||
-		    (tlen == 6 && strncasecmp(tok, "x-gzip", 6) == 0) ||
-		    (tlen == 1 && tok[0] == '*')) {
-			const char *q = semi ? strcasestr(semi, "q=") : NULL;
-
-			if (q == NULL || q >= ae + n || strtod(q + 2, NULL) > 0)
-				return 1;
-		}
-		ae += n;
-		if (*ae == ',')
-			ae++;
-	}
-	return 0;
-}
-
-/* Whether an If-None-Match value names etag (weak comparison, RFC 9110 13.1.2). */
-static int etag_matches(const char *inm, const char *etag)
-{
-	size_t elen;
-
-	if (inm == NULL || etag == NULL)
-		return 0;
-	if (strncmp(etag, "W/", 2) == 0)
-		etag += 2;
-	elen = strlen(etag);
-	while (*inm != '\0') {
-		size_t n;
-
-		while (*inm == ' ' || *inm == '\t' || *inm == ',')
-			inm++;
-		if (*inm == '*')
-			return 1;
-		if (strncmp(inm, "W/", 2) == 0)
-			inm += 2;
-		n = strcspn(inm, ", \t");
-		if (n == elen && n > 0 && strncmp(inm, etag, n) == 0)
-			return 1;
-		inm += n;
-	}
-	return 0;
-}
-
 /* Answers from an entry: a stored answer, or one a flight brought.  A
  * fresh entry goes out as its shared HIT response; a client holding the
  * entry's ETag gets a 304. */
 static enum MHD_Result respond_entry(struct req *r, struct hot_entry *e, enum xcache xc)
 {
 	struct front *f = r->f;
-	int64_t now = now_wall();
+	int64_t now = clock_wall();
 	const char *inm = MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, "If-None-Match");
 	const struct hdr *h = hot_entry_headers(e);
 	struct MHD_Response *resp;
@@ -301,18 +258,18 @@ static enum MHD_Result respond_entry(struct req *r, struct hot_entry *e, enum xc
 	r->xc = xc;
 	if (xc == XC_HIT || xc == XC_STALE)
 		stats_inc(f->d.stats, r->family, xc == XC_HIT ? STATS_HITS : STATS_STALE);
-	if (hot_entry_status(e) == 200 && etag_matches(inm, hdr_get(h, "ETag")))
+	if (hot_entry_status(e) == 200 && conneg_etag_matches(inm, hdr_get(h, "ETag")))
 		return queue_and_drop(r, MHD_HTTP_NOT_MODIFIED,
-				      hot_entry_not_modified(e, r->gzip, NULL));
+				      deliver_not_modified(e, r->gzip, NULL));
 	if (xc == XC_HIT) {
 		struct hitcache *hc = thread_hitcache(f);
 		int ok = hc != NULL ? hitcache_queue_hit(hc, e, r->hash, r->conn, r->gzip, now) :
-				      hot_entry_queue_hit(e, r->conn, r->gzip, now);
+				      hitcache_queue_once(e, r->conn, r->gzip, now);
 
 		r->status = (unsigned)hot_entry_status(e);
 		return ok ? MHD_YES : MHD_NO;
 	}
-	resp = hot_entry_response(e, r->gzip, NULL, now);
+	resp = deliver_response(e, r->gzip, NULL, now);
 	if (resp != NULL && xc == XC_STALE)
 		MHD_add_response_header(resp, "Warning", "110 kaleidod \"Response is Stale\"");
 	return queue_and_drop(r, (unsigned)hot_entry_status(e), resp);
@@ -366,20 +323,21 @@ static int stale_usable(const struct req *r)
 	if (r->stale == NULL || hot_entry_status(r->stale) != 200)
 		return 0;
 	stale_limits(r, r->stale, &swr, &sie);
-	return now_wall() < hot_entry_expires_at(r->stale) + (int64_t)sie;
+	return clock_wall() < hot_entry_expires_at(r->stale) + (int64_t)sie;
 }
 
 /* ---- park/unpark: the upstream module suspends and resumes us ---- */
 
-static void park(void *arg)
+static void req_park(void *arg)
 {
 	struct req *r = arg;
 
+	CHECK_OBJ(r, REQ_MAGIC);
 	atomic_store(&r->suspended, 1);
 	MHD_suspend_connection(r->conn);
 }
 
-static void unpark(void *arg)
+static void req_unpark(void *arg)
 {
 	struct req *r = arg;
 
@@ -387,10 +345,14 @@ static void unpark(void *arg)
 	 * suspend in libmicrohttpd 0.9.75: resume only what we suspended.
 	 * In external mode libmicrohttpd only marks it; its serve thread must
 	 * be woken to run it (MHD_start_daemon drops MHD_USE_ITC there). */
-	struct serve *serve = r->f->serve;
-	struct MHD_Connection *conn = r->conn;
-	int thread = r->thread;
+	struct serve *serve;
+	struct MHD_Connection *conn;
+	int thread;
 
+	CHECK_OBJ(r, REQ_MAGIC);
+	serve = r->f->serve;
+	conn = r->conn;
+	thread = r->thread;
 	/* Nothing of r after the resume: its serve thread may answer the
 	 * connection and free r before we get to the wake-up. */
 	if (atomic_exchange(&r->suspended, 0)) {
@@ -534,8 +496,8 @@ static int start_upstream(struct req *r, const char *method)
 		rq.body = r->body.data;
 		rq.body_size = r->body.len;
 	}
-	hooks.park = park;
-	hooks.unpark = unpark;
+	hooks.park = req_park;
+	hooks.unpark = req_unpark;
 	hooks.arg = r;
 	if (r->family >= 0 && r->may_store && !r->head) {
 		if ((s = calloc(1, sizeof(*s))) == NULL || (s->key = strdup(r->key)) == NULL ||
@@ -606,7 +568,8 @@ static unsigned long long invalidate_after_write(struct req *r, const char *meth
 /* Headers that the proxy sets itself on a relayed answer. */
 static const char *const relay_skip[] = { "Content-Length", NULL };
 
-static enum MHD_Result relay_answer(struct req *r, const char *method)
+/* The API's status and fields, and its body streamed as it comes. */
+static enum MHD_Result relay_answer(struct req *r)
 {
 	const struct hdr *h = upstream_xfer_headers(r->x);
 	long status = upstream_xfer_status(r->x);
@@ -614,14 +577,6 @@ static enum MHD_Result relay_answer(struct req *r, const char *method)
 	struct MHD_Response *resp;
 	struct hdr *out;
 
-	/* The client learns of a write only once the lists it changed are
-	 * gone from the file too: a crash right after cannot bring them back. */
-	if (status >= 200 && status < 300 && is_write(method) && !r->invalidated) {
-		r->invalidated = 1;
-		if (keeper_await_durable(r->f->d.keeper, invalidate_after_write(r, method), park,
-					 unpark, r))
-			return MHD_YES; /* parked; called again once durable */
-	}
 	if ((out = hdr_new()) == NULL || hdr_copy_end_to_end(out, h, relay_skip) < 0) {
 		hdr_free(&out);
 		return MHD_NO;
@@ -691,136 +646,92 @@ static void count(struct req *r, enum stats_counter c)
 	}
 }
 
-/* A request kaleidod forwards on its own connection to the API, streaming
- * both ways: everything but a cacheable GET, and the exceptions to it. */
-static enum MHD_Result forward_direct(struct req *r, const char *method)
+/*
+ * ---- the request's steps ----
+ *
+ * A request moves through named steps, kept in r->step, so that a
+ * connection parked while the API, a flight or the file works re-enters
+ * the step it stopped in.  run() strings them together; each step answers
+ * (and the request is DONE), parks (returning MHD_YES; libmicrohttpd calls
+ * again once the connection is resumed), or sets the next step and returns
+ * GO_ON.
+ */
+
+/* A step that answered: nothing more runs for this request. */
+static int answered(struct req *r, enum MHD_Result ret)
 {
-	struct front *f = r->f;
-
-	if (r->x == NULL) {
-		if (r->family >= 0) {
-			if (r->xc == XC_NONE)
-				r->xc = XC_MISS;
-			count(r, r->xc == XC_BYPASS ? STATS_BYPASS : STATS_MISSES);
-		}
-		if (start_upstream(r, method) < 0)
-			return respond_error(r, MHD_HTTP_INTERNAL_SERVER_ERROR, "internal error",
-					     "out of memory starting the upstream request");
-	}
-	if (r->streaming && !r->write_ended) {
-		upstream_xfer_write_end(r->x);
-		r->write_ended = 1;
-	}
-	switch (upstream_xfer_poll(r->x)) {
-	case UP_PENDING:
-		return MHD_YES; /* parked; called again when the API answered */
-	case UP_FAILED: {
-		const char *detail;
-		enum up_error e = upstream_xfer_error(r->x, &detail);
-
-		return answer_failure(r, e, detail);
-	}
-	case UP_HEADERS:
-		break;
-	}
-	if (stale_usable(r) && upstream_xfer_status(r->x) >= 500) {
-		log_info("%s: the API answered %ld; serving stale copy", r->target,
-			 upstream_xfer_status(r->x));
-		stats_inc(f->d.stats, r->family, STATS_UPSTREAM_ERRORS);
-		upstream_xfer_release(&r->x);
-		return respond_entry(r, r->stale, XC_STALE);
-	}
-	return relay_answer(r, method);
+	r->step = STEP_DONE;
+	return ret;
 }
 
-/* What a flight this request waited on ended with. */
-static enum MHD_Result flight_ended(struct req *r, const char *method)
+/* A step that hands the request on to the next. */
+static int go(struct req *r, enum step next)
 {
-	struct hot_entry *e;
-	const char *detail;
-	enum up_error err;
-	int reval = 0;
+	r->step = next;
+	return GO_ON;
+}
 
-	switch (flight_outcome(r->flight)) {
-	case FLIGHT_ENTRY:
-		e = flight_entry(r->flight, &reval);
-		if (other_variant_of_fetch(r, e))
-			break; /* the fetch's variant is not ours: fetch our own */
-		if (hot_entry_status(e) >= 500 && stale_usable(r)) {
-			log_info("%s: the API answered %ld; serving stale copy", r->target,
-				 hot_entry_status(e));
-			stats_inc(r->f->d.stats, r->family, STATS_UPSTREAM_ERRORS);
-			return respond_entry(r, r->stale, XC_STALE);
-		}
-		if (reval)
-			stats_inc(r->f->d.stats, r->family, STATS_REVALIDATED);
-		return respond_entry(r, e, reval ? XC_REVALIDATED : XC_MISS);
-	case FLIGHT_ERROR:
-		err = flight_error(r->flight, &detail);
-		return answer_failure(r, err, detail);
-	case FLIGHT_DIRECT:
-		break;
-	}
-	/* Too large to keep (everyone who waited fetches it for themselves),
-	 * or a variant for fields this request does not share. */
-	flight_unref(&r->flight);
-	r->direct = 1;
+/* Fetched for this client alone and not kept (a variant the entry is not,
+ * a HEAD, an answer lately too large, a flight that could not start). */
+static int fetch_alone(struct req *r)
+{
 	r->may_store = 0;
-	return forward_direct(r, method);
+	return go(r, STEP_FETCH);
 }
 
-/* A cacheable GET or HEAD: memory, the file, or the one fetch of its key. */
-static enum MHD_Result forward_cached(struct req *r, const char *method)
+/*
+ * LOOKUP: this thread's hitcache (no lock), then memory and the file.  A
+ * fresh entry is a HIT; an expired one within stale-while-revalidate is
+ * served STALE while one refresh runs behind it; otherwise the request
+ * joins its key's one flight (started if none runs) and WAITs.
+ */
+static int step_lookup(struct req *r)
 {
 	struct front *f = r->f;
 	struct flight_req rq = { 0 };
 	struct hitcache *hc = thread_hitcache(f);
 	struct hot_entry *e;
 	struct hdr *h;
-	int64_t now = now_wall();
+	int64_t now = clock_wall();
 	unsigned swr = 0, sie = 0;
 	int started = 0;
 
-	if (r->flight != NULL)
-		return flight_ended(r, method);
 	/* The hit path: this thread's own copy, no lock and no shared write
 	 * (the copy is borrowed, and respond_entry() needs no more). */
 	if (hc != NULL && (e = hitcache_get(hc, r->key, r->hash)) != NULL &&
 	    hot_entry_status(e) == 200 && now < hot_entry_expires_at(e) && !other_variant(r, e))
-		return respond_entry(r, e, XC_HIT);
+		return answered(r, respond_entry(r, e, XC_HIT));
 	e = keeper_lookup(f->d.keeper, r->key, r->family);
 	if (e != NULL && hot_entry_status(e) != 200)
 		hot_entry_unref(&e);
 	if (e != NULL && other_variant(r, e)) {
-		/* Stored for requests without a field this one has: fetched for
-		 * this client alone, and not kept. */
+		/* Stored for requests without a field this one has. */
 		hot_entry_unref(&e);
-		r->direct = 1;
-		r->may_store = 0;
-		return forward_direct(r, method);
+		return fetch_alone(r);
 	}
 	if (e != NULL && hc != NULL)
 		hitcache_keep(hc, e, r->hash);
-	rq.key = r->key;
-	rq.family = r->family;
-	rq.target = r->target;
-	rq.stale = e;
 	if (e != NULL && now < hot_entry_expires_at(e)) {
 		enum MHD_Result ret = respond_entry(r, e, XC_HIT);
 
 		hot_entry_unref(&e);
-		return ret;
+		return answered(r, ret);
 	}
 	r->stale = e;
 	if (r->only_if_cached) {
 		if (stale_usable(r))
-			return respond_entry(r, e, XC_STALE);
+			return answered(r, respond_entry(r, e, XC_STALE));
 		r->xc = XC_MISS;
 		count(r, STATS_MISSES);
-		return respond_error(r, MHD_HTTP_GATEWAY_TIMEOUT, "not cached",
-				     "the request said only-if-cached and kaleidod has no "
-				     "stored answer for it; ask again without it");
+		return answered(r,
+				respond_error(r, MHD_HTTP_GATEWAY_TIMEOUT, "not cached",
+					      "the request said only-if-cached and kaleidod "
+					      "has no stored answer for it; ask again without it"));
 	}
+	rq.key = r->key;
+	rq.family = r->family;
+	rq.target = r->target;
+	rq.stale = e;
 	if (e != NULL)
 		stale_limits(r, e, &swr, &sie);
 	/* Serve what we have now; one fetch behind it brings it up to date
@@ -833,45 +744,129 @@ static enum MHD_Result forward_cached(struct req *r, const char *method)
 				stats_inc(f->d.stats, r->family, STATS_REFRESHES);
 			hdr_free(&h);
 		}
-		return respond_entry(r, e, XC_STALE);
+		return answered(r, respond_entry(r, e, XC_STALE));
 	}
 	/* A HEAD is never worth a fetch for the cache, nor is an answer that
 	 * was lately too large to keep. */
-	if (r->head || flight_noted(f->d.flights, r->key, FLIGHT_TOO_LARGE)) {
-		r->direct = 1;
-		r->may_store = 0;
-		return forward_direct(r, method);
-	}
+	if (r->head || flight_noted(f->d.flights, r->key, FLIGHT_TOO_LARGE))
+		return fetch_alone(r);
 	if ((h = forward_headers(r, 1)) == NULL)
-		return respond_error(r, MHD_HTTP_INTERNAL_SERVER_ERROR, "internal error",
-				     "out of memory preparing the upstream request");
+		return answered(r,
+				respond_error(r, MHD_HTTP_INTERNAL_SERVER_ERROR, "internal error",
+					      "out of memory preparing the upstream request"));
 	rq.headers = h;
 	r->flight = flight_join(f->d.flights, &rq, &started);
 	hdr_free(&h);
 	r->xc = XC_MISS;
 	count(r, STATS_MISSES);
-	if (r->flight == NULL) {
-		r->direct = 1;
-		return forward_direct(r, method);
-	}
-	if (!started)
-		stats_inc(f->d.stats, r->family, STATS_COALESCED);
-	else
-		stats_inc(f->d.stats, r->family, STATS_FORWARDED);
-	if (flight_wait(r->flight, park, unpark, r))
-		return MHD_YES; /* parked; resumed when the flight ends */
-	return flight_ended(r, method);
+	if (r->flight == NULL)
+		return go(r, STEP_FETCH); /* on our own, still stored */
+	stats_inc(f->d.stats, r->family, started ? STATS_FORWARDED : STATS_COALESCED);
+	r->step = STEP_WAIT;
+	if (flight_wait(r->flight, req_park, req_unpark, r))
+		return MHD_YES; /* parked; resumed in WAIT when the flight ends */
+	return GO_ON;
 }
 
-/* The request has been read whole: answer it, from the cache or the API. */
-static enum MHD_Result forward(struct req *r, const char *method)
+/*
+ * WAIT: what the key's flight ended with.  Its entry is this request's
+ * answer (a MISS, or REVALIDATED after a 304), unless the API failed and a
+ * stale copy may stand in; its error is answered; an answer too large to
+ * keep, or a variant for fields this request does not share, is fetched
+ * again for this client alone.
+ */
+static int step_wait(struct req *r)
 {
-	if (r->too_large)
-		return respond_error(r, MHD_HTTP_CONTENT_TOO_LARGE, "request too large",
-				     "the request body exceeds what kaleidod accepts here");
-	if (r->family >= 0 && r->xc != XC_BYPASS && !r->direct && r->x == NULL)
-		return forward_cached(r, method);
-	return forward_direct(r, method);
+	struct hot_entry *e;
+	const char *detail;
+	enum up_error err;
+	int reval = 0;
+
+	switch (flight_outcome(r->flight)) {
+	case FLIGHT_ENTRY:
+		e = flight_entry(r->flight, &reval);
+		if (other_variant_of_fetch(r, e))
+			break;
+		if (hot_entry_status(e) >= 500 && stale_usable(r)) {
+			log_info("%s: the API answered %ld; serving stale copy", r->target,
+				 hot_entry_status(e));
+			stats_inc(r->f->d.stats, r->family, STATS_UPSTREAM_ERRORS);
+			return answered(r, respond_entry(r, r->stale, XC_STALE));
+		}
+		if (reval)
+			stats_inc(r->f->d.stats, r->family, STATS_REVALIDATED);
+		return answered(r, respond_entry(r, e, reval ? XC_REVALIDATED : XC_MISS));
+	case FLIGHT_ERROR:
+		err = flight_error(r->flight, &detail);
+		return answered(r, answer_failure(r, err, detail));
+	case FLIGHT_DIRECT:
+		break;
+	}
+	flight_unref(&r->flight);
+	return fetch_alone(r);
+}
+
+/*
+ * FETCH: this request's own transfer (everything but a cacheable GET, and
+ * what LOOKUP and WAIT hand on), started here unless a streamed upload
+ * started it in ROUTE.  Parked until the API's status and fields are in.
+ */
+static int step_fetch(struct req *r, const char *method)
+{
+	struct front *f = r->f;
+
+	if (r->x == NULL) {
+		if (r->family >= 0) {
+			if (r->xc == XC_NONE)
+				r->xc = XC_MISS;
+			count(r, r->xc == XC_BYPASS ? STATS_BYPASS : STATS_MISSES);
+		}
+		if (start_upstream(r, method) < 0)
+			return answered(
+				r,
+				respond_error(r, MHD_HTTP_INTERNAL_SERVER_ERROR, "internal error",
+					      "out of memory starting the upstream request"));
+	}
+	if (r->streaming && !r->write_ended) {
+		upstream_xfer_write_end(r->x);
+		r->write_ended = 1;
+	}
+	switch (upstream_xfer_poll(r->x)) {
+	case UP_PENDING:
+		return MHD_YES; /* parked; resumed in FETCH when the API answered */
+	case UP_FAILED: {
+		const char *detail;
+		enum up_error e = upstream_xfer_error(r->x, &detail);
+
+		return answered(r, answer_failure(r, e, detail));
+	}
+	case UP_HEADERS:
+		break;
+	}
+	if (stale_usable(r) && upstream_xfer_status(r->x) >= 500) {
+		log_info("%s: the API answered %ld; serving stale copy", r->target,
+			 upstream_xfer_status(r->x));
+		stats_inc(f->d.stats, r->family, STATS_UPSTREAM_ERRORS);
+		upstream_xfer_release(&r->x);
+		return answered(r, respond_entry(r, r->stale, XC_STALE));
+	}
+	return go(r, STEP_STREAM);
+}
+
+/* STREAM: the API's answer goes out.  The client learns of a write only
+ * once the lists it changed are gone from the file too, so a crash right
+ * after cannot bring them back. */
+static int step_stream(struct req *r, const char *method)
+{
+	long status = upstream_xfer_status(r->x);
+
+	if (status >= 200 && status < 300 && is_write(method) && !r->invalidated) {
+		r->invalidated = 1;
+		if (keeper_await_durable(r->f->d.keeper, invalidate_after_write(r, method),
+					 req_park, req_unpark, r))
+			return MHD_YES; /* parked; resumed in STREAM once durable */
+	}
+	return answered(r, relay_answer(r));
 }
 
 /* ---- the local token endpoint ---- */
@@ -968,18 +963,17 @@ static enum MHD_Result admin(struct req *r, const char *method)
 
 /* ---- libmicrohttpd callbacks ---- */
 
-/* First call: classify the request and decide how its body travels. */
+/* What RECV's checks found: CHECK_OK, or why the request is refused. */
 enum {
-	CLASSIFY_OK = 0,
-	CLASSIFY_FAIL = -1,
-	CLASSIFY_REJECT_FRAMING = 1,
-	CLASSIFY_REJECT_HOST,
-	CLASSIFY_REJECT_TARGET,
-	CLASSIFY_REJECT_HOST_NAME,
-	CLASSIFY_REJECT_CROSS_SITE,
-	CLASSIFY_REJECT_LOOP,           /* 508: the request came back to us */
-	CLASSIFY_REJECT_MALFORMED,      /* 400, reason in r->reject */
-	CLASSIFY_REJECT_UNSUPPORTED_TE, /* 501 */
+	CHECK_OK = 0,
+	CHECK_REJECT_FRAMING,
+	CHECK_REJECT_HOST,
+	CHECK_REJECT_TARGET,
+	CHECK_REJECT_HOST_NAME,
+	CHECK_REJECT_CROSS_SITE,
+	CHECK_REJECT_LOOP,           /* 508: the request came back to us */
+	CHECK_REJECT_MALFORMED,      /* 400, reason in r->reject */
+	CHECK_REJECT_UNSUPPORTED_TE, /* 501 */
 };
 
 /* What the strict reading of the header fields found. */
@@ -1056,13 +1050,13 @@ static enum MHD_Result check_field(void *cls, enum MHD_ValueKind kind, const cha
 }
 
 /* The strict reading of the request line and fields (libmicrohttpd
- * 0.9.75 is lenient): CLASSIFY_OK or a refusal, its reason in r->reject. */
+ * 0.9.75 is lenient): CHECK_OK or a refusal, its reason in r->reject. */
 static int check_request(struct req *r)
 {
 	struct fields fl = { 0 };
 
 	if ((r->reject = reqcheck_target(r->target)) != NULL)
-		return CLASSIFY_REJECT_MALFORMED;
+		return CHECK_REJECT_MALFORMED;
 	MHD_get_connection_values_n(r->conn, MHD_HEADER_KIND, check_field, &fl);
 	if (fl.why == NULL && fl.ncl > 0)
 		fl.why = reqcheck_content_length(fl.cl, fl.ncl);
@@ -1071,7 +1065,7 @@ static int check_request(struct req *r)
 		snprintf(r->reject_buf, sizeof(r->reject_buf), "%s%s%s", fl.why,
 			 fl.name[0] ? ": " : "", fl.name);
 		r->reject = r->reject_buf;
-		return CLASSIFY_REJECT_MALFORMED;
+		return CHECK_REJECT_MALFORMED;
 	}
 	if (fl.nte > 0) {
 		/* libmicrohttpd reads the first field line only: one, exactly. */
@@ -1081,13 +1075,13 @@ static int check_request(struct req *r)
 			break;
 		case REQCHECK_TE_BAD:
 			r->reject = "Transfer-Encoding must end in chunked (RFC 9112 6.3)";
-			return CLASSIFY_REJECT_MALFORMED;
+			return CHECK_REJECT_MALFORMED;
 		case REQCHECK_TE_UNSUPPORTED:
 			r->reject = "kaleidod takes no transfer coding but chunked";
-			return CLASSIFY_REJECT_UNSUPPORTED_TE;
+			return CHECK_REJECT_UNSUPPORTED_TE;
 		}
 	}
-	return CLASSIFY_OK;
+	return CHECK_OK;
 }
 
 /* Whether the space-separated list names word (len bytes), ignoring case. */
@@ -1157,98 +1151,176 @@ static int cross_site(const struct front *f, struct MHD_Connection *conn)
 	       (strcasecmp(site, "cross-site") == 0 || strcasecmp(site, "same-site") == 0);
 }
 
-static int classify(struct req *r, const char *method, const char *version)
+/* The strict reading of the request line and fields, Via, framing, Host
+ * and Origin: CHECK_OK or why the request is refused. */
+static int check_message(struct req *r, const char *method, const char *version)
 {
 	struct front *f = r->f;
 	const char *cl = MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, "Content-Length");
 	const char *te = MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, "Transfer-Encoding");
 	const char *host = MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, "Host");
 	const char *via;
-	int plen = path_len(r->target), rc;
+	int rc;
 
-	r->family = -1;
 	r->body_len = te != NULL ? -1 : (cl != NULL ? strtoll(cl, NULL, 10) : NO_BODY);
-	if ((rc = check_request(r)) != CLASSIFY_OK)
+	if ((rc = check_request(r)) != CHECK_OK)
 		return rc;
 	/* Our own name in Via: we sent this, and it came back. */
 	if ((via = MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, "Via")) != NULL &&
 	    strstr(via, upstream_via_name(f->d.up)) != NULL) {
 		upstream_note_loop(f->d.up);
-		return CLASSIFY_REJECT_LOOP;
+		return CHECK_REJECT_LOOP;
 	}
 	/* Both framings at once is how requests are smuggled past proxies
 	 * (RFC 9112 6.1), and HTTP/1.1 requires Host (3.2): refuse both.
 	 * Answering on this first call also makes libmicrohttpd close the
 	 * connection, so nothing that follows is read as another request. */
 	if (cl != NULL && te != NULL)
-		return CLASSIFY_REJECT_FRAMING;
+		return CHECK_REJECT_FRAMING;
 	/* Only origin-form ("/path?query"): kaleidod is not a forward proxy,
 	 * and nothing but a path may follow the API's URL. */
 	if (r->target[0] != '/' || strchr(r->target, '#') != NULL)
-		return CLASSIFY_REJECT_TARGET;
+		return CHECK_REJECT_TARGET;
 	/* A bodiless method that declares an empty body has none. */
 	if (r->body_len == 0 && (strcmp(method, "GET") == 0 || strcmp(method, "HEAD") == 0))
 		r->body_len = NO_BODY;
 	if (strcmp(version, MHD_HTTP_VERSION_1_1) == 0 && host == NULL)
-		return CLASSIFY_REJECT_HOST;
+		return CHECK_REJECT_HOST;
 	if (host != NULL && !host_allowed(f, host))
-		return CLASSIFY_REJECT_HOST_NAME;
+		return CHECK_REJECT_HOST_NAME;
 	if (cross_site(f, r->conn))
-		return CLASSIFY_REJECT_CROSS_SITE;
-	if (strncmp(r->target, ADMIN_PREFIX, strlen(ADMIN_PREFIX)) == 0) {
-		r->route = R_ADMIN;
-		return 0;
-	}
-	if (path_is(r, TOKEN_PATH)) {
-		r->route = R_TOKEN;
-		r->body.secret = 1; /* it holds a client secret */
-		return 0;
-	}
-	r->route = R_FORWARD;
-	r->head = strcmp(method, "HEAD") == 0;
-	if (strcmp(method, "GET") == 0 || r->head) {
-		int fam = policy_family(f->d.policy, r->target, (size_t)plen);
+		return CHECK_REJECT_CROSS_SITE;
+	return CHECK_OK;
+}
 
-		if (fam >= 0 && policy_family_ttl(f->d.policy, fam) > 0) {
-			const char *cc = MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND,
-								     "Cache-Control");
-			const char *pragma =
-				MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, "Pragma");
-			struct policy_cc pc;
+/* RECV: the first call, with the request line and fields.  Nothing is
+ * forwarded or routed before these checks pass. */
+static int step_recv(struct req *r, const char *method, const char *version)
+{
+	const union MHD_ConnectionInfo *ci =
+		MHD_get_connection_info(r->conn, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
+	/* Kept for the access line; a longer method is cut, not an error. */
+	size_t mlen = strnlen(method, sizeof(r->method) - 1);
+	int verdict;
 
-			r->family = fam;
-			policy_parse_cache_control(cc, &pc);
-			r->may_store = !pc.no_store && !r->head;
-			r->only_if_cached = pc.only_if_cached;
-			r->gzip = accepts_gzip(MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND,
-									   "Accept-Encoding"));
-			if (pc.no_cache || pc.no_store ||
-			    (pragma != NULL && strcasestr(pragma, "no-cache") != NULL))
-				r->xc = XC_BYPASS;
-			/* A slice, or a GET with a body, is not the answer others get. */
-			const char *range =
-				MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, "Range");
+	memcpy(r->method, method, mlen);
+	r->method[mlen] = '\0';
+	r->family = -1;
+	if (ci != NULL && ci->socket_context == &over_limit)
+		return answered(r, respond_too_many(r));
+	verdict = check_message(r, method, version);
+	if (verdict == CHECK_OK)
+		return go(r, STEP_ROUTE);
+	stats_inc(r->f->d.stats, -1, STATS_REQUESTS);
+	switch (verdict) {
+	case CHECK_REJECT_FRAMING:
+		return answered(r, respond_error(r, MHD_HTTP_BAD_REQUEST, "bad request",
+						 "the request has both Content-Length and "
+						 "Transfer-Encoding; send one"));
+	case CHECK_REJECT_HOST:
+		return answered(r, respond_error(r, MHD_HTTP_BAD_REQUEST, "bad request",
+						 "an HTTP/1.1 request needs a Host header"));
+	case CHECK_REJECT_TARGET:
+		return answered(
+			r, respond_error(r, MHD_HTTP_BAD_REQUEST, "bad request",
+					 "the request target must be a path starting with '/' "
+					 "(kaleidod is the API's base URL, not a forward proxy)"));
+	case CHECK_REJECT_LOOP:
+		return answered(
+			r, respond_error(r, MHD_HTTP_LOOP_DETECTED, "loop detected",
+					 "this request was sent by this kaleidod and came back to "
+					 "it: its API URL (KALEIDOSCOPE_API_URL or [upstream] url) "
+					 "leads to itself, directly or through another proxy; "
+					 "point it at the Kaleidoscope API"));
+	case CHECK_REJECT_MALFORMED:
+		return answered(
+			r, respond_error(r, MHD_HTTP_BAD_REQUEST, "bad request", "%s", r->reject));
+	case CHECK_REJECT_UNSUPPORTED_TE:
+		return answered(r, respond_error(r, MHD_HTTP_NOT_IMPLEMENTED, "not implemented",
+						 "%s", r->reject));
+	case CHECK_REJECT_HOST_NAME:
+		return answered(r, respond_error(r, MHD_HTTP_MISDIRECTED_REQUEST, "unknown host",
+						 "kaleidod answers requests for a loopback "
+						 "address, localhost or a name in [server] "
+						 "server_names; this Host is none of them"));
+	case CHECK_REJECT_CROSS_SITE:
+		return answered(r,
+				respond_error(r, MHD_HTTP_FORBIDDEN, "cross-site request refused",
+					      "a web page of another site sent this request "
+					      "(Origin or Sec-Fetch-Site); kaleidod serves "
+					      "scripts and SDKs, and browser pages only from "
+					      "[server] allowed_origins"));
+	}
+	return answered(r, MHD_NO);
+}
 
-			if (range != NULL || r->body_len != NO_BODY) {
-				r->xc = XC_BYPASS;
-				r->may_store = 0;
-			}
-			r->key = policy_cache_key(upstream_url(f->d.up),
-						  upstream_client_id(f->d.up), "GET", r->target);
-			if (r->key == NULL)
-				return -1;
-			r->hash = hot_key_hash(r->key);
-		}
+/* The cache decisions for a GET or HEAD of a family's list: its key,
+ * whether the answer may be kept, and what the client asks of it.
+ * -1 on ENOMEM. */
+static int route_cacheable(struct req *r, int fam)
+{
+	struct front *f = r->f;
+	const char *cc = MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, "Cache-Control");
+	const char *pragma = MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, "Pragma");
+	const char *range = MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, "Range");
+	struct policy_cc pc;
+
+	r->family = fam;
+	policy_parse_cache_control(cc, &pc);
+	r->may_store = !pc.no_store && !r->head;
+	r->only_if_cached = pc.only_if_cached;
+	r->gzip = conneg_accepts_gzip(
+		MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, "Accept-Encoding"));
+	if (pc.no_cache || pc.no_store ||
+	    (pragma != NULL && strcasestr(pragma, "no-cache") != NULL))
+		r->xc = XC_BYPASS;
+	/* A slice, or a GET with a body, is not the answer others get. */
+	if (range != NULL || r->body_len != NO_BODY) {
+		r->xc = XC_BYPASS;
+		r->may_store = 0;
 	}
-	/* Small bodies are buffered whole, so a 401 can replay them; the
-	 * rest streams through with bounded memory. */
-	if (r->body_len == -1 ||
-	    (r->body_len > 0 && (size_t)r->body_len > f->d.cfg->max_buffered_body)) {
-		r->streaming = 1;
-		if (start_upstream(r, method) < 0)
-			return -1;
-	}
+	r->key = policy_cache_key(upstream_url(f->d.up), upstream_client_id(f->d.up), "GET",
+				  r->target);
+	if (r->key == NULL)
+		return -1;
+	r->hash = hot_key_hash(r->key);
 	return 0;
+}
+
+/* ROUTE: which step answers once the body is in, and how the body
+ * travels: small bodies are buffered whole, so a 401 can replay them; the
+ * rest streams up to the API as it arrives, with bounded memory. */
+static int step_route(struct req *r, const char *method)
+{
+	struct front *f = r->f;
+	int plen = path_len(r->target), fam, rc = 0;
+
+	r->after = STEP_FETCH;
+	r->head = strcmp(method, "HEAD") == 0;
+	if (strncmp(r->target, ADMIN_PREFIX, strlen(ADMIN_PREFIX)) == 0) {
+		r->after = STEP_ADMIN;
+	} else if (path_is(r, UPSTREAM_TOKEN_PATH)) {
+		r->after = STEP_TOKEN;
+		r->body.secret = 1; /* it holds a client secret */
+	} else if ((strcmp(method, "GET") == 0 || r->head) &&
+		   (fam = policy_family(f->d.policy, r->target, (size_t)plen)) >= 0 &&
+		   policy_family_ttl(f->d.policy, fam) > 0) {
+		rc = route_cacheable(r, fam);
+		if (r->xc != XC_BYPASS)
+			r->after = STEP_LOOKUP;
+	}
+	/* Once, in its family (which counts in the total too) or the total. */
+	stats_inc(f->d.stats, r->family, STATS_REQUESTS);
+	if (rc == 0 && r->after == STEP_FETCH &&
+	    (r->body_len == -1 ||
+	     (r->body_len > 0 && (size_t)r->body_len > f->d.cfg->max_buffered_body))) {
+		r->streaming = 1;
+		rc = start_upstream(r, method);
+	}
+	if (rc < 0)
+		return answered(r, MHD_NO);
+	r->step = STEP_BODY;
+	return MHD_YES; /* the body, if any, comes in the next calls */
 }
 
 static void append_body(struct req *r, const char *data, size_t len, size_t limit)
@@ -1259,6 +1331,90 @@ static void append_body(struct req *r, const char *data, size_t len, size_t limi
 	}
 }
 
+/* BODY: the upload, a piece per call, then the step ROUTE chose. */
+static int step_body(struct req *r, const char *data, size_t *size)
+{
+	if (*size > 0) {
+		if (r->streaming) {
+			size_t used = 0;
+
+			upstream_xfer_write(r->x, data, *size, &used);
+			*size -= used;
+		} else {
+			append_body(r, data, *size,
+				    r->after == STEP_ADMIN || r->after == STEP_TOKEN ?
+					    SMALL_BODY_MAX :
+					    r->f->d.cfg->max_buffered_body);
+			*size = 0;
+		}
+		return MHD_YES;
+	}
+	if (r->too_large && (r->after == STEP_LOOKUP || r->after == STEP_FETCH))
+		return answered(
+			r, respond_error(r, MHD_HTTP_CONTENT_TOO_LARGE, "request too large",
+					 "the request body exceeds what kaleidod accepts here"));
+	return go(r, r->after);
+}
+
+/*
+ * Runs the request's steps from where it stands.  The whole path of a
+ * request reads here, top to bottom:
+ *
+ *   RECV ─► ROUTE ─► BODY ─┬─► ADMIN, TOKEN: answered at once
+ *                          ├─► LOOKUP ─┬─► HIT, or STALE (+ a refresh)
+ *                          │           ├─► WAIT on the key's flight ─► MISS, REVALIDATED,
+ *                          │           │     or an error; too large, another variant ─► FETCH
+ *                          │           └─► FETCH for this client alone (HEAD, variant)
+ *                          └─► FETCH (writes, BYPASS, uncached paths) ─► STREAM
+ *
+ * A parked step returns MHD_YES; libmicrohttpd calls again once the
+ * connection is resumed, and the same step runs again.
+ */
+static enum MHD_Result run(struct req *r, const char *method, const char *version,
+			   const char *upload_data, size_t *upload_data_size)
+{
+	int ret;
+
+	do {
+		switch (r->step) {
+		case STEP_RECV:
+			ret = step_recv(r, method, version);
+			break;
+		case STEP_ROUTE:
+			ret = step_route(r, method);
+			break;
+		case STEP_BODY:
+			ret = step_body(r, upload_data, upload_data_size);
+			break;
+		case STEP_ADMIN:
+			ret = answered(r, admin(r, method));
+			break;
+		case STEP_TOKEN:
+			ret = answered(r, local_token(r, method));
+			break;
+		case STEP_LOOKUP:
+			ret = step_lookup(r);
+			break;
+		case STEP_WAIT:
+			ret = step_wait(r);
+			break;
+		case STEP_FETCH:
+			ret = step_fetch(r, method);
+			break;
+		case STEP_STREAM:
+			ret = step_stream(r, method);
+			break;
+		case STEP_DONE:
+		default:
+			/* answered already: libmicrohttpd does not call again */
+			ASSERT(r->step == STEP_DONE);
+			ret = MHD_NO;
+			break;
+		}
+	} while (ret == GO_ON);
+	return (enum MHD_Result)ret;
+}
+
 static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const char *url,
 				  const char *method, const char *version, const char *upload_data,
 				  size_t *upload_data_size, void **con_cls)
@@ -1267,87 +1423,9 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
 
 	if (r == NULL)
 		return MHD_NO;
+	CHECK_OBJ(r, REQ_MAGIC);
 	r->conn = conn;
-	if (!r->seen) {
-		r->seen = 1;
-		/* Kept for the access line; a longer method is cut, not an error. */
-		size_t mlen = strnlen(method, sizeof(r->method) - 1);
-		const union MHD_ConnectionInfo *ci =
-			MHD_get_connection_info(conn, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
-
-		memcpy(r->method, method, mlen);
-		r->method[mlen] = '\0';
-		if (ci != NULL && ci->socket_context == &over_limit)
-			return respond_too_many(r);
-		int verdict = classify(r, method, version);
-
-		/* Once, in its family (which counts in the total too) or the total. */
-		stats_inc(r->f->d.stats, r->family, STATS_REQUESTS);
-		switch (verdict) {
-		case CLASSIFY_OK:
-			return MHD_YES;
-		case CLASSIFY_REJECT_FRAMING:
-			return respond_error(r, MHD_HTTP_BAD_REQUEST, "bad request",
-					     "the request has both Content-Length and "
-					     "Transfer-Encoding; send one");
-		case CLASSIFY_REJECT_HOST:
-			return respond_error(r, MHD_HTTP_BAD_REQUEST, "bad request",
-					     "an HTTP/1.1 request needs a Host header");
-		case CLASSIFY_REJECT_TARGET:
-			return respond_error(
-				r, MHD_HTTP_BAD_REQUEST, "bad request",
-				"the request target must be a path starting with '/' "
-				"(kaleidod is the API's base URL, not a forward proxy)");
-		case CLASSIFY_REJECT_LOOP:
-			return respond_error(
-				r, MHD_HTTP_LOOP_DETECTED, "loop detected",
-				"this request was sent by this kaleidod and came back to it: its API URL "
-				"(KALEIDOSCOPE_API_URL or [upstream] url) leads to itself, directly or "
-				"through another proxy; point it at the Kaleidoscope API");
-		case CLASSIFY_REJECT_MALFORMED:
-			return respond_error(r, MHD_HTTP_BAD_REQUEST, "bad request", "%s",
-					     r->reject);
-		case CLASSIFY_REJECT_UNSUPPORTED_TE:
-			return respond_error(r, MHD_HTTP_NOT_IMPLEMENTED, "not implemented", "%s",
-					     r->reject);
-		case CLASSIFY_REJECT_HOST_NAME:
-			return respond_error(r, MHD_HTTP_MISDIRECTED_REQUEST, "unknown host",
-					     "kaleidod answers requests for a loopback address, "
-					     "localhost or a name in [server] server_names; "
-					     "this Host is none of them");
-		case CLASSIFY_REJECT_CROSS_SITE:
-			return respond_error(r, MHD_HTTP_FORBIDDEN, "cross-site request refused",
-					     "a web page of another site sent this request "
-					     "(Origin or Sec-Fetch-Site); kaleidod serves scripts "
-					     "and SDKs, and browser pages only from [server] "
-					     "allowed_origins");
-		default:
-			return MHD_NO;
-		}
-	}
-	if (*upload_data_size > 0) {
-		if (r->streaming) {
-			size_t used = 0;
-
-			upstream_xfer_write(r->x, upload_data, *upload_data_size, &used);
-			*upload_data_size -= used;
-		} else {
-			append_body(r, upload_data, *upload_data_size,
-				    r->route == R_FORWARD ? r->f->d.cfg->max_buffered_body :
-							    SMALL_BODY_MAX);
-			*upload_data_size = 0;
-		}
-		return MHD_YES;
-	}
-	switch (r->route) {
-	case R_ADMIN:
-		return admin(r, method);
-	case R_TOKEN:
-		return local_token(r, method);
-	case R_FORWARD:
-		break;
-	}
-	return forward(r, method);
+	return run(r, method, version, upload_data, upload_data_size);
 }
 
 static void *on_uri(void *cls, const char *uri, struct MHD_Connection *conn)
@@ -1356,6 +1434,7 @@ static void *on_uri(void *cls, const char *uri, struct MHD_Connection *conn)
 
 	if (r == NULL)
 		return NULL;
+	INIT_OBJ(r, REQ_MAGIC);
 	r->f = cls;
 	r->conn = conn;
 	r->thread = serve_thread();
@@ -1363,6 +1442,7 @@ static void *on_uri(void *cls, const char *uri, struct MHD_Connection *conn)
 	clock_gettime(CLOCK_MONOTONIC, &r->started);
 	atomic_init(&r->suspended, 0);
 	if ((r->target = strdup(uri != NULL ? uri : "/")) == NULL) {
+		FINI_OBJ(r);
 		free(r);
 		return NULL;
 	}
@@ -1376,8 +1456,9 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
 
 	if (r == NULL)
 		return;
+	CHECK_OBJ(r, REQ_MAGIC);
 	*con_cls = NULL;
-	if (log_getlevel() >= LOG_LVL_DEBUG && r->seen) {
+	if (log_getlevel() >= LOG_LVL_DEBUG && r->step != STEP_RECV) {
 		struct timespec end;
 
 		clock_gettime(CLOCK_MONOTONIC, &end);
@@ -1395,12 +1476,12 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
 	free(r->key);
 	membuf_free(&r->body, 1); /* it may hold a client's secret */
 	free(r->target);
+	FINI_OBJ(r);
 	free(r);
 }
 
 /* fmt is libmicrohttpd's own format; the attribute tells the compiler so */
-__attribute__((format(printf, 2, 0))) static void on_mhd_log(void *cls, const char *fmt,
-							      va_list ap)
+__attribute__((format(printf, 2, 0))) static void on_mhd_log(void *cls, const char *fmt, va_list ap)
 {
 	char line[512];
 	size_t n;

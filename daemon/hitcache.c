@@ -8,11 +8,12 @@
  */
 #include "hitcache.h"
 
-#include <assert.h>
 #include <microhttpd.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "check.h"
+#include "deliver.h"
 #include "hot.h"
 
 #define SLOTS 64                   /* a power of two */
@@ -34,7 +35,7 @@ struct hitcache *hitcache_new(void)
 	struct hitcache *hc = calloc(1, sizeof(*hc));
 
 	if (hc != NULL)
-		hc->magic = HITCACHE_MAGIC;
+		INIT_OBJ(hc, HITCACHE_MAGIC);
 	return hc;
 }
 
@@ -54,17 +55,17 @@ void hitcache_free(struct hitcache **hcp)
 
 	if (hc == NULL)
 		return;
-	assert(hc->magic == HITCACHE_MAGIC);
+	CHECK_OBJ(hc, HITCACHE_MAGIC);
 	for (int i = 0; i < SLOTS; i++)
 		slot_clear(&hc->s[i]);
-	hc->magic = 0;
+	FINI_OBJ(hc);
 	free(hc);
 	*hcp = NULL;
 }
 
 static struct slot *slot_of(struct hitcache *hc, uint64_t hash)
 {
-	assert(hc->magic == HITCACHE_MAGIC);
+	CHECK_OBJ(hc, HITCACHE_MAGIC);
 	/* The table's buckets use the low bits; these use others, so keys
 	 * sharing a bucket need not share a slot. */
 	return &hc->s[(hash >> 32) & (SLOTS - 1)];
@@ -103,19 +104,31 @@ int hitcache_queue_hit(struct hitcache *hc, struct hot_entry *e, uint64_t hash,
 	int i = gzip && hot_entry_gzip(e, &(size_t){ 0 }) != NULL ? 1 : 0;
 
 	if (sl->e != e)
-		return hot_entry_queue_hit(e, conn, gzip, now);
+		return hitcache_queue_once(e, conn, gzip, now);
 	/* Age moves once a second: so does the response. */
 	if (sl->resp[i] == NULL || sl->resp_at[i] != now) {
-		struct MHD_Response *n = hot_entry_response(e, i, "HIT", now);
+		struct MHD_Response *n = deliver_response(e, i, "HIT", now);
 
 		if (n == NULL)
-			return hot_entry_queue_hit(e, conn, gzip, now);
+			return 0;
 		if (sl->resp[i] != NULL)
 			MHD_destroy_response(sl->resp[i]);
 		sl->resp[i] = n;
 		sl->resp_at[i] = now;
 	}
 	return MHD_queue_response(conn, (unsigned)hot_entry_status(e), sl->resp[i]) == MHD_YES;
+}
+
+int hitcache_queue_once(struct hot_entry *e, struct MHD_Connection *conn, int gzip, int64_t now)
+{
+	struct MHD_Response *resp = deliver_response(e, gzip, "HIT", now);
+	enum MHD_Result ret;
+
+	if (resp == NULL)
+		return 0;
+	ret = MHD_queue_response(conn, (unsigned)hot_entry_status(e), resp);
+	MHD_destroy_response(resp);
+	return ret == MHD_YES;
 }
 
 void hitcache_sweep(struct hitcache *hc)

@@ -1,23 +1,25 @@
 /*
  * hot: the in-memory entries.  One mutex guards the table, the LRU list and
  * the generations; it is held for a hash lookup or a pointer swap, never
- * while building anything.  Each entry has its own small lock for its
- * shared HIT responses.
+ * while building anything.  It stores; answers are built from entries by
+ * deliver.c.
  *
  * Bodies live in reference-counted blobs: an entry holds its blobs, and so
- * does every response built from them, so a body outlives an entry that was
- * replaced while a slow client was still reading it.
+ * does every response built from them (hot_entry_body_ref()), so a body
+ * outlives an entry that was replaced while a slow client was still
+ * reading it.
  */
 #include "hot.h"
 
-#include <microhttpd.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/queue.h>
 
+#include "check.h"
 #include "hdr.h"
 #include "policy.h"
 
@@ -30,6 +32,8 @@ struct blob {
 };
 
 struct hot_entry {
+	unsigned magic;
+#define HOT_ENTRY_MAGIC 0x9d3e61a7u
 	atomic_int refs;
 	char *key, *path;
 	int family;
@@ -43,12 +47,9 @@ struct hot_entry {
 	int64_t stored_at, expires_at;
 	size_t size;
 
-	pthread_mutex_t rlock; /* the shared HIT responses */
-	struct MHD_Response *hit[2];
-	int64_t hit_at[2];
-
 	/* Table links, under the table's lock. */
-	struct hot_entry *hnext, *lprev, *lnext;
+	struct hot_entry *hnext;
+	TAILQ_ENTRY(hot_entry) lru; /* head: most recently used */
 	/* Written under the lock, read without it: in_table by the serve
 	 * threads' own caches (hitcache.c), used and touched by every hit. */
 	atomic_int in_table;
@@ -60,7 +61,7 @@ struct hot {
 	pthread_mutex_t lock;
 	struct hot_entry **buckets;
 	size_t nbuckets, count, bytes, max_bytes;
-	struct hot_entry *lru_head, *lru_tail; /* head: most recently used */
+	TAILQ_HEAD(hot_lru, hot_entry) lru;
 	unsigned *gen;
 	int64_t *written_at; /* per family: file rows stored until then are void */
 	int nfamilies;
@@ -97,11 +98,6 @@ static void blob_unref(struct blob *b)
 	}
 }
 
-static void blob_release(void *cls)
-{
-	blob_unref(cls);
-}
-
 /* ---- entries ---- */
 
 static struct hot_entry *entry_alloc(const char *key, const char *path, const char *headers,
@@ -111,8 +107,8 @@ static struct hot_entry *entry_alloc(const char *key, const char *path, const ch
 
 	if (e == NULL)
 		return NULL;
+	INIT_OBJ(e, HOT_ENTRY_MAGIC);
 	atomic_init(&e->refs, 1);
-	pthread_mutex_init(&e->rlock, NULL);
 	e->key = key != NULL ? strdup(key) : NULL;
 	e->path = strdup(path != NULL ? path : "");
 	e->headers_text = malloc(headers_len + 1);
@@ -132,7 +128,6 @@ fail:
 	free(e->key);
 	free(e->path);
 	free(e->headers_text);
-	pthread_mutex_destroy(&e->rlock);
 	free(e);
 	return NULL;
 }
@@ -145,16 +140,15 @@ static void entry_size(struct hot_entry *e)
 
 static void entry_free(struct hot_entry *e)
 {
-	for (int i = 0; i < 2; i++)
-		if (e->hit[i] != NULL)
-			MHD_destroy_response(e->hit[i]);
+	CHECK_OBJ(e, HOT_ENTRY_MAGIC);
+	ASSERT(!atomic_load(&e->in_table));
 	blob_unref(e->body);
 	blob_unref(e->gz);
 	hdr_free(&e->headers);
 	free(e->headers_text);
 	free(e->key);
 	free(e->path);
-	pthread_mutex_destroy(&e->rlock);
+	FINI_OBJ(e);
 	free(e);
 }
 
@@ -240,22 +234,30 @@ struct hot_entry *hot_entry_with_gzip(const struct hot_entry *e, void *gz, size_
 
 struct hot_entry *hot_entry_ref(struct hot_entry *e)
 {
-	if (e != NULL)
-		atomic_fetch_add(&e->refs, 1);
+	if (e != NULL) {
+		CHECK_OBJ(e, HOT_ENTRY_MAGIC);
+		ASSERT(atomic_fetch_add(&e->refs, 1) > 0);
+	}
 	return e;
 }
 
 void hot_entry_unref(struct hot_entry **e)
 {
+	int was;
+
 	if (e == NULL || *e == NULL)
 		return;
-	if (atomic_fetch_sub(&(*e)->refs, 1) == 1)
+	CHECK_OBJ(*e, HOT_ENTRY_MAGIC);
+	was = atomic_fetch_sub(&(*e)->refs, 1);
+	ASSERT(was > 0);
+	if (was == 1)
 		entry_free(*e);
 	*e = NULL;
 }
 
 const char *hot_entry_key(const struct hot_entry *e)
 {
+	CHECK_OBJ(e, HOT_ENTRY_MAGIC);
 	return e->key;
 }
 
@@ -271,6 +273,7 @@ int hot_entry_family(const struct hot_entry *e)
 
 long hot_entry_status(const struct hot_entry *e)
 {
+	CHECK_OBJ(e, HOT_ENTRY_MAGIC);
 	return e->status;
 }
 
@@ -284,6 +287,11 @@ int64_t hot_entry_expires_at(const struct hot_entry *e)
 	return e->expires_at;
 }
 
+unsigned hot_entry_upstream_age(const struct hot_entry *e)
+{
+	return e->age0;
+}
+
 const struct hdr *hot_entry_headers(const struct hot_entry *e)
 {
 	return e->headers;
@@ -291,6 +299,7 @@ const struct hdr *hot_entry_headers(const struct hot_entry *e)
 
 const char *hot_entry_headers_text(const struct hot_entry *e, size_t *len)
 {
+	CHECK_OBJ(e, HOT_ENTRY_MAGIC);
 	*len = e->headers_len;
 	return e->headers_text;
 }
@@ -319,6 +328,7 @@ const char *hot_entry_vary(const struct hot_entry *e)
 
 int hot_entry_current(struct hot_entry *e)
 {
+	CHECK_OBJ(e, HOT_ENTRY_MAGIC);
 	return atomic_load_explicit(&e->in_table, memory_order_acquire);
 }
 
@@ -332,102 +342,19 @@ void hot_entry_mark_used(struct hot_entry *e)
 		atomic_store_explicit(&e->touched, 1, memory_order_relaxed);
 }
 
-/* The stored headers, adjusted for the form sent: a gzip copy makes the
- * answer vary on Accept-Encoding, and its ETag weak (RFC 9110 8.8.1: the
- * two forms are not byte-identical). */
-static void add_headers(struct MHD_Response *resp, const struct hot_entry *e, int gz,
-			const char *const *only)
-{
-	const char *vary = hdr_get(e->headers, "Vary");
-	char buf[1024];
-
-	for (size_t i = 0; i < hdr_count(e->headers); i++) {
-		const char *n = hdr_name(e->headers, i), *v = hdr_value(e->headers, i);
-		int keep = only == NULL;
-
-		for (int k = 0; only != NULL && only[k] != NULL; k++)
-			keep |= strcasecmp(n, only[k]) == 0;
-		/* Age: ours, which adds the time stored to the API's. */
-		if (!keep || strcasecmp(n, "Age") == 0 ||
-		    (e->gz != NULL && strcasecmp(n, "Vary") == 0))
-			continue;
-		if (gz && strcasecmp(n, "ETag") == 0 && strncmp(v, "W/", 2) != 0) {
-			snprintf(buf, sizeof(buf), "W/%s", v);
-			v = buf;
-		}
-		MHD_add_response_header(resp, n, v);
-	}
-	if (e->gz != NULL) {
-		if (vary == NULL || strcasestr(vary, "accept-encoding") != NULL)
-			snprintf(buf, sizeof(buf), "%s", vary != NULL ? vary : "Accept-Encoding");
-		else
-			snprintf(buf, sizeof(buf), "%s, Accept-Encoding", vary);
-		MHD_add_response_header(resp, "Vary", buf);
-	}
-}
-
-struct MHD_Response *hot_entry_response(struct hot_entry *e, int gzip, const char *xcache,
-					int64_t now)
+const void *hot_entry_body_ref(struct hot_entry *e, int gzip, size_t *len, void **ref)
 {
 	struct blob *b = gzip && e->gz != NULL ? e->gz : e->body;
-	struct MHD_Response *resp;
-	int64_t age = (int64_t)e->age0 + (now - e->stored_at);
-	char num[32];
 
-	blob_ref(b);
-	resp = MHD_create_response_from_buffer_with_free_callback_cls(b->len, b->data, blob_release,
-								      b);
-	if (resp == NULL) {
-		blob_unref(b);
-		return NULL;
-	}
-	add_headers(resp, e, b == e->gz, NULL);
-	snprintf(num, sizeof(num), "%lld", (long long)(age > 0 ? age : 0));
-	MHD_add_response_header(resp, "Age", num);
-	if (b == e->gz)
-		MHD_add_response_header(resp, "Content-Encoding", "gzip");
-	if (xcache != NULL)
-		MHD_add_response_header(resp, "X-Cache", xcache);
-	return resp;
+	CHECK_OBJ(e, HOT_ENTRY_MAGIC);
+	*ref = blob_ref(b);
+	*len = b->len;
+	return b->data;
 }
 
-struct MHD_Response *hot_entry_not_modified(struct hot_entry *e, int gzip, const char *xcache)
+void hot_body_release(void *ref)
 {
-	static const char *const keep[] = { "ETag",    "Last-Modified",    "Cache-Control",
-					    "Expires", "Content-Location", "Vary",
-					    NULL };
-	struct MHD_Response *resp =
-		MHD_create_response_from_buffer(0, (void *)"", MHD_RESPMEM_PERSISTENT);
-
-	if (resp == NULL)
-		return NULL;
-	add_headers(resp, e, gzip && e->gz != NULL, keep);
-	if (xcache != NULL)
-		MHD_add_response_header(resp, "X-Cache", xcache);
-	return resp;
-}
-
-int hot_entry_queue_hit(struct hot_entry *e, struct MHD_Connection *conn, int gzip, int64_t now)
-{
-	int i = gzip && e->gz != NULL ? 1 : 0;
-	enum MHD_Result ret = MHD_NO;
-
-	pthread_mutex_lock(&e->rlock);
-	/* Age moves once a second: so does the shared response. */
-	if (e->hit[i] == NULL || e->hit_at[i] != now) {
-		struct MHD_Response *n = hot_entry_response(e, i, "HIT", now);
-
-		if (n != NULL) {
-			if (e->hit[i] != NULL)
-				MHD_destroy_response(e->hit[i]);
-			e->hit[i] = n;
-			e->hit_at[i] = now;
-		}
-	}
-	if (e->hit[i] != NULL)
-		ret = MHD_queue_response(conn, (unsigned)e->status, e->hit[i]);
-	pthread_mutex_unlock(&e->rlock);
-	return ret == MHD_YES;
+	blob_unref(ref);
 }
 
 /* ---- the table ---- */
@@ -448,6 +375,7 @@ struct hot *hot_new(size_t max_bytes, int nfamilies)
 	if (h == NULL)
 		return NULL;
 	pthread_mutex_init(&h->lock, NULL);
+	TAILQ_INIT(&h->lru);
 	h->max_bytes = max_bytes;
 	h->nfamilies = nfamilies;
 	h->nbuckets = MIN_BUCKETS;
@@ -461,28 +389,13 @@ struct hot *hot_new(size_t max_bytes, int nfamilies)
 	return h;
 }
 
-static void lru_unlink(struct hot *h, struct hot_entry *e)
+/* Moves e, in the table, to the head of the LRU list. */
+static void lru_to_head(struct hot *h, struct hot_entry *e)
 {
-	if (e->lprev != NULL)
-		e->lprev->lnext = e->lnext;
-	else
-		h->lru_head = e->lnext;
-	if (e->lnext != NULL)
-		e->lnext->lprev = e->lprev;
-	else
-		h->lru_tail = e->lprev;
-	e->lprev = e->lnext = NULL;
-}
-
-static void lru_push(struct hot *h, struct hot_entry *e)
-{
-	e->lprev = NULL;
-	e->lnext = h->lru_head;
-	if (h->lru_head != NULL)
-		h->lru_head->lprev = e;
-	h->lru_head = e;
-	if (h->lru_tail == NULL)
-		h->lru_tail = e;
+	if (TAILQ_FIRST(&h->lru) != e) {
+		TAILQ_REMOVE(&h->lru, e, lru);
+		TAILQ_INSERT_HEAD(&h->lru, e, lru);
+	}
 }
 
 static struct hot_entry **slot(struct hot *h, const char *key)
@@ -501,7 +414,7 @@ static struct hot_entry *take(struct hot *h, struct hot_entry **p)
 
 	*p = e->hnext;
 	e->hnext = NULL;
-	lru_unlink(h, e);
+	TAILQ_REMOVE(&h->lru, e, lru);
 	atomic_store_explicit(&e->in_table, 0, memory_order_release);
 	h->count--;
 	h->bytes -= e->size;
@@ -568,8 +481,8 @@ void hot_free(struct hot **hp)
 
 	if (h == NULL)
 		return;
-	while (h->lru_head != NULL) {
-		struct hot_entry *e = take(h, slot(h, h->lru_head->key));
+	while (!TAILQ_EMPTY(&h->lru)) {
+		struct hot_entry *e = take(h, slot(h, TAILQ_FIRST(&h->lru)->key));
 
 		hot_entry_unref(&e);
 	}
@@ -587,10 +500,7 @@ struct hot_entry *hot_get(struct hot *h, const char *key)
 
 	pthread_mutex_lock(&h->lock);
 	if ((e = *slot(h, key)) != NULL) {
-		if (h->lru_head != e) {
-			lru_unlink(h, e);
-			lru_push(h, e);
-		}
+		lru_to_head(h, e);
 		atomic_store_explicit(&e->used, 1, memory_order_relaxed);
 		hot_entry_ref(e);
 	}
@@ -608,13 +518,12 @@ static void make_room(struct hot *h, size_t need, struct graveyard *g)
 {
 	size_t chances = h->count;
 
-	while (h->bytes + need > h->max_bytes && h->lru_tail != NULL) {
-		struct hot_entry *v = h->lru_tail;
+	struct hot_entry *v;
 
+	while (h->bytes + need > h->max_bytes && (v = TAILQ_LAST(&h->lru, hot_lru)) != NULL) {
 		if (chances > 0 && atomic_exchange_explicit(&v->touched, 0, memory_order_relaxed)) {
 			chances--;
-			lru_unlink(h, v);
-			lru_push(h, v);
+			lru_to_head(h, v);
 			continue;
 		}
 		bury(g, take(h, slot(h, v->key)));
@@ -650,7 +559,7 @@ int hot_put(struct hot *h, struct hot_entry *e, unsigned gen, enum hot_put_mode 
 	*p = hot_entry_ref(e);
 	atomic_store_explicit(&e->in_table, 1, memory_order_release);
 	atomic_store_explicit(&e->used, 1, memory_order_relaxed);
-	lru_push(h, e);
+	TAILQ_INSERT_HEAD(&h->lru, e, lru);
 	h->count++;
 	h->bytes += e->size;
 	kept = 1;
@@ -707,8 +616,8 @@ void hot_invalidate(struct hot *h, int family, int64_t written_at)
 		if (written_at > h->written_at[i])
 			h->written_at[i] = written_at;
 	}
-	for (struct hot_entry *e = h->lru_head, *next; e != NULL; e = next) {
-		next = e->lnext;
+	for (struct hot_entry *e = TAILQ_FIRST(&h->lru), *next; e != NULL; e = next) {
+		next = TAILQ_NEXT(e, lru);
 		if (family < 0 || e->family == family)
 			bury(&g, take(h, slot(h, e->key)));
 	}
@@ -720,9 +629,11 @@ int hot_used_keys(struct hot *h, char ***keys)
 {
 	char **out = NULL;
 	int n = 0, cap = 0, ret;
+	struct hot_entry *e;
 
 	pthread_mutex_lock(&h->lock);
-	for (struct hot_entry *e = h->lru_head; e != NULL; e = e->lnext) {
+	TAILQ_FOREACH(e, &h->lru, lru)
+	{
 		if (!atomic_load_explicit(&e->used, memory_order_relaxed))
 			continue;
 		if (n == cap) {

@@ -1,11 +1,10 @@
 /*
- * hot: cache entries in memory, with their answers ready to queue.
+ * hot: cache entries in memory.
  *
  * An entry is immutable: a 304, a new gzip copy or a new answer makes a new
- * entry that shares the bodies of the old one.  A hit is a hash lookup, a
- * reference, and the queueing of a libmicrohttpd response built once per
- * second (for Age) and shared by every connection.  The table is bounded by
- * bytes; the least recently used entries leave first.
+ * entry that shares the bodies of the old one.  A lookup is a hash lookup
+ * and a reference; turning an entry into an answer is deliver.c's job.  The
+ * table is bounded by bytes; the least recently used entries leave first.
  *
  * It also keeps one generation number per family, bumped by every
  * invalidation and purge: an answer fetched under an older generation may
@@ -17,8 +16,6 @@
 #include <stddef.h>
 #include <stdint.h>
 
-struct MHD_Connection;
-struct MHD_Response;
 struct hdr;
 struct hot;
 struct hot_entry;
@@ -56,6 +53,8 @@ int hot_entry_family(const struct hot_entry *e);
 long hot_entry_status(const struct hot_entry *e);
 int64_t hot_entry_stored_at(const struct hot_entry *e);
 int64_t hot_entry_expires_at(const struct hot_entry *e);
+/* The API's Age when e was stored (0 without one). */
+unsigned hot_entry_upstream_age(const struct hot_entry *e);
 const struct hdr *hot_entry_headers(const struct hot_entry *e);
 const char *hot_entry_headers_text(const struct hot_entry *e, size_t *len);
 const void *hot_entry_body(const struct hot_entry *e, size_t *len);
@@ -72,17 +71,12 @@ int hot_entry_current(struct hot_entry *e);
 void hot_entry_mark_used(struct hot_entry *e);
 
 /*
- * A new response for e: its stored headers, Age, X-Cache: xcache (may be
- * NULL), and the gzip body when gzip is set and the entry has one.  The
- * caller queues and destroys it.  NULL on ENOMEM.
+ * e's body (gzip set: its gzip copy, when it has one) as a counted
+ * reference that outlives e: *ref goes to hot_body_release() once the
+ * bytes are no longer read (a response's free callback).
  */
-struct MHD_Response *hot_entry_response(struct hot_entry *e, int gzip, const char *xcache,
-					int64_t now);
-/* A 304 for a client that holds e's ETag: its validators and freshness
- * fields, as the form (gzip or not) it would get would carry them. */
-struct MHD_Response *hot_entry_not_modified(struct hot_entry *e, int gzip, const char *xcache);
-/* Queues e's shared "X-Cache: HIT" response on conn: the cheap path. */
-int hot_entry_queue_hit(struct hot_entry *e, struct MHD_Connection *conn, int gzip, int64_t now);
+const void *hot_entry_body_ref(struct hot_entry *e, int gzip, size_t *len, void **ref);
+void hot_body_release(void *ref);
 
 /* ---- the table ---- */
 

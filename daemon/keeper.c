@@ -25,6 +25,7 @@
 #include <sys/queue.h>
 #include <time.h>
 
+#include "clock.h"
 #include "config.h"
 #include "gz.h"
 #include "hot.h"
@@ -48,14 +49,14 @@ struct job {
 	unsigned gen;
 	keeper_done_fn done;
 	void *arg;
-	struct job *next;
+	STAILQ_ENTRY(job) link;
 };
 
 struct jobq {
 	pthread_mutex_t lock;
 	pthread_cond_t cond;
 	pthread_cond_t drained; /* broadcast when the last job is done */
-	struct job *head, *tail;
+	STAILQ_HEAD(, job) jobs;
 	size_t bytes;
 	int stopping;
 	pthread_t thread;
@@ -91,7 +92,7 @@ struct keeper {
 	pthread_mutex_t wlock;
 	unsigned long long durable_seq; /* invalidations whose deletes are committed */
 	int waits_released;
-	TAILQ_HEAD(, durable_wait) waits;
+	TAILQ_HEAD(durable_waits, durable_wait) waits;
 
 	atomic_ullong evicted, pruned, purged, write_errors;
 };
@@ -101,16 +102,10 @@ struct durable_wait {
 	struct timespec since; /* CLOCK_MONOTONIC */
 	void (*unpark)(void *);
 	void *arg;
-	TAILQ_ENTRY(durable_wait) link;
-	struct durable_wait *next_done; /* off the list, to be unparked */
+	TAILQ_ENTRY(durable_wait) link; /* k->waits, then the list to unpark */
 };
 
 static void durable(struct keeper *k, unsigned long long upto);
-
-static int64_t now_wall(void)
-{
-	return (int64_t)time(NULL);
-}
 
 void keeper_warn(const char *fmt, ...)
 {
@@ -153,6 +148,7 @@ static void jobq_init(struct jobq *q)
 	pthread_condattr_init(&ca);
 	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
 	pthread_mutex_init(&q->lock, NULL);
+	STAILQ_INIT(&q->jobs);
 	pthread_cond_init(&q->cond, &ca);
 	pthread_cond_init(&q->drained, &ca);
 	pthread_condattr_destroy(&ca);
@@ -167,11 +163,7 @@ static void job_free(struct job *j)
 static void jobq_push(struct jobq *q, struct job *j)
 {
 	pthread_mutex_lock(&q->lock);
-	if (q->tail != NULL)
-		q->tail->next = j;
-	else
-		q->head = j;
-	q->tail = j;
+	STAILQ_INSERT_TAIL(&q->jobs, j, link);
 	q->bytes += j->e != NULL ? hot_entry_size(j->e) : 0;
 	pthread_cond_signal(&q->cond);
 	pthread_mutex_unlock(&q->lock);
@@ -191,17 +183,14 @@ static struct job *jobq_pop(struct jobq *q, struct job **cur, int *stop)
 	struct job *j;
 
 	pthread_mutex_lock(&q->lock);
-	if (q->head == NULL && !q->stopping) {
+	if (STAILQ_EMPTY(&q->jobs) && !q->stopping) {
 		struct timespec ts;
 
 		deadline(&ts, TICK_SECONDS);
 		pthread_cond_timedwait(&q->cond, &q->lock, &ts);
 	}
-	if ((j = q->head) != NULL) {
-		if ((q->head = j->next) == NULL)
-			q->tail = NULL;
-		j->next = NULL;
-	}
+	if ((j = STAILQ_FIRST(&q->jobs)) != NULL)
+		STAILQ_REMOVE_HEAD(&q->jobs, link);
 	if (cur != NULL)
 		*cur = j;
 	*stop = j == NULL && q->stopping;
@@ -216,7 +205,7 @@ static void jobq_done(struct jobq *q, struct job *j, struct job **cur)
 	q->bytes -= j->e != NULL ? hot_entry_size(j->e) : 0;
 	if (cur != NULL)
 		*cur = NULL;
-	if (q->head == NULL)
+	if (STAILQ_EMPTY(&q->jobs))
 		pthread_cond_broadcast(&q->drained);
 	pthread_mutex_unlock(&q->lock);
 }
@@ -235,10 +224,10 @@ static void jobq_stop(struct jobq *q)
 
 static void jobq_destroy(struct jobq *q)
 {
-	while (q->head != NULL) {
-		struct job *j = q->head;
+	struct job *j;
 
-		q->head = j->next;
+	while ((j = STAILQ_FIRST(&q->jobs)) != NULL) {
+		STAILQ_REMOVE_HEAD(&q->jobs, link);
 		job_free(j);
 	}
 	pthread_mutex_destroy(&q->lock);
@@ -293,13 +282,14 @@ static struct hot_entry *pending(struct keeper *k, const char *key, int family)
 {
 	struct hot_entry *e = NULL;
 	unsigned gen = hot_gen(k->hot, family);
+	struct job *j;
 
 	pthread_mutex_lock(&k->file.lock);
 	if (k->writing != NULL && matches(k->writing, key, gen))
 		e = k->writing->e;
-	for (struct job *j = k->file.head; j != NULL; j = j->next)
-		if (matches(j, key, gen))
-			e = j->e; /* the last one queued is the newest */
+	STAILQ_FOREACH(j, &k->file.jobs, link)
+	if (matches(j, key, gen))
+		e = j->e; /* the last one queued is the newest */
 	hot_entry_ref(e);
 	pthread_mutex_unlock(&k->file.lock);
 	return e;
@@ -567,7 +557,7 @@ unsigned long long keeper_invalidate(struct keeper *k, int family)
 	unsigned long long seq;
 	struct job *j;
 
-	hot_invalidate(k->hot, family, now_wall());
+	hot_invalidate(k->hot, family, clock_wall());
 	if (k->cache == NULL)
 		return 0;
 	atomic_fetch_or(&k->inval_dirty, 1u << family);
@@ -593,7 +583,7 @@ unsigned long long keeper_invalidate(struct keeper *k, int family)
 /* Takes the waits that may end (all when every is set) off the list,
  * under wlock, into out. */
 static void take_waits(struct keeper *k, int every, unsigned long long upto,
-		       const struct timespec *older_than, struct durable_wait **out, size_t *n)
+		       const struct timespec *older_than, struct durable_waits *out, size_t *n)
 {
 	struct durable_wait *w, *next;
 
@@ -605,20 +595,19 @@ static void take_waits(struct keeper *k, int every, unsigned long long upto,
 					    (w->since.tv_sec == older_than->tv_sec &&
 					     w->since.tv_nsec < older_than->tv_nsec)))) {
 			TAILQ_REMOVE(&k->waits, w, link);
-			w->next_done = *out;
-			*out = w;
+			TAILQ_INSERT_TAIL(out, w, link);
 			(*n)++;
 		}
 	}
 }
 
 /* Unparks what take_waits() took, outside the lock. */
-static void end_waits(struct durable_wait *list)
+static void end_waits(struct durable_waits *list)
 {
-	while (list != NULL) {
-		struct durable_wait *w = list;
+	struct durable_wait *w;
 
-		list = w->next_done;
+	while ((w = TAILQ_FIRST(list)) != NULL) {
+		TAILQ_REMOVE(list, w, link);
 		w->unpark(w->arg);
 		free(w);
 	}
@@ -627,7 +616,7 @@ static void end_waits(struct durable_wait *list)
 /* The deletes of every invalidation up to `upto` are committed. */
 static void durable(struct keeper *k, unsigned long long upto)
 {
-	struct durable_wait *done = NULL;
+	struct durable_waits done = TAILQ_HEAD_INITIALIZER(done);
 	size_t n;
 
 	pthread_mutex_lock(&k->wlock);
@@ -635,7 +624,7 @@ static void durable(struct keeper *k, unsigned long long upto)
 		k->durable_seq = upto;
 	take_waits(k, 0, k->durable_seq, NULL, &done, &n);
 	pthread_mutex_unlock(&k->wlock);
-	end_waits(done);
+	end_waits(&done);
 }
 
 int keeper_await_durable(struct keeper *k, unsigned long long seq, void (*park)(void *),
@@ -663,7 +652,7 @@ int keeper_await_durable(struct keeper *k, unsigned long long seq, void (*park)(
 
 void keeper_expire_waits(struct keeper *k)
 {
-	struct durable_wait *late = NULL;
+	struct durable_waits late = TAILQ_HEAD_INITIALIZER(late);
 	struct timespec cut;
 	size_t n;
 
@@ -675,19 +664,19 @@ void keeper_expire_waits(struct keeper *k)
 	/* The file thread warns why ("cannot invalidate ..."). */
 	if (n > 0)
 		log_debug("cache: %zu writes answered before the file took their invalidations", n);
-	end_waits(late);
+	end_waits(&late);
 }
 
 void keeper_release_waits(struct keeper *k)
 {
-	struct durable_wait *all = NULL;
+	struct durable_waits all = TAILQ_HEAD_INITIALIZER(all);
 	size_t n;
 
 	pthread_mutex_lock(&k->wlock);
 	k->waits_released = 1;
 	take_waits(k, 1, 0, NULL, &all, &n);
 	pthread_mutex_unlock(&k->wlock);
-	end_waits(all);
+	end_waits(&all);
 }
 
 /* Waits (at most seconds) for the file queue to be written out. */
@@ -697,7 +686,7 @@ static void file_flush(struct keeper *k, int seconds)
 
 	deadline(&ts, seconds);
 	pthread_mutex_lock(&k->file.lock);
-	while ((k->file.head != NULL || k->writing != NULL) && k->file.started &&
+	while ((!STAILQ_EMPTY(&k->file.jobs) || k->writing != NULL) && k->file.started &&
 	       pthread_cond_timedwait(&k->file.drained, &k->file.lock, &ts) == 0)
 		;
 	pthread_mutex_unlock(&k->file.lock);
@@ -844,7 +833,7 @@ static void *file_main(void *arg)
 		}
 		if (stopping)
 			continue; /* no maintenance on the way out */
-		now = now_wall();
+		now = clock_wall();
 		if (now != last_tick) {
 			last_tick = now;
 			tick(k, now);
@@ -906,7 +895,8 @@ void keeper_free(struct keeper **kp)
 	struct keeper *k = *kp;
 
 	if (k == NULL)
-		return; /* Prep first: what it finishes goes on to the file queue, which the
+		return;
+	/* Prep first: what it finishes goes on to the file queue, which the
 	 * file thread then writes out before it stops, unless the file is
 	 * locked by another process: then nothing waits for it any more. */
 	jobq_stop(&k->prep);

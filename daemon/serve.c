@@ -21,7 +21,6 @@
  */
 #include "serve.h"
 
-#include <assert.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <microhttpd.h>
@@ -35,6 +34,8 @@
 #include <sys/eventfd.h>
 #include <time.h>
 #include <unistd.h>
+
+#include "check.h"
 
 #define SERVE_MAGIC 0x53525645u /* "SRVE" */
 #define TICK_MS 1000
@@ -152,7 +153,7 @@ static void teardown(struct serve *s)
 	pthread_cond_destroy(&s->cond);
 	pthread_mutex_destroy(&s->lock);
 	free(s->t);
-	s->magic = 0;
+	FINI_OBJ(s);
 	free(s);
 }
 
@@ -161,13 +162,13 @@ struct serve *serve_new(const struct serve_params *p, char *err, size_t errlen)
 	struct serve *s = calloc(1, sizeof(*s));
 	unsigned per, extra;
 
-	assert(p->threads >= 1 && p->start != NULL);
+	ASSERT(p->threads >= 1 && p->start != NULL);
 	if (s == NULL || (s->t = calloc(p->threads, sizeof(*s->t))) == NULL) {
 		free(s);
 		snprintf(err, errlen, "out of memory");
 		return NULL;
 	}
-	s->magic = SERVE_MAGIC;
+	INIT_OBJ(s, SERVE_MAGIC);
 	s->p = *p;
 	atomic_init(&s->stop, 0);
 	atomic_init(&s->quiesce, 0);
@@ -226,8 +227,8 @@ fail:
 
 void serve_wake(struct serve *s, int thread)
 {
-	assert(s->magic == SERVE_MAGIC);
-	assert(thread >= 0 && (unsigned)thread < s->p.threads);
+	CHECK_OBJ(s, SERVE_MAGIC);
+	ASSERT(thread >= 0 && (unsigned)thread < s->p.threads);
 	wake(&s->t[thread]);
 }
 
@@ -235,7 +236,7 @@ void serve_quiesce(struct serve *s)
 {
 	if (s == NULL)
 		return;
-	assert(s->magic == SERVE_MAGIC);
+	CHECK_OBJ(s, SERVE_MAGIC);
 	if (atomic_exchange(&s->quiesce, 1))
 		return;
 	for (unsigned i = 0; i < s->p.threads; i++)
@@ -252,7 +253,7 @@ void serve_free(struct serve **sp)
 
 	if (s == NULL)
 		return;
-	assert(s->magic == SERVE_MAGIC);
+	CHECK_OBJ(s, SERVE_MAGIC);
 	teardown(s);
 	*sp = NULL;
 }
