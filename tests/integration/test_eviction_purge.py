@@ -62,6 +62,18 @@ def test_file_uses_incremental_auto_vacuum(daemon):
     assert sql_one(daemon.cache_file, "PRAGMA user_version") == 2
 
 
+def accessed(d, target):
+    """The file's accessed_at for target's entry (its key ends with it), or None."""
+    return sql_one(d.cache_file, "SELECT accessed_at FROM entries"
+                   " WHERE substr(key, -length(?1)) = ?1", ("\n" + target,))
+
+
+def accessed_by_others(d, target):
+    """The latest accessed_at of every other entry in the file."""
+    return sql_one(d.cache_file, "SELECT max(accessed_at) FROM entries"
+                   " WHERE substr(key, -length(?1)) != ?1", ("\n" + target,))
+
+
 @pytest.mark.slow
 def test_lru_eviction_keeps_the_file_under_max_size_and_spares_recent_entries(daemon_factory,
                                                                                mock):
@@ -83,17 +95,24 @@ def test_lru_eviction_keeps_the_file_under_max_size_and_spares_recent_entries(da
     while usage(d)[1] < 140 * KIB:
         fill(s, [page(i) for i in range(n, n + 10)])
         n += 10
-        # Stores land after the answers: measure what the file holds, or a
-        # loaded machine lets the loop overshoot max_size.
+        # Stores land after the answers (the keeper's file thread writes
+        # them): the loop goes by what the file holds, all n entries in it,
+        # so it stops within 10 entries (~9 KiB) of 140 KiB.  Measuring
+        # before they landed let a loaded machine fill on to 280 KiB.
         stored(d, n)
     count_a, bytes_a = usage(d)
     assert bytes_a < max_bytes, "filled past max_size before the test meant to: %d" % bytes_a
+    st = d.stats()["cache"]
+    assert st["evicted"] == 0 and count_a == n, ("evicted before the test meant to", st)
     avg = bytes_a / count_a
-    # Page 0 is used again, later than any other entry so far.
+    # Page 0 is used again, later than any other entry so far.  The file
+    # learns of a use at the next maintenance pass: wait for it there (not
+    # for the clock), so the eviction below cannot run before it.
     seconds_later(2)
     r = s.get(page(0))
     assert xc(r) == "HIT", r
-    seconds_later(2)
+    wait_for(lambda: accessed(d, page(0)) > accessed_by_others(d, page(0)), timeout=10,
+             interval=0.1, what="the file to record the new use of %s" % page(0))
     # The newest: about 100 KiB more, so the total passes max_size by ~40 KiB;
     # the least recently used (page 1, then the other old pages) have to go.
     newest = []
@@ -107,6 +126,9 @@ def test_lru_eviction_keeps_the_file_under_max_size_and_spares_recent_entries(da
              what="an eviction down to max_size (%d bytes)" % max_bytes)
     st = d.stats()["cache"]
     assert st["evicted"] >= 1 and st["max_bytes"] == max_bytes, st
+    # In the file: the least recently used went, the recently used stayed.
+    assert accessed(d, page(1)) is None, "the least recently used entry is still in the file"
+    assert accessed(d, page(0)) is not None, "the recently used entry was evicted from the file"
     kept = s.get(page(0))
     assert xc(kept) == "HIT", "the recently used entry was evicted: %r" % (kept,)
     for p in newest[-3:]:
@@ -123,11 +145,17 @@ def test_entries_past_the_stale_limit_are_pruned(daemon_factory, mock):
                   "maintenance_interval": "1"}}).start()
     s = Sdk(d.port)
     fill(s, ["/programs", "/programs/a", "/entity_slices"])
-    wait_for(lambda: sql_one(d.cache_file,
-                             "SELECT count(*) FROM entries WHERE family = 'programs'") == 0,
+
+    def in_file(family):
+        return sql_one(d.cache_file, "SELECT count(*) FROM entries WHERE family = ?", (family,))
+
+    # Stores land after the answers: no programs row may only mean none was
+    # stored yet.  The pruned counter says both were stored, then pruned;
+    # the entity_slices row has to be there too.
+    wait_for(lambda: d.stats()["cache"]["pruned"] >= 2 and in_file("entity_slices") == 1,
              timeout=10, interval=0.1, what="the expired programs entries to be pruned")
-    assert sql_one(d.cache_file,
-                   "SELECT count(*) FROM entries WHERE family = 'entity_slices'") == 1
+    assert in_file("programs") == 0
+    assert in_file("entity_slices") == 1
     assert d.stats()["cache"]["pruned"] == 2, d.stats()["cache"]
     assert xc(s.get("/entity_slices")) == "HIT"
     # Nothing stale left to fall back on: the API's failure reaches the client.
