@@ -8,10 +8,16 @@
  * handle.  Each command queued for the worker holds a reference too, so a
  * transfer is freed by whichever side lets go last.
  *
+ * Sinks.  The worker hands each answer to the transfer's sink (x->sink):
+ * the caller's own, the ring a front reads (ring_*), or a tee of both
+ * (tee_*).  Everything above the sinks is transport: the request, the
+ * token, Via, the 401 replay, pausing curl when a sink asks to wait.
+ *
  * Locking.  u->qlock guards the command queue; x->lock guards the fields the
- * two sides share (state, buffers, pause and park flags).  curl is touched on
- * the worker only, and never while holding x->lock, since curl_easy_pause()
- * may call the write callback, which takes it.
+ * two sides share (the ring, state, pause and park flags).  curl is touched
+ * on the worker only, and never while holding x->lock, since
+ * curl_easy_pause() may call the write callback, which takes it.  Sinks are
+ * called with no lock held; the ring takes x->lock itself.
  */
 #include "upstream.h"
 
@@ -58,6 +64,8 @@ struct up_xfer {
 	int refs;
 	struct upstream *u;
 	struct up_hooks hooks;
+	struct up_sink sink; /* where the worker delivers: the caller's, the ring, or a tee */
+	struct up_sink user; /* the caller's sink; none when only the ring */
 
 	/* The request, owned copies; read-only after upstream_start(). */
 	char *method;
@@ -67,12 +75,10 @@ struct up_xfer {
 	char *body;
 	size_t body_size;
 	long long body_len;
-	int identity;
-	size_t collect_max;
-	int detached;
+	int accept_identity;
 
 	/* Worker-only. */
-	int whole, framed, completed; /* detached: the outcome, and complete() ran */
+	int ended; /* the sink's end() ran */
 	CURL *easy;
 	struct curl_slist *sent_headers;
 	enum phase phase;
@@ -87,22 +93,29 @@ struct up_xfer {
 	char errbuf[CURL_ERROR_SIZE];
 	struct up_xfer *wnext; /* worker's lists: waiting or running */
 
-	/* Shared, under lock. */
-	enum up_state state;
+	/* Shared, under lock (written by the worker alone, so it reads them
+	 * without). */
 	long status;
 	struct hdr *headers;
 	long long length;
-	enum up_error err;
-	char detail[512];
-	struct ring down, up;
-	int down_eof, down_broken;
+	int answered; /* status, headers and length are final; the sink has them */
+	int finished; /* the sink's end() was called */
+	struct ring up;
 	int up_end; /* the front wrote the last body byte */
 	int parked;
 	int paused_recv, paused_send, unpause_queued;
+	atomic_uint resumes; /* upstream_xfer_resume() calls; written under lock */
 	int released;
 	int worker_ref; /* the worker still holds its reference */
-	struct membuf collect;
-	int collect_over;
+
+	/* The ring sink, under lock: what the front reads. */
+	enum up_state state;
+	enum up_error err;
+	char detail[512];
+	struct ring down;
+	int down_eof, down_broken;
+	int down_waits; /* the ring asked to wait: resume once it drained to half */
+	int tee;        /* a tee whose other sink still takes data: hold the last byte */
 };
 
 enum cmd_kind { CMD_START, CMD_UNPAUSE, CMD_RELEASE };
@@ -228,8 +241,8 @@ static void xfer_free(struct up_xfer *x)
 		curl_easy_cleanup(x->easy);
 	curl_slist_free_all(x->fwd_headers);
 	curl_slist_free_all(x->sent_headers);
-	if (x->hooks.complete_free != NULL)
-		x->hooks.complete_free(x->hooks.complete_arg);
+	if (x->user.free != NULL)
+		x->user.free(x->user.arg);
 	hdr_free(&x->building);
 	hdr_free(&x->headers);
 	free(x->method);
@@ -237,7 +250,6 @@ static void xfer_free(struct up_xfer *x)
 	free(x->body);
 	free(x->down.buf);
 	free(x->up.buf);
-	membuf_free(&x->collect, 0);
 	pthread_mutex_destroy(&x->lock);
 	FINI_OBJ(x);
 	free(x);
@@ -324,6 +336,140 @@ static void xfer_unpark(struct up_xfer *x, int do_it)
 {
 	if (do_it && x->hooks.unpark != NULL)
 		x->hooks.unpark(x->hooks.arg);
+}
+
+/* Resumes a front parked on this transfer, for whatever reason: the
+ * answer's headers or its end frees a writer parked on the upload ring as
+ * much as a reader (nobody reads the rest of an upload then). */
+static void wake_front(struct up_xfer *x)
+{
+	int wake;
+
+	pthread_mutex_lock(&x->lock);
+	wake = take_park_locked(x);
+	pthread_mutex_unlock(&x->lock);
+	xfer_unpark(x, wake);
+}
+
+/* ---- the ring: the sink a front reads (worker side) ---- */
+
+static void ring_headers(void *arg, long status, const struct hdr *h, long long length)
+{
+	struct up_xfer *x = arg;
+
+	(void)status, (void)h, (void)length; /* the transfer's own: the reader reads them there */
+	CHECK_OBJ(x, UP_XFER_MAGIC);
+	pthread_mutex_lock(&x->lock);
+	ASSERT(x->state == UP_PENDING);
+	x->state = UP_HEADERS;
+	pthread_mutex_unlock(&x->lock);
+}
+
+static enum up_take ring_data(void *arg, const char *data, size_t len)
+{
+	struct up_xfer *x = arg;
+	enum up_take t = UP_TAKEN;
+	int wake;
+
+	CHECK_OBJ(x, UP_XFER_MAGIC);
+	pthread_mutex_lock(&x->lock);
+	ASSERT(x->state == UP_HEADERS);
+	if (x->released || ring_alloc(&x->down) < 0) {
+		pthread_mutex_unlock(&x->lock);
+		return UP_STOP; /* nobody reads it any more, or no memory */
+	}
+	if (ring_free(&x->down) < len) {
+		x->down_waits = 1;
+		pthread_mutex_unlock(&x->lock);
+		return UP_FULL;
+	}
+	ring_put(&x->down, data, len);
+	/* Stop reading from the API before the ring overflows: a wait asked
+	 * for here keeps the next chunk in the socket, whereas UP_FULL makes
+	 * curl copy it aside (a malloc per pause). */
+	if (ring_free(&x->down) < CURL_MAX_WRITE_SIZE) {
+		x->down_waits = 1;
+		t = UP_TAKEN_WAIT;
+	}
+	wake = take_park_locked(x);
+	pthread_mutex_unlock(&x->lock);
+	xfer_unpark(x, wake);
+	return t;
+}
+
+static void ring_end(void *arg, enum up_error err, const char *detail, int framed)
+{
+	struct up_xfer *x = arg;
+
+	(void)framed; /* the reader relays what came, framed or not */
+	CHECK_OBJ(x, UP_XFER_MAGIC);
+	pthread_mutex_lock(&x->lock);
+	if (x->state == UP_PENDING) {
+		ASSERT(err != UP_ERR_NONE);
+		x->state = UP_FAILED;
+		x->err = err;
+		snprintf(x->detail, sizeof(x->detail), "%s", detail);
+	} else if (err != UP_ERR_NONE) {
+		x->down_broken = 1;
+	} else {
+		x->down_eof = 1;
+	}
+	pthread_mutex_unlock(&x->lock);
+}
+
+/* ---- the tee: the ring and the caller's sink (worker side) ---- */
+
+static void tee_headers(void *arg, long status, const struct hdr *h, long long length)
+{
+	struct up_xfer *x = arg;
+
+	ring_headers(x, status, h, length);
+	x->user.headers(x->user.arg, status, h, length);
+}
+
+/* The ring decides the pace; the other sink takes what the ring took, or
+ * drops out, and then the ring no longer holds its last byte back. */
+static enum up_take tee_data(void *arg, const char *data, size_t len)
+{
+	struct up_xfer *x = arg;
+	enum up_take t = ring_data(x, data, len), other;
+
+	if (t == UP_FULL || t == UP_STOP || !x->tee)
+		return t;
+	other = x->user.data(x->user.arg, data, len);
+	ASSERT(other == UP_TAKEN || other == UP_STOP);
+	if (other == UP_STOP) {
+		pthread_mutex_lock(&x->lock);
+		x->tee = 0;
+		pthread_mutex_unlock(&x->lock);
+		wake_front(x); /* it may wait for the byte held back */
+	}
+	return t;
+}
+
+/* The other sink's end() returns before the ring shows the end: a client
+ * has the last byte only once that sink is done with the answer. */
+static void tee_end(void *arg, enum up_error err, const char *detail, int framed)
+{
+	struct up_xfer *x = arg;
+
+	x->user.end(x->user.arg, err, detail, framed);
+	ring_end(x, err, detail, framed);
+}
+
+/* ---- delivering to the sink (worker side) ---- */
+
+/* The end, exactly once: the sink's end(), then a parked front learns it. */
+static void deliver_end(struct up_xfer *x, enum up_error err, const char *detail, int framed)
+{
+	ASSERT(!x->ended);
+	ASSERT(err != UP_ERR_NONE || x->answered);
+	x->ended = 1;
+	pthread_mutex_lock(&x->lock);
+	x->finished = 1;
+	pthread_mutex_unlock(&x->lock);
+	x->sink.end(x->sink.arg, err, detail != NULL ? detail : "", framed);
+	wake_front(x);
 }
 
 /* ---- curl callbacks (worker thread) ---- */
@@ -413,7 +559,6 @@ static size_t on_header(char *line, size_t size, size_t nitems, void *arg)
 	struct up_xfer *x = arg;
 	size_t len = size * nitems;
 	long status = 0;
-	int wake;
 
 	x->last_progress = mono_now();
 	if (len >= 5 && memcmp(line, "HTTP/", 5) == 0) {
@@ -429,6 +574,10 @@ static size_t on_header(char *line, size_t size, size_t nitems, void *arg)
 	}
 	curl_easy_getinfo(x->easy, CURLINFO_RESPONSE_CODE, &status);
 	if (status < 200)
+		return len;
+	/* A chunked body's trailer fields end with a blank line too: the
+	 * sink has its headers already, and they stay as they were. */
+	if (x->answered)
 		return len;
 	note_token_verdict(x->u, x, status, x->last_progress);
 	if (status == 401 && x->replayed < MAX_REPLAYS && may_reauth(x->u, x, x->last_progress)) {
@@ -457,7 +606,7 @@ static size_t on_header(char *line, size_t size, size_t nitems, void *arg)
 		 * 9112 6.3); a length that is not all digits is no length. */
 		x->cl_framed = !x->chunk_framed && cl != NULL && cl[0] != '\0' &&
 			       strspn(cl, "0123456789") == strlen(cl);
-		x->decoded = x->identity && ce != NULL && strcasecmp(ce, "identity") != 0;
+		x->decoded = x->accept_identity && ce != NULL && strcasecmp(ce, "identity") != 0;
 		pthread_mutex_lock(&x->lock);
 		x->status = status;
 		hdr_free(&x->headers);
@@ -468,67 +617,61 @@ static size_t on_header(char *line, size_t size, size_t nitems, void *arg)
 			hdr_remove(x->headers, "Content-Length");
 		if (x->decoded)
 			hdr_remove(x->headers, "Content-Encoding");
-		x->state = UP_HEADERS;
-		wake = take_park_locked(x);
+		x->answered = 1;
 		pthread_mutex_unlock(&x->lock);
-		xfer_unpark(x, wake);
+		x->sink.headers(x->sink.arg, status, x->headers, x->length);
+		wake_front(x);
 	}
 	return x->building != NULL ? len : 0;
 }
 
+/*
+ * A piece of the body, to the sink.  A sink that asks to wait gets curl
+ * paused; a resume that came while it was deciding (resumes moved on) is
+ * not lost: the chunk is offered again, or curl is left running.
+ */
 static size_t on_write(char *data, size_t size, size_t nmemb, void *arg)
 {
 	struct up_xfer *x = arg;
 	size_t len = size * nmemb;
-	int wake, mask = 0;
+	enum up_take t;
+	unsigned seen;
+	int mask = 0;
 
 	x->last_progress = mono_now();
-	if (x->discard)
+	/* A replayed 401's body, or a body without a status line before it
+	 * (the end then says the answer was not HTTP): nobody gets it. */
+	if (x->discard || !x->answered || len == 0)
 		return len;
-	if (x->detached) {
-		/* Nobody streams it: the collected copy is the answer. */
-		if (x->collect.len + len > x->collect_max ||
-		    membuf_append(&x->collect, data, len) < 0) {
-			x->collect_over = 1;
-			membuf_free(&x->collect, 0);
+	for (;;) {
+		seen = atomic_load(&x->resumes);
+		t = x->sink.data(x->sink.arg, data, len);
+		if (t == UP_TAKEN)
+			return len;
+		if (t == UP_STOP)
 			return 0; /* aborts the transfer */
+		ASSERT(t == UP_FULL || t == UP_TAKEN_WAIT);
+		pthread_mutex_lock(&x->lock);
+		if (atomic_load(&x->resumes) != seen) {
+			pthread_mutex_unlock(&x->lock);
+			if (t == UP_FULL)
+				continue;
+			return len;
 		}
+		if (t == UP_FULL) {
+			x->paused_recv = 1;
+			pthread_mutex_unlock(&x->lock);
+			return CURL_WRITEFUNC_PAUSE;
+		}
+		if (!x->paused_recv) {
+			x->paused_recv = 1;
+			mask = CURLPAUSE_RECV | (x->paused_send ? CURLPAUSE_SEND : 0);
+		}
+		pthread_mutex_unlock(&x->lock);
+		if (mask)
+			curl_easy_pause(x->easy, mask);
 		return len;
 	}
-	pthread_mutex_lock(&x->lock);
-	if (x->released) {
-		pthread_mutex_unlock(&x->lock);
-		return 0; /* aborts the transfer */
-	}
-	if (ring_alloc(&x->down) < 0) {
-		pthread_mutex_unlock(&x->lock);
-		return 0;
-	}
-	if (ring_free(&x->down) < len) {
-		x->paused_recv = 1;
-		pthread_mutex_unlock(&x->lock);
-		return CURL_WRITEFUNC_PAUSE;
-	}
-	ring_put(&x->down, data, len);
-	if (x->collect_max > 0 && !x->collect_over &&
-	    (x->collect.len + len > x->collect_max || membuf_append(&x->collect, data, len) < 0)) {
-		/* Too large to keep (or no memory): forward it, store nothing. */
-		x->collect_over = 1;
-		membuf_free(&x->collect, 0);
-	}
-	/* Stop reading from the API before the ring overflows: a pause asked
-	 * for here keeps the next chunk in the socket, whereas returning
-	 * CURL_WRITEFUNC_PAUSE makes curl copy it aside (a malloc per pause). */
-	if (ring_free(&x->down) < CURL_MAX_WRITE_SIZE && !x->paused_recv) {
-		x->paused_recv = 1;
-		mask = CURLPAUSE_RECV | (x->paused_send ? CURLPAUSE_SEND : 0);
-	}
-	wake = take_park_locked(x);
-	pthread_mutex_unlock(&x->lock);
-	xfer_unpark(x, wake);
-	if (mask)
-		curl_easy_pause(x->easy, mask);
-	return len;
 }
 
 static size_t on_read(char *buf, size_t size, size_t nitems, void *arg)
@@ -732,9 +875,12 @@ static void list_remove(struct up_xfer **head, struct up_xfer *x)
 	}
 }
 
-/* Drops the worker's reference; the transfer is no longer the worker's. */
+/* Drops the worker's reference; the transfer is no longer the worker's.
+ * One given up before its end (the caller let go) still ends for its sink. */
 static void xfer_retire(struct upstream *u, struct up_xfer *x)
 {
+	if (!x->ended)
+		deliver_end(x, UP_ERR_INTERNAL, "the transfer was given up before its end", 0);
 	if (x->phase == PH_RUNNING) {
 		curl_multi_remove_handle(u->multi, x->easy);
 		list_remove(&u->running, x);
@@ -751,37 +897,19 @@ static void xfer_retire(struct upstream *u, struct up_xfer *x)
 	xfer_unref(x);
 }
 
-/* A detached transfer reports its end once, whatever the end was. */
-static void complete_detached(struct up_xfer *x)
-{
-	if (x->detached && !x->completed && x->hooks.complete != NULL) {
-		x->completed = 1;
-		x->hooks.complete(x->hooks.complete_arg, x);
-	}
-}
-
 /* Ends a transfer that never got its headers, or breaks one that did. */
 static void xfer_fail(struct upstream *u, struct up_xfer *x, enum up_error e, const char *fmt, ...)
 	__attribute__((format(printf, 4, 5)));
 static void xfer_fail(struct upstream *u, struct up_xfer *x, enum up_error e, const char *fmt, ...)
 {
 	va_list ap;
-	int wake;
+	char detail[512];
 
-	pthread_mutex_lock(&x->lock);
-	if (x->state == UP_PENDING) {
-		x->state = UP_FAILED;
-		x->err = e;
-		va_start(ap, fmt);
-		vsnprintf(x->detail, sizeof(x->detail), fmt, ap);
-		va_end(ap);
-	} else {
-		x->down_broken = 1;
-	}
-	wake = take_park_locked(x);
-	pthread_mutex_unlock(&x->lock);
-	xfer_unpark(x, wake);
-	complete_detached(x);
+	va_start(ap, fmt);
+	vsnprintf(detail, sizeof(detail), fmt, ap);
+	va_end(ap);
+	if (!x->ended)
+		deliver_end(x, e, detail, 0);
 	pthread_mutex_lock(&u->clock);
 	u->counters.failed++;
 	pthread_mutex_unlock(&u->clock);
@@ -837,10 +965,9 @@ static int xfer_setup_easy(struct upstream *u, struct up_xfer *x)
 	curl_easy_setopt(e, CURLOPT_HEADERDATA, x);
 	curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, on_write);
 	curl_easy_setopt(e, CURLOPT_WRITEDATA, x);
-	if (x->identity) {
-		/* Answers to be cached are asked for in the identity encoding;
-		 * setting it through curl also makes curl decode an API that
-		 * ignores the request, so the cache only ever holds identity. */
+	if (x->accept_identity) {
+		/* Setting it through curl also makes curl decode an API that
+		 * ignores the request, so the body delivered is identity. */
 		curl_easy_setopt(e, CURLOPT_ACCEPT_ENCODING, "identity");
 	} else {
 		curl_easy_setopt(e, CURLOPT_HTTP_CONTENT_DECODING, 0L);
@@ -966,7 +1093,7 @@ static enum up_error curl_err_kind(CURLcode rc)
 
 static void xfer_done(struct upstream *u, struct up_xfer *x, CURLcode rc, double now)
 {
-	int wake, whole;
+	int framed;
 	unsigned gen;
 
 	if (x->discard && rc == CURLE_OK) {
@@ -990,7 +1117,7 @@ static void xfer_done(struct upstream *u, struct up_xfer *x, CURLcode rc, double
 	/* curl 7.88 refuses a header field over CURL_MAX_HTTP_HEADER (100 KB)
 	 * with "out of memory" and no message: before the headers are whole,
 	 * that is the API's answer at fault, not kaleidod's memory. */
-	if (rc == CURLE_OUT_OF_MEMORY && x->state == UP_PENDING) {
+	if (rc == CURLE_OUT_OF_MEMORY && !x->answered) {
 		xfer_fail(u, x, UP_ERR_PROTOCOL,
 			  "the API's answer headers are larger than kaleidod takes (a field over "
 			  "100 KB)%s%s",
@@ -1004,28 +1131,14 @@ static void xfer_done(struct upstream *u, struct up_xfer *x, CURLcode rc, double
 	}
 	/* A close-delimited body cut short still ends CURLE_OK: only framed
 	 * bodies are whole for sure. */
-	whole = x->cl_framed || x->chunk_framed || x->decoded;
+	framed = x->cl_framed || x->chunk_framed || x->decoded;
 	/* Answers that never carry a body are whole without framing. */
 	if (x->status == 304 || x->status == 204)
-		whole = 1;
-	x->framed = whole; /* before the hook, which asks */
-	if (!x->detached && x->hooks.complete != NULL && x->collect_max > 0 && whole &&
-	    !x->collect_over && x->state == UP_HEADERS)
-		x->hooks.complete(x->hooks.complete_arg, x);
-	/* Detached: ended without an error is whole; only framing says it
-	 * was not cut short, and the caller decides what that allows. */
-	x->whole = (x->detached || whole) && !x->collect_over && x->state == UP_HEADERS;
-	pthread_mutex_lock(&x->lock);
-	if (x->state == UP_PENDING) {
-		x->state = UP_FAILED;
-		x->err = UP_ERR_PROTOCOL;
-		snprintf(x->detail, sizeof(x->detail), "the API closed without a complete answer");
-	}
-	x->down_eof = 1;
-	wake = take_park_locked(x);
-	pthread_mutex_unlock(&x->lock);
-	xfer_unpark(x, wake);
-	complete_detached(x);
+		framed = 1;
+	if (!x->answered)
+		deliver_end(x, UP_ERR_PROTOCOL, "the API closed without a complete answer", 0);
+	else
+		deliver_end(x, UP_ERR_NONE, NULL, framed);
 	xfer_retire(u, x);
 }
 
@@ -1045,7 +1158,7 @@ static double check_deadlines(struct upstream *u, double now)
 
 		nx = x->wnext;
 		pthread_mutex_lock(&x->lock);
-		pending = x->state == UP_PENDING;
+		pending = !x->answered;
 		/* A front parked on a full upload ring is not reading: its
 		 * paused receive is a standoff, not a slow client. */
 		client_slow = x->paused_recv && !(x->parked && !x->up_end);
@@ -1347,34 +1460,46 @@ void upstream_counters(struct upstream *u, struct upstream_counters *out)
 /* ---- public: transfers ---- */
 
 struct up_xfer *upstream_start(struct upstream *u, const struct up_request *req,
-			       const struct up_hooks *hooks)
+			       const struct up_hooks *hooks, const struct up_sink *sink)
 {
 	struct up_xfer *x;
 	size_t ulen;
 
+	ASSERT(hooks != NULL || sink != NULL);
+	ASSERT(sink == NULL || (sink->headers != NULL && sink->data != NULL && sink->end != NULL));
 	/* Only origin-form targets: anything else pasted after the API's URL
 	 * could change the host the token is sent to. */
 	if (req->target[0] != '/' || strchr(req->target, '#') != NULL ||
 	    (x = calloc(1, sizeof(*x))) == NULL) {
-		if (hooks->complete_free != NULL)
-			hooks->complete_free(hooks->complete_arg);
+		if (sink != NULL && sink->free != NULL)
+			sink->free(sink->arg);
 		return NULL;
 	}
 	INIT_OBJ(x, UP_XFER_MAGIC);
 	pthread_mutex_init(&x->lock, NULL);
-	x->refs = 2; /* the front's and the worker's */
+	atomic_init(&x->resumes, 0);
+	x->refs = 2; /* the caller's and the worker's */
 	x->worker_ref = 1;
 	x->u = u;
-	x->hooks = *hooks;
+	if (sink != NULL)
+		x->user = *sink; /* the transfer's from here on: xfer_free() frees it */
+	if (hooks != NULL)
+		x->hooks = *hooks;
+	if (hooks == NULL) {
+		x->sink = x->user;
+	} else if (sink == NULL) {
+		x->sink = (struct up_sink){ ring_headers, ring_data, ring_end, NULL, x };
+	} else {
+		x->sink = (struct up_sink){ tee_headers, tee_data, tee_end, NULL, x };
+		x->tee = 1;
+	}
 	x->method = strdup(req->method);
 	ulen = strlen(u->url) + strlen(req->target) + 1;
 	x->url = malloc(ulen);
 	x->building = hdr_new();
 	x->body_mode = req->body_mode;
 	x->body_len = req->body_len;
-	x->identity = req->identity;
-	x->collect_max = req->collect_max;
-	x->detached = req->detached;
+	x->accept_identity = req->accept_identity;
 	x->length = -1;
 	if (x->method == NULL || x->url == NULL || x->building == NULL)
 		goto fail;
@@ -1418,25 +1543,41 @@ struct up_xfer *upstream_start(struct upstream *u, const struct up_request *req,
 		pthread_mutex_unlock(&u->clock);
 		x->refs = 1;
 		x->worker_ref = 0;
-		if (x->detached) {
+		if (hooks == NULL) {
 			/* Nobody would ever hear of its end: refuse it now. */
 			xfer_free(x);
 			return NULL;
 		}
-		x->state = UP_FAILED;
-		x->err = UP_ERR_SHUTDOWN;
-		snprintf(x->detail, sizeof(x->detail), "kaleidod is shutting down");
+		deliver_end(x, UP_ERR_SHUTDOWN, "kaleidod is shutting down", 0);
 		return x;
 	}
 	/* The worker's reference now travels with the queued command too; the
 	 * command's own reference is dropped once it ran. */
 	return x;
 fail:
-	/* xfer_free() releases complete_arg too: it is the transfer's now. */
+	/* xfer_free() frees the sink's arg too: it is the transfer's now. */
 	x->refs = 1;
 	x->worker_ref = 0;
 	xfer_free(x);
 	return NULL;
+}
+
+void upstream_xfer_resume(struct up_xfer *x)
+{
+	int queue = 0;
+
+	CHECK_OBJ(x, UP_XFER_MAGIC);
+	pthread_mutex_lock(&x->lock);
+	/* Counted under the lock that on_write() checks it under: a resume
+	 * between a sink's data() and the pause it asked for is seen there. */
+	atomic_fetch_add(&x->resumes, 1);
+	if (x->paused_recv && !x->unpause_queued) {
+		x->unpause_queued = 1;
+		queue = 1;
+	}
+	pthread_mutex_unlock(&x->lock);
+	if (queue)
+		request_unpause(x);
 }
 
 void upstream_xfer_write(struct up_xfer *x, const char *data, size_t len, size_t *consumed)
@@ -1447,8 +1588,7 @@ void upstream_xfer_write(struct up_xfer *x, const char *data, size_t len, size_t
 	pthread_mutex_lock(&x->lock);
 	/* After a failure, the end, or an early final answer (curl stops
 	 * sending once a status >= 300 arrived), nobody reads the rest. */
-	if (x->state == UP_FAILED || x->down_eof || x->down_broken || !x->worker_ref ||
-	    (x->state == UP_HEADERS && x->status >= 300)) {
+	if (x->finished || !x->worker_ref || (x->answered && x->status >= 300)) {
 		*consumed = len;
 		pthread_mutex_unlock(&x->lock);
 		return;
@@ -1528,14 +1668,14 @@ ssize_t upstream_xfer_read(struct up_xfer *x, char *buf, size_t max)
 {
 	size_t avail;
 	ssize_t n;
-	int queue = 0;
+	int resume = 0;
 
 	CHECK_OBJ(x, UP_XFER_MAGIC);
+	ASSERT(x->hooks.park != NULL); /* a transfer started with a reader */
 	pthread_mutex_lock(&x->lock);
-	/* While an answer is being collected for the cache, its last byte waits
-	 * for the end of the transfer: a client that has the whole answer finds
-	 * it stored when it asks again. */
-	if (x->collect_max > 0 && !x->collect_over && !x->down_eof && !x->down_broken) {
+	/* In a tee, the last byte waits for the end of the transfer, which
+	 * comes after the other sink's end() (see tee_end()). */
+	if (x->tee && !x->down_eof && !x->down_broken) {
 		avail = x->down.len > 0 ? x->down.len - 1 : 0;
 		if (max > avail)
 			max = avail;
@@ -1544,8 +1684,10 @@ ssize_t upstream_xfer_read(struct up_xfer *x, char *buf, size_t max)
 		n = (ssize_t)ring_get(&x->down, buf, max);
 		/* Resume the API only once half the ring is free: each pause
 		 * costs a wake-up of the worker and a copy inside curl. */
-		if (x->paused_recv && ring_free(&x->down) >= RING_CAP / 2)
-			want_unpause_locked(x, &queue);
+		if (x->down_waits && ring_free(&x->down) >= RING_CAP / 2) {
+			x->down_waits = 0;
+			resume = 1;
+		}
 	} else if (x->down_broken || x->state == UP_FAILED) {
 		n = -2;
 	} else if (x->down_eof) {
@@ -1557,30 +1699,9 @@ ssize_t upstream_xfer_read(struct up_xfer *x, char *buf, size_t max)
 		n = 0;
 	}
 	pthread_mutex_unlock(&x->lock);
-	if (queue)
-		request_unpause(x);
+	if (resume)
+		upstream_xfer_resume(x);
 	return n;
-}
-
-int upstream_xfer_whole(struct up_xfer *x)
-{
-	return x->whole;
-}
-
-int upstream_xfer_framed(struct up_xfer *x)
-{
-	return x->framed;
-}
-
-int upstream_xfer_too_large(struct up_xfer *x)
-{
-	return x->collect_over;
-}
-
-const void *upstream_xfer_collected(struct up_xfer *x, size_t *len)
-{
-	*len = x->collect.len;
-	return x->collect.data != NULL ? x->collect.data : "";
 }
 
 void upstream_xfer_release(struct up_xfer **xp)

@@ -3,16 +3,18 @@
  *
  * It owns one libcurl multi handle (so upstream connections are pooled and
  * reused), the upstream token (through auth), and every transfer in flight.
- * Front threads never touch curl: they hand a request over, then move bytes
- * through two bounded buffers per transfer (request body up, response body
- * down).  When a side must wait, the transfer calls the front's park hook
- * while holding its lock (the front suspends the client connection there),
- * and later the unpark hook from the worker (the front resumes it).  So memory
- * stays flat whatever the body size, and one slow upstream call never holds
- * up another client.
+ * It is transport only: it sends a request and hands the answer to a sink
+ * (struct up_sink: headers, data, end), with backpressure.  Front threads
+ * never touch curl: they hand a request over, then move bytes through two
+ * bounded rings per transfer (request body up; response body down, the
+ * ring being one sink).  When a side must wait, the transfer calls the
+ * front's park hook while holding its lock (the front suspends the client
+ * connection there), and later the unpark hook from the worker (the front
+ * resumes it).  So memory stays flat whatever the body size, and one slow
+ * upstream call never holds up another client.
  *
  * A transfer answered 401 is replayed once after a fresh token when its body
- * is replayable (none, or buffered whole).
+ * is replayable (none, or buffered in full).
  */
 #ifndef KD_UPSTREAM_H
 #define KD_UPSTREAM_H
@@ -29,6 +31,8 @@ struct auth_status;
 struct upstream;
 struct up_xfer;
 
+/* A front that reads the answer, or streams a request body, through the
+ * transfer's rings. */
 struct up_hooks {
 	/* Called with the transfer locked, on the front thread inside a read or
 	 * write call that cannot proceed: suspend the client connection. */
@@ -37,15 +41,65 @@ struct up_hooks {
 	 * resume it.  Called exactly once per park. */
 	void (*unpark)(void *arg);
 	void *arg;
-	/* Called on the worker when a transfer with collect_max > 0 completed
-	 * whole (CURLE_OK, framed by Content-Length or chunked, collected body
-	 * within collect_max); the front stores it.  complete_arg belongs to
-	 * the transfer from upstream_start() on: complete_free (may be NULL)
-	 * releases it when the transfer is freed, whichever side lets go last,
-	 * so the hook never sees a front context that is already gone. */
-	void (*complete)(void *complete_arg, struct up_xfer *x);
-	void (*complete_free)(void *complete_arg);
-	void *complete_arg;
+};
+
+/* What a sink's data() did with the bytes offered. */
+enum up_take {
+	UP_TAKEN = 0,  /* took them all */
+	UP_TAKEN_WAIT, /* took them all, and wants no more until upstream_xfer_resume() */
+	UP_FULL,       /* took none: offer the same bytes after upstream_xfer_resume() */
+	UP_STOP,       /* took none and wants no more: the transfer is abandoned */
+};
+
+enum up_error {
+	UP_ERR_NONE = 0,
+	UP_ERR_CONNECT, /* could not reach the API (DNS, refused, TLS, reset) */
+	UP_ERR_TIMEOUT, /* no answer in time */
+	UP_ERR_AUTH, /* no upstream token: the API refused our credentials or is unreachable for them */
+	UP_ERR_PROTOCOL, /* the API answered something that is not HTTP */
+	UP_ERR_SHUTDOWN, /* the daemon is stopping */
+	UP_ERR_INTERNAL, /* out of memory and the like */
+};
+
+/*
+ * Where the answer goes.  The transfer owns arg from upstream_start() on.
+ *
+ * Order: headers() at most once, then data() any number of times, then
+ * end() exactly once (whether or not headers() came); then, whenever the
+ * transfer is freed (its last reference gone, the caller's or the
+ * worker's), free().  An attempt answered 401 and replayed is never shown
+ * to the sink.
+ *
+ * Threads and locks: headers(), data() and end() run on the upstream
+ * worker, with no lock of ours held, so a sink may take its own locks and
+ * call into other modules; they must not block (end() may release the
+ * caller's handle: the worker holds its own reference until end() returned).
+ * free() runs on whichever thread lets go of the transfer last, with no
+ * lock of ours held.
+ *
+ * Backpressure: data() returns UP_FULL to refuse a chunk it has no room
+ * for (curl keeps the chunk aside), or UP_TAKEN_WAIT when it is nearly
+ * full (the next chunk stays in the socket: no copy); either way nothing
+ * more arrives until someone calls upstream_xfer_resume().  A resume that
+ * races with the data() call that asked for the wait is not lost.  So a
+ * sink that holds a bounded buffer keeps memory flat whatever the size.
+ */
+struct up_sink {
+	/* The final status and fields (hop-by-hop included; Content-Length
+	 * removed when the body is not delivered as framed by it).  h is the
+	 * transfer's and stays valid until free(); length is the declared
+	 * body length, or -1 when unknown or changed by decoding. */
+	void (*headers)(void *arg, long status, const struct hdr *h, long long length);
+	/* A piece of the body, in order; len > 0. */
+	enum up_take (*data)(void *arg, const char *buf, size_t len);
+	/* The end.  err == UP_ERR_NONE: the answer arrived (headers() came
+	 * first), and framed says whether its end was marked (Content-Length,
+	 * chunked, a decoded body, or a status without a body): a body ended
+	 * by a close may have been cut short.  Otherwise it failed, before the
+	 * headers or after; detail says why, in words. */
+	void (*end)(void *arg, enum up_error err, const char *detail, int framed);
+	void (*free)(void *arg); /* may be NULL */
+	void *arg;
 };
 
 /* Told on the worker whenever the token state changes (a grant, a refresh,
@@ -62,7 +116,7 @@ struct up_events {
 
 enum up_body_mode {
 	UP_BODY_NONE = 0, /* no request body */
-	UP_BODY_BUFFERED, /* body given whole in up_request.body: replayable */
+	UP_BODY_BUFFERED, /* body given in full in up_request.body: replayable */
 	UP_BODY_STREAM,   /* body fed with upstream_xfer_write(); body_len or -1 */
 };
 
@@ -74,29 +128,16 @@ struct up_request {
 	const void *body; /* UP_BODY_BUFFERED: copied */
 	size_t body_size;
 	long long body_len; /* UP_BODY_STREAM: declared length or -1 (chunked) */
-	int identity;       /* cacheable: ask for and deliver identity encoding */
-	size_t collect_max; /* keep up to this many body bytes for complete(); 0 none */
-	/* No client reads this transfer (a cache fetch others wait on): the
-	 * body is only collected, a body over collect_max ends the transfer,
-	 * and complete() is called exactly once at the end whatever happened;
-	 * upstream_xfer_whole() then tells a whole answer from a failure. */
-	int detached;
+	/* Ask for the answer without a content coding (Accept-Encoding:
+	 * identity), and decode one the API applies anyway, so the body
+	 * delivered is always identity. */
+	int accept_identity;
 };
 
 enum up_state {
 	UP_PENDING = 0, /* nothing to report yet (the caller was parked) */
 	UP_HEADERS,     /* status and headers are final; body may follow */
 	UP_FAILED,      /* failed before the headers: see upstream_xfer_error() */
-};
-
-enum up_error {
-	UP_ERR_NONE = 0,
-	UP_ERR_CONNECT, /* could not reach the API (DNS, refused, TLS, reset) */
-	UP_ERR_TIMEOUT, /* no answer in time */
-	UP_ERR_AUTH, /* no upstream token: the API refused our credentials or is unreachable for them */
-	UP_ERR_PROTOCOL, /* the API answered something that is not HTTP */
-	UP_ERR_SHUTDOWN, /* the daemon is stopping */
-	UP_ERR_INTERNAL, /* out of memory and the like */
 };
 
 /* Starts the worker thread.  NULL with a message in err on failure. */
@@ -135,15 +176,35 @@ struct upstream_counters {
 void upstream_counters(struct upstream *u, struct upstream_counters *out);
 
 /*
- * Hands a request to the worker.  The request is copied; the hooks are kept.
- * The returned handle belongs to the caller until upstream_xfer_release().
- * NULL on ENOMEM, or for a detached request when the worker is gone.
+ * Hands a request to the worker.  The request is copied; the hooks and
+ * the sink are kept.  Where the answer goes:
+ *   - hooks, no sink: into the transfer's ring, read by the front with
+ *     upstream_xfer_poll() and upstream_xfer_read() below;
+ *   - a sink, no hooks: to the sink alone, nobody reads the ring; a sink
+ *     that answers UP_STOP ends the transfer;
+ *   - both: a tee, the ring and the sink each get all of the answer.  The
+ *     sink must take every chunk (UP_TAKEN), or drop out with UP_STOP,
+ *     which leaves the ring alone; its end() still comes.  The reader sees
+ *     the end only after the sink's end() returned: until then the ring
+ *     holds back the body's last byte, since a response of known length is
+ *     over at its last byte, without a read that could see an end.
+ * The sink's arg is the transfer's from here on, even when this fails.
+ * The handle belongs to the caller until upstream_xfer_release().  NULL on
+ * ENOMEM, or for a sink alone when the worker is gone (end() never comes
+ * then); with hooks and the worker gone, a handle already failed with
+ * UP_ERR_SHUTDOWN (end() comes at once, on the caller's thread).
  */
 struct up_xfer *upstream_start(struct upstream *u, const struct up_request *req,
-			       const struct up_hooks *hooks);
+			       const struct up_hooks *hooks, const struct up_sink *sink);
 
 /*
- * Request body (UP_BODY_STREAM): copies what fits and stores the count in
+ * A sink that asked to wait (UP_TAKEN_WAIT, UP_FULL) has room again: the
+ * transfer goes on.  Any thread; cheap when nothing waits.
+ */
+void upstream_xfer_resume(struct up_xfer *x);
+
+/*
+ * Request body (UP_BODY_STREAM): copies what fits and puts the count in
  * *consumed.  When not everything fits the front is parked (it offers the rest
  * again once unparked).
  * After the transfer ended (the API answered early, or failed) everything is
@@ -152,6 +213,9 @@ struct up_xfer *upstream_start(struct upstream *u, const struct up_request *req,
 void upstream_xfer_write(struct up_xfer *x, const char *data, size_t len, size_t *consumed);
 void upstream_xfer_write_end(struct up_xfer *x);
 
+/*
+ * The ring: the answer as a front reads it (a transfer started with hooks).
+ */
 /* UP_HEADERS or UP_FAILED, or UP_PENDING after parking the front. */
 enum up_state upstream_xfer_poll(struct up_xfer *x);
 long upstream_xfer_status(struct up_xfer *x);
@@ -168,19 +232,7 @@ enum up_error upstream_xfer_error(struct up_xfer *x, const char **detail);
  */
 ssize_t upstream_xfer_read(struct up_xfer *x, char *buf, size_t max);
 
-/* In a detached transfer's complete() hook: 1 when the answer arrived whole
- * (status, headers and the collected body are final), 0 when it did not:
- * upstream_xfer_error() says why, or upstream_xfer_too_large() is 1. */
-int upstream_xfer_whole(struct up_xfer *x);
-int upstream_xfer_too_large(struct up_xfer *x);
-/* 1 when the body's end was framed (Content-Length, chunked, or no body by
- * status): an answer ended by a close may have been cut short. */
-int upstream_xfer_framed(struct up_xfer *x);
-
-/* The collected body, for the complete() hook. */
-const void *upstream_xfer_collected(struct up_xfer *x, size_t *len);
-
-/* The front is done with the handle: aborts a transfer still running.  NULLs *x. */
+/* The caller is done with the handle: aborts a transfer still running.  NULLs *x. */
 void upstream_xfer_release(struct up_xfer **x);
 
 #endif

@@ -2,10 +2,11 @@
  * flight: the table of running fetches and what each one ended with.
  *
  * One lock guards the table and every flight's state: flights are few (one
- * per key being fetched) and each holds it for a few pointer moves.  The
- * upstream worker reports the end through the transfer's complete() hook;
- * the answer is turned into an entry and kept (through the keeper) before
- * any waiter is woken, so a woken waiter and every later request find it.
+ * per key being fetched) and each holds it for a few pointer moves.  A
+ * flight's fetch delivers to a collector (collect.c) alone, whose done()
+ * runs on the upstream worker at the end; the answer is turned into an
+ * entry and kept (through the keeper) before any waiter is woken, so a
+ * woken waiter and every later request find it.
  */
 #include "flight.h"
 
@@ -20,6 +21,7 @@
 
 #include "check.h"
 #include "clock.h"
+#include "collect.h"
 #include "config.h"
 #include "hdr.h"
 #include "hot.h"
@@ -262,11 +264,11 @@ static unsigned ttl_for(struct flights *fs, int family, const struct hdr *h, int
 }
 
 /* A 304 to our conditional fetch: the expired entry, fresh again. */
-static struct hot_entry *revalidated(struct flight *f, struct up_xfer *x)
+static struct hot_entry *revalidated(struct flight *f, const struct collected *c)
 {
 	struct flights *fs = f->fs;
 	size_t len;
-	char *text = merge_304(hot_entry_headers(f->stale), upstream_xfer_headers(x), &len);
+	char *text = merge_304(hot_entry_headers(f->stale), c->headers, &len);
 	struct hot_entry *e = NULL;
 	int64_t now = clock_wall();
 
@@ -289,31 +291,30 @@ static const char *hdr_field(void *arg, const char *name)
 /* A whole answer: kept when it is a storable 200, and not a variant for
  * fields the fetch carried (req; NULL: unknown), handed over either way. */
 static struct hot_entry *answered(struct flights *fs, const char *key, int family, const char *path,
-				  struct up_xfer *x, const struct hdr *req)
+				  const struct collected *c, const struct hdr *req)
 {
-	const struct hdr *h = upstream_xfer_headers(x);
-	long status = upstream_xfer_status(x);
+	const struct hdr *h = c->headers;
+	long status = c->status;
 	int64_t now = clock_wall();
 	unsigned age = 0;
 	/* Only a framed answer is known to be whole: one the API ended by
 	 * closing the connection is handed on, never kept. */
-	unsigned ttl =
-		status == 200 && upstream_xfer_framed(x) ? ttl_for(fs, family, h, now, &age) : 0;
+	unsigned ttl = status == 200 && c->framed ? ttl_for(fs, family, h, now, &age) : 0;
 	struct hot_entry_init in = { 0 };
 	struct hot_entry *e;
 	struct hdr *keep = hdr_new();
-	const void *body;
 
+	ASSERT(c->end == COLLECT_WHOLE);
 	if (keep == NULL || hdr_copy_end_to_end(keep, h, keep_skip) < 0) {
 		hdr_free(&keep);
 		return NULL;
 	}
-	body = upstream_xfer_collected(x, &in.body_len);
+	in.body_len = c->len;
 	if ((in.body = malloc(in.body_len + 1)) == NULL) {
 		hdr_free(&keep);
 		return NULL;
 	}
-	memcpy(in.body, body, in.body_len);
+	memcpy(in.body, c->body, in.body_len);
 	const char *vary = hdr_get(h, "Vary");
 
 	if (vary != NULL && policy_vary_beyond_key(vary) &&
@@ -337,9 +338,9 @@ static struct hot_entry *answered(struct flights *fs, const char *key, int famil
 }
 
 struct hot_entry *flight_keep(struct flights *fs, const char *key, int family, const char *path,
-			      unsigned gen, struct up_xfer *x)
+			      unsigned gen, const struct collected *c)
 {
-	struct hot_entry *e = answered(fs, key, family, path, x, NULL);
+	struct hot_entry *e = answered(fs, key, family, path, c, NULL);
 
 	if (e != NULL && hot_entry_key(e) != NULL)
 		keeper_store(fs->keeper, e, gen, NULL, NULL);
@@ -405,19 +406,20 @@ static void kept(void *arg, struct hot_entry *e)
 	flight_unref(&f); /* the keeper job's */
 }
 
-static void on_complete(void *arg, struct up_xfer *x)
+/* The collector's done(), on the upstream worker: the fetch ended. */
+static void on_collected(void *arg, const struct collected *c)
 {
 	struct flight *f = arg;
 	struct flights *fs = f->fs;
-	const char *detail = NULL;
 	int keep = 0;
 
-	if (upstream_xfer_whole(x)) {
-		if (upstream_xfer_status(x) == 304 && f->stale != NULL) {
-			f->entry = revalidated(f, x);
+	CHECK_OBJ(f, FLIGHT_MAGIC);
+	if (c->end == COLLECT_WHOLE) {
+		if (c->status == 304 && f->stale != NULL) {
+			f->entry = revalidated(f, c);
 			f->revalidated = f->entry != NULL;
 		} else {
-			f->entry = answered(fs, f->key, f->family, f->path, x, f->req);
+			f->entry = answered(fs, f->key, f->family, f->path, c, f->req);
 		}
 		f->outcome = FLIGHT_ENTRY;
 		if (f->entry == NULL) {
@@ -428,17 +430,13 @@ static void on_complete(void *arg, struct up_xfer *x)
 			keep = hot_entry_key(f->entry) != NULL &&
 			       hot_entry_expires_at(f->entry) > hot_entry_stored_at(f->entry);
 		}
-	} else if (upstream_xfer_too_large(x)) {
+	} else if (c->end == COLLECT_TOO_LARGE) {
 		f->outcome = FLIGHT_DIRECT;
 		note(fs, f->key, TOO_LARGE_FOR, 0);
 	} else {
 		f->outcome = FLIGHT_ERROR;
-		f->err = upstream_xfer_error(x, &detail);
-		if (f->err == UP_ERR_NONE) {
-			f->err = UP_ERR_PROTOCOL;
-			detail = "the API's answer broke off before its end";
-		}
-		snprintf(f->detail, sizeof(f->detail), "%s", detail);
+		f->err = c->err;
+		snprintf(f->detail, sizeof(f->detail), "%s", c->detail);
 	}
 	if (!keep) {
 		/* Not kept (a failure, an error answer): background refreshes of
@@ -528,7 +526,7 @@ static struct flight *create(struct flights *fs, const struct flight_req *rq)
 static void launch(struct flights *fs, struct flight *f, const struct flight_req *rq)
 {
 	struct up_request req = { 0 };
-	struct up_hooks hooks = { 0 };
+	struct up_sink sink;
 	struct hdr *h = fetch_headers(rq);
 	struct up_xfer *x = NULL;
 	int nomem = h == NULL;
@@ -536,17 +534,17 @@ static void launch(struct flights *fs, struct flight *f, const struct flight_req
 	req.method = "GET";
 	req.target = rq->target;
 	req.headers = h;
-	req.identity = 1;
-	req.collect_max = fs->cfg->max_entry_size;
-	req.detached = 1;
-	hooks.complete = on_complete;
-	hooks.complete_free = xfer_ref_free;
-	hooks.complete_arg = f;
+	req.accept_identity = 1; /* what the cache keeps; gzip is made here */
 	pthread_mutex_lock(&fs->lock);
-	f->refs++; /* the transfer's, released through complete_free */
+	f->refs++; /* the transfer's, released through the sink's free */
 	pthread_mutex_unlock(&fs->lock);
+	if (h != NULL &&
+	    collect_sink(fs->cfg->max_entry_size, on_collected, xfer_ref_free, f, &sink) < 0) {
+		hdr_free(&h);
+		nomem = 1;
+	}
 	if (h != NULL)
-		x = upstream_start(fs->up, &req, &hooks);
+		x = upstream_start(fs->up, &req, NULL, &sink);
 	else
 		xfer_ref_free(f);
 	hdr_free(&h);

@@ -3,9 +3,9 @@
  *
  * The first miss for a key starts a flight; every later miss for it joins
  * and waits (parked, like a client waiting for the API) instead of asking
- * the API again.  A flight is a detached upstream transfer: nobody streams
- * it, its whole answer is collected, then kept through the keeper and
- * handed to every waiter.  Refreshes kaleidod starts by itself (stale while
+ * the API again.  A flight is an upstream transfer nobody streams: its
+ * answer goes to a collector (collect.c) alone, then is kept through the
+ * keeper and handed to every waiter.  Refreshes kaleidod starts by itself (stale while
  * revalidate, refresh-ahead, warm-up) are flights with no waiters.  An
  * expired entry given at the start makes the fetch conditional; a 304 then
  * refreshes that entry instead of transferring the body again.
@@ -15,6 +15,7 @@
 
 #include "upstream.h"
 
+struct collected;
 struct config;
 struct hdr;
 struct hot;
@@ -80,11 +81,12 @@ enum flight_note {
 int flight_noted(struct flights *fs, const char *key, enum flight_note what);
 
 /*
- * A whole answer of a transfer the front streamed itself (a client's
- * no-cache): turned into an entry, and kept when it is a storable 200 and
- * gen is still the family's generation.  A reference, or NULL.
+ * A whole answer (COLLECT_WHOLE) of a transfer the front streamed itself
+ * (a client's no-cache): turned into an entry, and kept when it is a
+ * storable 200 and gen is still the family's generation.  A reference, or
+ * NULL.  On the upstream worker, from the collector's done().
  */
 struct hot_entry *flight_keep(struct flights *fs, const char *key, int family, const char *path,
-			      unsigned gen, struct up_xfer *x);
+			      unsigned gen, const struct collected *c);
 
 #endif

@@ -30,6 +30,7 @@
 #include "cache.h"
 #include "check.h"
 #include "clock.h"
+#include "collect.h"
 #include "config.h"
 #include "conneg.h"
 #include "deliver.h"
@@ -361,7 +362,14 @@ static void req_unpark(void *arg)
 	}
 }
 
-/* ---- the cache store of a streamed answer, on the upstream worker ---- */
+/* ---- the cache store of a streamed answer, on the upstream worker ----
+ *
+ * A cacheable answer a client streams itself (BYPASS, or a flight's answer
+ * too large for it, fetched directly) goes to a tee: the ring the client
+ * reads and a collector that stores it.  The client's last byte waits for
+ * the collector's end (upstream_start(), tee): a client that has the whole
+ * answer finds it stored when it asks again.
+ */
 
 struct store {
 	struct front *f;
@@ -379,11 +387,15 @@ static void store_free(void *arg)
 	free(s);
 }
 
-static void store_complete(void *arg, struct up_xfer *x)
+/* The collector's done(): only a whole, framed answer is kept. */
+static void store_done(void *arg, const struct collected *c)
 {
 	struct store *s = arg;
-	struct hot_entry *e = flight_keep(s->f->d.flights, s->key, s->family, s->path, s->gen, x);
+	struct hot_entry *e;
 
+	if (c->end != COLLECT_WHOLE || !c->framed)
+		return;
+	e = flight_keep(s->f->d.flights, s->key, s->family, s->path, s->gen, c);
 	hot_entry_unref(&e);
 }
 
@@ -392,7 +404,7 @@ static void store_complete(void *arg, struct up_xfer *x)
 struct fwd_ctx {
 	struct hdr *h;
 	const char *connection;
-	int identity;
+	int accept_identity;
 	const char *xff;
 };
 
@@ -408,7 +420,7 @@ static int fwd_skip(const struct fwd_ctx *c, const char *name)
 	for (int i = 0; own[i] != NULL; i++)
 		if (strcasecmp(name, own[i]) == 0)
 			return 1;
-	if (c->identity && strcasecmp(name, "Accept-Encoding") == 0)
+	if (c->accept_identity && strcasecmp(name, "Accept-Encoding") == 0)
 		return 1;
 	return hdr_is_hop_by_hop(name, c->connection);
 }
@@ -446,7 +458,7 @@ static int client_ip(struct MHD_Connection *conn, char *out, size_t len)
 }
 
 /* The fields to forward: the client's end-to-end ones, plus X-Forwarded-*. */
-static struct hdr *forward_headers(struct req *r, int identity)
+static struct hdr *forward_headers(struct req *r, int accept_identity)
 {
 	struct fwd_ctx c = { 0 };
 	char ip[INET6_ADDRSTRLEN] = "unknown", xff[1024], via[1024];
@@ -455,7 +467,7 @@ static struct hdr *forward_headers(struct req *r, int identity)
 	if ((c.h = hdr_new()) == NULL)
 		return NULL;
 	c.connection = MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, "Connection");
-	c.identity = identity;
+	c.accept_identity = accept_identity;
 	MHD_get_connection_values_n(r->conn, MHD_HEADER_KIND, collect_header, &c);
 	client_ip(r->conn, ip, sizeof(ip));
 	prev = MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, "X-Forwarded-For");
@@ -479,11 +491,13 @@ static int start_upstream(struct req *r, const char *method)
 	struct front *f = r->f;
 	struct up_request rq = { 0 };
 	struct up_hooks hooks = { 0 };
+	struct up_sink sink;
 	struct store *s = NULL;
 	struct hdr *h;
 
-	rq.identity = r->family >= 0 && r->may_store;
-	if ((h = forward_headers(r, rq.identity)) == NULL)
+	/* A cacheable answer is asked for, and kept, in identity. */
+	rq.accept_identity = r->family >= 0 && r->may_store;
+	if ((h = forward_headers(r, rq.accept_identity)) == NULL)
 		return -1;
 	rq.method = method;
 	rq.target = r->target;
@@ -499,9 +513,10 @@ static int start_upstream(struct req *r, const char *method)
 	hooks.park = req_park;
 	hooks.unpark = req_unpark;
 	hooks.arg = r;
-	if (r->family >= 0 && r->may_store && !r->head) {
+	if (r->family >= 0 && r->may_store && !r->head && f->d.cfg->max_entry_size > 0) {
 		if ((s = calloc(1, sizeof(*s))) == NULL || (s->key = strdup(r->key)) == NULL ||
-		    (s->path = strndup(r->target, (size_t)path_len(r->target))) == NULL) {
+		    (s->path = strndup(r->target, (size_t)path_len(r->target))) == NULL ||
+		    collect_sink(f->d.cfg->max_entry_size, store_done, store_free, s, &sink) < 0) {
 			if (s != NULL)
 				store_free(s);
 			hdr_free(&h);
@@ -510,12 +525,8 @@ static int start_upstream(struct req *r, const char *method)
 		s->f = f;
 		s->family = r->family;
 		s->gen = hot_gen(f->d.hot, r->family);
-		rq.collect_max = f->d.cfg->max_entry_size;
-		hooks.complete = store_complete;
-		hooks.complete_free = store_free;
-		hooks.complete_arg = s;
 	}
-	r->x = upstream_start(f->d.up, &rq, &hooks);
+	r->x = upstream_start(f->d.up, &rq, &hooks, s != NULL ? &sink : NULL);
 	hdr_free(&h);
 	if (r->x == NULL)
 		return -1;
