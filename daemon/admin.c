@@ -100,16 +100,16 @@ static void add_cache_stats(const struct front_deps *d, cJSON *o)
 	cJSON_AddBoolToObject(ca, "warm", warm_done(d->warm));
 }
 
-char *admin_purge(const struct front_deps *d, const char *body, size_t len, unsigned *status,
-		  const char **why)
+struct keeper_purge *admin_purge_start(const struct front_deps *d, const char *body, size_t len,
+				       void (*park)(void *), void (*unpark)(void *), void *arg,
+				       int *parked, unsigned *status, const char **why)
 {
+	struct keeper_purge *t = NULL;
 	struct purgereq req;
-	cJSON *o;
-	char *text = NULL;
-	long n;
 	int rc;
 
 	*status = 400;
+	*parked = 0;
 	/* The body's words are purgereq.c's (fuzzed there); the family's
 	 * existence and the purge itself are the daemon's. */
 	if ((rc = purgereq_parse(body, len, &req, why)) < 0) {
@@ -127,18 +127,37 @@ char *admin_purge(const struct front_deps *d, const char *body, size_t len, unsi
 			goto out;
 		}
 	}
-	if ((n = keeper_purge(d->keeper, req.kind, req.what)) < 0) {
+	t = keeper_purge_start(d->keeper, req.kind, req.what, park, unpark, arg, parked);
+	if (t == NULL) {
+		*status = 500;
+		*why = "out of memory";
+	}
+out:
+	purgereq_clear(&req);
+	return t;
+}
+
+char *admin_purge_answer(struct keeper_purge **t, unsigned *status, const char **why)
+{
+	long n = keeper_purge_result(t);
+	cJSON *o;
+	char *text;
+
+	if (n == KEEPER_PURGE_PENDING) {
+		*status = 503;
+		*why = "kaleidod is stopping; the purge did not run";
+		return NULL;
+	}
+	if (n < 0) {
 		*status = 500;
 		*why = "the cache file refused the purge (see the log)";
-		goto out;
+		return NULL;
 	}
 	o = cJSON_CreateObject();
 	cJSON_AddNumberToObject(o, "purged", (double)n);
 	text = cJSON_PrintUnformatted(o);
 	cJSON_Delete(o);
 	*status = 200;
-out:
-	purgereq_clear(&req);
 	return text;
 }
 

@@ -74,6 +74,7 @@ enum step {
 	STEP_ROUTE,  /* where it goes: admin, token, the cache or the API */
 	STEP_BODY,   /* the body arrives: buffered, or streamed up as it comes */
 	STEP_ADMIN,  /* /_kaleidod/... */
+	STEP_PURGED, /* parked while the file thread purges; then the count */
 	STEP_TOKEN,  /* the local token endpoint */
 	STEP_LOOKUP, /* a cacheable GET or HEAD: hitcache, memory, file */
 	STEP_WAIT,   /* parked on the key's flight */
@@ -122,8 +123,9 @@ struct req {
 	int write_ended;
 
 	struct up_xfer *x;
-	int invalidated;    /* a write's invalidations are done (durable, or given up on) */
-	const char *reject; /* why route_request() refused the request */
+	struct keeper_purge *purge; /* a purge under way (STEP_PURGED) */
+	int invalidated;            /* a write's invalidations are done (durable, or given up on) */
+	const char *reject;         /* why route_request() refused the request */
 	char reject_buf[160];
 
 	/* For the debug access line. */
@@ -927,49 +929,81 @@ static int is_json(const char *ct)
 	return n == 16 && strncasecmp(ct, "application/json", 16) == 0;
 }
 
-static enum MHD_Result admin(struct req *r, const char *method)
+/* ADMIN: /_kaleidod/health and /stats answer at once; a purge runs on the
+ * file thread while the request is parked (PURGED answers it). */
+static int step_admin(struct req *r, const char *method)
 {
 	unsigned status = 200;
 	char *body = NULL;
 
 	if (path_is(r, ADMIN_PREFIX "purge")) {
 		const char *why = NULL;
+		int parked;
 
 		if (strcmp(method, "POST") != 0)
-			return respond_error(
-				r, MHD_HTTP_METHOD_NOT_ALLOWED, "method not allowed",
-				"purge takes POST with a JSON body: {\"family\": NAME}, "
-				"{\"prefix\": \"/path\"} or {\"all\": true}");
+			return answered(
+				r, respond_error(
+					   r, MHD_HTTP_METHOD_NOT_ALLOWED, "method not allowed",
+					   "purge takes POST with a JSON body: {\"family\": NAME}, "
+					   "{\"prefix\": \"/path\"} or {\"all\": true}"));
 		if (r->too_large)
-			return respond_error(r, MHD_HTTP_CONTENT_TOO_LARGE, "request too large",
-					     "a purge request body is at most 64 KiB");
+			return answered(r, respond_error(r, MHD_HTTP_CONTENT_TOO_LARGE,
+							 "request too large",
+							 "a purge request body is at most 64 KiB"));
 		/* A form or text/plain body is what a page can post cross-site
 		 * without asking first: the admin takes JSON only. */
 		if (!is_json(MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, "Content-Type")))
-			return respond_error(r, MHD_HTTP_UNSUPPORTED_MEDIA_TYPE,
-					     "unsupported media type",
-					     "purge takes Content-Type: application/json");
-		body = admin_purge(&r->f->d, r->body.data ? r->body.data : "", r->body.len, &status,
-				   &why);
-		if (body == NULL && why != NULL)
-			return respond_error(r, status, "bad purge request",
-					     "%s: send {\"family\": NAME}, {\"prefix\": "
-					     "\"/path\"} or {\"all\": true}",
-					     why);
-		return respond_json(r, status, body);
+			return answered(
+				r, respond_error(r, MHD_HTTP_UNSUPPORTED_MEDIA_TYPE,
+						 "unsupported media type",
+						 "purge takes Content-Type: application/json"));
+		r->purge =
+			admin_purge_start(&r->f->d, r->body.data ? r->body.data : "", r->body.len,
+					  req_park, req_unpark, r, &parked, &status, &why);
+		if (r->purge == NULL && status == MHD_HTTP_BAD_REQUEST)
+			return answered(r,
+					respond_error(r, status, "bad purge request",
+						      "%s: send {\"family\": NAME}, "
+						      "{\"prefix\": \"/path\"} or {\"all\": true}",
+						      why));
+		if (r->purge == NULL)
+			return answered(r, respond_error(r, status, "internal error", "%s", why));
+		r->step = STEP_PURGED;
+		if (!parked)
+			return GO_ON;
+		log_debug("purge queued for the cache file's thread");
+		return MHD_YES; /* parked: resumed in PURGED */
 	}
 	if (strcmp(method, "GET") != 0 && strcmp(method, "HEAD") != 0)
-		return respond_error(r, MHD_HTTP_METHOD_NOT_ALLOWED, "method not allowed",
-				     "the admin endpoints take GET (purge takes POST)");
+		return answered(r,
+				respond_error(r, MHD_HTTP_METHOD_NOT_ALLOWED, "method not allowed",
+					      "the admin endpoints take GET (purge takes POST)"));
 	if (path_is(r, ADMIN_PREFIX "health"))
 		body = admin_health(&r->f->d, &status);
 	else if (path_is(r, ADMIN_PREFIX "stats"))
 		body = admin_stats(&r->f->d, &status);
 	else
-		return respond_error(r, MHD_HTTP_NOT_FOUND, "not found",
-				     "kaleidod's own endpoints are " ADMIN_PREFIX
-				     "health, " ADMIN_PREFIX "stats and " ADMIN_PREFIX "purge");
-	return respond_json(r, status, body);
+		return answered(r, respond_error(r, MHD_HTTP_NOT_FOUND, "not found",
+						 "kaleidod's own endpoints are " ADMIN_PREFIX
+						 "health, " ADMIN_PREFIX "stats and " ADMIN_PREFIX
+						 "purge"));
+	return answered(r, respond_json(r, status, body));
+}
+
+/* PURGED: the purge ran (or the daemon is stopping): its count. */
+static int step_purged(struct req *r)
+{
+	unsigned status;
+	const char *why = NULL;
+	char *body = admin_purge_answer(&r->purge, &status, &why);
+
+	if (body == NULL && why != NULL)
+		return answered(r, respond_error(r, status,
+						 status == MHD_HTTP_SERVICE_UNAVAILABLE ?
+							 "shutting down" :
+							 "purge failed",
+						 "%s", why));
+	return answered(r, respond_json(r, status, body));
 }
 
 /* ---- libmicrohttpd callbacks ---- */
@@ -1371,7 +1405,7 @@ static int step_body(struct req *r, const char *data, size_t *size)
  * Runs the request's steps from where it stands.  The whole path of a
  * request reads here, top to bottom:
  *
- *   RECV ─► ROUTE ─► BODY ─┬─► ADMIN, TOKEN: answered at once
+ *   RECV ─► ROUTE ─► BODY ─┬─► ADMIN, TOKEN: answered at once (a purge parks in PURGED)
  *                          ├─► LOOKUP ─┬─► HIT, or STALE (+ a refresh)
  *                          │           ├─► WAIT on the key's flight ─► MISS, REVALIDATED,
  *                          │           │     or an error; too large, another variant ─► FETCH
@@ -1398,7 +1432,10 @@ static enum MHD_Result run(struct req *r, const char *method, const char *versio
 			ret = step_body(r, upload_data, upload_data_size);
 			break;
 		case STEP_ADMIN:
-			ret = answered(r, admin(r, method));
+			ret = step_admin(r, method);
+			break;
+		case STEP_PURGED:
+			ret = step_purged(r);
 			break;
 		case STEP_TOKEN:
 			ret = answered(r, local_token(r, method));
@@ -1484,6 +1521,8 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
 		flight_leave(r->flight, r);
 	flight_unref(&r->flight);
 	hot_entry_unref(&r->stale);
+	if (r->purge != NULL)
+		keeper_purge_result(&r->purge); /* only drops the ticket */
 	free(r->key);
 	membuf_free(&r->body, 1); /* it may hold a client's secret */
 	free(r->target);

@@ -16,6 +16,7 @@
 #include "keeper.h"
 
 #include <errno.h>
+#include <limits.h>
 #include <pthread.h>
 #include <stdarg.h>
 #include <stdatomic.h>
@@ -25,6 +26,7 @@
 #include <sys/queue.h>
 #include <time.h>
 
+#include "check.h"
 #include "clock.h"
 #include "config.h"
 #include "gz.h"
@@ -38,9 +40,8 @@
 /* Answers waiting for a disk that is behind: beyond this they are kept in
  * memory only (and the drop is logged), rather than piling up. */
 #define FILE_QUEUE_MAX ((size_t)128 * 1024 * 1024)
-#define PURGE_FLUSH_SECONDS 5
 
-enum job_kind { JOB_STORE, JOB_REFRESH, JOB_INVALIDATE };
+enum job_kind { JOB_STORE, JOB_REFRESH, JOB_INVALIDATE, JOB_PURGE };
 
 struct job {
 	enum job_kind kind;
@@ -49,6 +50,7 @@ struct job {
 	unsigned gen;
 	keeper_done_fn done;
 	void *arg;
+	struct keeper_purge *purge; /* PURGE: its ticket (a reference) */
 	STAILQ_ENTRY(job) link;
 };
 
@@ -98,14 +100,29 @@ struct keeper {
 };
 
 struct durable_wait {
-	unsigned long long seq;
-	struct timespec since; /* CLOCK_MONOTONIC */
+	unsigned long long seq;     /* ULLONG_MAX for a purge's wait */
+	struct keeper_purge *purge; /* a purge's wait: ended by its job, or at shutdown */
+	struct timespec since;      /* CLOCK_MONOTONIC */
 	void (*unpark)(void *);
 	void *arg;
 	TAILQ_ENTRY(durable_wait) link; /* k->waits, then the list to unpark */
 };
 
+/* A purge's ticket, shared by the caller and the file thread's job. */
+struct keeper_purge {
+	unsigned magic;
+#define KEEPER_PURGE_MAGIC 0x50524745u /* "PRGE" */
+	atomic_int refs;
+	struct keeper *k;
+	enum cache_purge kind;
+	char *what;
+	long result;               /* under k->wlock: KEEPER_PURGE_PENDING until done */
+	struct durable_wait *wait; /* under k->wlock: the caller's, while parked */
+};
+
 static void durable(struct keeper *k, unsigned long long upto);
+static void purge_finish(struct keeper_purge *t, long result);
+static void purge_unref(struct keeper_purge **tp);
 
 void keeper_warn(const char *fmt, ...)
 {
@@ -157,6 +174,9 @@ static void jobq_init(struct jobq *q)
 static void job_free(struct job *j)
 {
 	hot_entry_unref(&j->e);
+	if (j->purge != NULL)
+		purge_finish(j->purge, -1); /* not run (shutdown): a no-op once done */
+	purge_unref(&j->purge);
 	free(j);
 }
 
@@ -590,10 +610,15 @@ static void take_waits(struct keeper *k, int every, unsigned long long upto,
 	*n = 0;
 	for (w = TAILQ_FIRST(&k->waits); w != NULL; w = next) {
 		next = TAILQ_NEXT(w, link);
-		if (every || w->seq <= upto ||
-		    (older_than != NULL && (w->since.tv_sec < older_than->tv_sec ||
-					    (w->since.tv_sec == older_than->tv_sec &&
-					     w->since.tv_nsec < older_than->tv_nsec)))) {
+		/* A purge's wait ends with its job (it may take a while on a
+		 * big file), or at shutdown. */
+		if (every || (w->purge == NULL &&
+			      (w->seq <= upto || (older_than != NULL &&
+						  (w->since.tv_sec < older_than->tv_sec ||
+						   (w->since.tv_sec == older_than->tv_sec &&
+						    w->since.tv_nsec < older_than->tv_nsec)))))) {
+			if (w->purge != NULL)
+				w->purge->wait = NULL;
 			TAILQ_REMOVE(&k->waits, w, link);
 			TAILQ_INSERT_TAIL(out, w, link);
 			(*n)++;
@@ -679,26 +704,12 @@ void keeper_release_waits(struct keeper *k)
 	end_waits(&all);
 }
 
-/* Waits (at most seconds) for the file queue to be written out. */
-static void file_flush(struct keeper *k, int seconds)
+/* The purge itself, on the file thread (or the caller's, without a file). */
+static long purge_now(struct keeper *k, enum cache_purge kind, const char *what)
 {
-	struct timespec ts;
+	int family = -1;
+	long n = 0;
 
-	deadline(&ts, seconds);
-	pthread_mutex_lock(&k->file.lock);
-	while ((!STAILQ_EMPTY(&k->file.jobs) || k->writing != NULL) && k->file.started &&
-	       pthread_cond_timedwait(&k->file.drained, &k->file.lock, &ts) == 0)
-		;
-	pthread_mutex_unlock(&k->file.lock);
-}
-
-long keeper_purge(struct keeper *k, enum cache_purge kind, const char *what)
-{
-	int family = -1, n = 0;
-
-	/* Answers clients already have count as stored: a purge right after
-	 * must find them in the file, not be overtaken by their write. */
-	file_flush(k, PURGE_FLUSH_SECONDS);
 	if (kind == CACHE_PURGE_FAMILY) {
 		for (int i = 0; i < policy_family_count(k->policy); i++)
 			if (strcmp(family_name(k, i), what) == 0)
@@ -714,6 +725,115 @@ long keeper_purge(struct keeper *k, enum cache_purge kind, const char *what)
 	pthread_mutex_unlock(&k->store_lock);
 	if (n > 0)
 		atomic_fetch_add(&k->purged, (unsigned long long)n);
+	return n;
+}
+
+static void purge_unref(struct keeper_purge **tp)
+{
+	struct keeper_purge *t = *tp;
+
+	if (t == NULL)
+		return;
+	*tp = NULL;
+	CHECK_OBJ(t, KEEPER_PURGE_MAGIC);
+	if (atomic_fetch_sub(&t->refs, 1) == 1) {
+		free(t->what);
+		FINI_OBJ(t);
+		free(t);
+	}
+}
+
+/* Records the purge's count (once) and resumes its caller if parked. */
+static void purge_finish(struct keeper_purge *t, long result)
+{
+	struct keeper *k = t->k;
+	struct durable_wait *w;
+
+	CHECK_OBJ(t, KEEPER_PURGE_MAGIC);
+	pthread_mutex_lock(&k->wlock);
+	if (t->result == KEEPER_PURGE_PENDING)
+		t->result = result;
+	if ((w = t->wait) != NULL) {
+		t->wait = NULL;
+		TAILQ_REMOVE(&k->waits, w, link);
+	}
+	pthread_mutex_unlock(&k->wlock);
+	if (w != NULL) {
+		w->unpark(w->arg);
+		free(w);
+	}
+}
+
+struct keeper_purge *keeper_purge_start(struct keeper *k, enum cache_purge kind, const char *what,
+					void (*park)(void *), void (*unpark)(void *), void *arg,
+					int *parked)
+{
+	struct keeper_purge *t = calloc(1, sizeof(*t));
+	struct durable_wait *w = NULL;
+	struct job *j = NULL;
+
+	*parked = 0;
+	if (t == NULL || (what != NULL && (t->what = strdup(what)) == NULL))
+		goto fail;
+	INIT_OBJ(t, KEEPER_PURGE_MAGIC);
+	atomic_init(&t->refs, 1);
+	t->k = k;
+	t->kind = kind;
+	t->result = KEEPER_PURGE_PENDING;
+	/* Without a file thread, the purge is memory's alone: done at once. */
+	if (k->cache == NULL || !k->file.started) {
+		t->result = purge_now(k, kind, what);
+		return t;
+	}
+	/* Queued behind every write before it, so the answers clients
+	 * already have are in the file and purged, not written after it. */
+	if ((w = calloc(1, sizeof(*w))) == NULL ||
+	    (j = job_new(JOB_PURGE, NULL, 0, NULL, NULL)) == NULL)
+		goto fail;
+	w->seq = ULLONG_MAX;
+	w->purge = t;
+	clock_gettime(CLOCK_MONOTONIC, &w->since);
+	w->unpark = unpark;
+	w->arg = arg;
+	atomic_fetch_add(&t->refs, 1);
+	j->purge = t;
+	pthread_mutex_lock(&k->wlock);
+	if (k->waits_released) {
+		/* stopping: nobody may park now, and the job may never run */
+		pthread_mutex_unlock(&k->wlock);
+		free(w);
+		job_free(j);
+		return t;
+	}
+	/* Parked before anyone can see it, so the unpark comes after. */
+	park(arg);
+	*parked = 1;
+	t->wait = w;
+	TAILQ_INSERT_TAIL(&k->waits, w, link);
+	pthread_mutex_unlock(&k->wlock);
+	jobq_push(&k->file, j);
+	return t;
+fail:
+	free(w);
+	if (j != NULL)
+		free(j);
+	if (t != NULL) {
+		free(t->what);
+		free(t);
+	}
+	return NULL;
+}
+
+long keeper_purge_result(struct keeper_purge **tp)
+{
+	struct keeper_purge *t = *tp;
+	long n;
+
+	CHECK_OBJ(t, KEEPER_PURGE_MAGIC);
+	pthread_mutex_lock(&t->k->wlock);
+	n = t->result;
+	pthread_mutex_unlock(&t->k->wlock);
+	purge_unref(tp);
 	return n;
 }
 
@@ -801,6 +921,12 @@ static int run_job(struct keeper *k, struct job *j)
 	case JOB_INVALIDATE:
 		atomic_store(&k->inval_queued, 0);
 		return write_invalidations(k);
+	case JOB_PURGE: {
+		long n = purge_now(k, j->purge->kind, j->purge->what);
+
+		purge_finish(j->purge, n);
+		return n < 0 ? -1 : 0;
+	}
 	}
 	return 0;
 }

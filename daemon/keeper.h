@@ -74,8 +74,23 @@ void keeper_expire_waits(struct keeper *k);
 /* Ends every wait, and parks nobody from now on (shutdown). */
 void keeper_release_waits(struct keeper *k);
 
-/* Deletes what the purge names, in memory and in the file.  Count or -1. */
-long keeper_purge(struct keeper *k, enum cache_purge kind, const char *what);
+/*
+ * Deletes what a purge names, in memory and in the file.  It runs on the
+ * file thread after every write queued before it, so the answers clients
+ * already have are found and purged, never written after it; the caller,
+ * a serve thread, is parked meanwhile (park(arg) is called here and
+ * unpark(arg) later from another thread, *parked set) and never blocks.
+ * Without a file the purge is done at once (*parked 0).  The ticket goes
+ * to keeper_purge_result() once the caller is resumed.  NULL on ENOMEM.
+ */
+struct keeper_purge;
+struct keeper_purge *keeper_purge_start(struct keeper *k, enum cache_purge kind, const char *what,
+					void (*park)(void *), void (*unpark)(void *), void *arg,
+					int *parked);
+#define KEEPER_PURGE_PENDING (-2L) /* not done: the daemon is stopping */
+/* The count purged, -1 when the file refused, or KEEPER_PURGE_PENDING; frees
+ * the ticket and NULLs *t. */
+long keeper_purge_result(struct keeper_purge **t);
 
 struct keeper_counters {
 	unsigned long long evicted, pruned, purged, write_errors;

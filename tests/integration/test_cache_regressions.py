@@ -561,3 +561,50 @@ def test_refresh_after_a_failed_store_keeps_headers_with_their_body(daemon_facto
     assert "(gen 1)" not in after.body.decode(), \
         "version 2's headers (ETag %s) served with version 1's body" % etag2
     assert after.body == v2.body, after
+
+
+def test_a_purge_waiting_on_the_locked_file_holds_up_no_other_request(daemon_factory, mock):
+    # One serve thread.  A purge runs on the file thread while its request
+    # is parked; if it ran on the serve thread instead (waiting for the
+    # file queue, then SQLite's busy timeout on the locked file), nothing
+    # else on that thread would be answered until it ended.  The proof is
+    # an order of events: requests sent after the purge was queued are all
+    # answered while the purge still has no answer, which it cannot get
+    # before the lock is released (or SQLite gives up after 5 s).
+    d = daemon_factory(mock, config={"server": {"threads": "1"}}).start()
+    s = Sdk(d.port)
+    s.auth()
+    settle(d, s, ["/programs", "/programs/settle"])
+    lock = FileLock(d.cache_file)
+    tp = None
+    try:
+        tp, p = bg(lambda: d.request("POST", "/_kaleidod/purge",
+                                     [("Content-Type", "application/json")],
+                                     b'{"family": "programs"}'))
+        wait_for(lambda: "purge queued for the cache file" in d.log(), timeout=10,
+                 what="the purge to be queued for the file thread")
+        answered_meanwhile = []
+        for i in range(3):
+            r = s.get("/entity_slices" if i % 2 else "/programs")
+            answered_meanwhile.append((r.status, tp.is_alive()))
+        health = d.get("/_kaleidod/health")
+        purge_pending = tp.is_alive()
+    finally:
+        lock.release()
+        if tp is not None:
+            tp.join(30)
+    assert all(st == 200 for st, _ in answered_meanwhile), answered_meanwhile
+    assert purge_pending and all(alive for _, alive in answered_meanwhile), (
+        "the purge was answered before the requests sent after it: the serve thread "
+        "waited for the file (%r)" % answered_meanwhile)
+    assert health.status in (200, 503), health
+    pr = p["r"]
+    assert not isinstance(pr, Exception), pr
+    # Held a moment only, the lock is normally gone before SQLite's busy
+    # timeout (5 s) runs out: then the purge ran.  On a machine slow
+    # enough to outlast it, the purge fails, and says so.
+    if pr.status == 200:
+        assert json.loads(pr.body)["purged"] >= 2
+        assert not row(d, "/programs")
+    else:
+        assert pr.status == 500 and "refused the purge" in pr.body.decode(), (pr.status, pr.body)
