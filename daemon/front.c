@@ -253,10 +253,12 @@ static struct hitcache *thread_hitcache(struct front *f)
 static enum MHD_Result respond_entry(struct req *r, struct hot_entry *e, enum xcache xc)
 {
 	struct front *f = r->f;
+	struct hitcache *hc = xc == XC_HIT ? thread_hitcache(f) : NULL;
 	int64_t now = clock_wall();
 	const char *inm = MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, "If-None-Match");
 	const struct hdr *h = hot_entry_headers(e);
 	struct MHD_Response *resp;
+	int ok;
 
 	r->xc = xc;
 	if (xc == XC_HIT || xc == XC_STALE)
@@ -264,11 +266,8 @@ static enum MHD_Result respond_entry(struct req *r, struct hot_entry *e, enum xc
 	if (hot_entry_status(e) == 200 && conneg_etag_matches(inm, hdr_get(h, "ETag")))
 		return queue_and_drop(r, MHD_HTTP_NOT_MODIFIED,
 				      deliver_not_modified(e, r->gzip, NULL));
-	if (xc == XC_HIT) {
-		struct hitcache *hc = thread_hitcache(f);
-		int ok = hc != NULL ? hitcache_queue_hit(hc, e, r->hash, r->conn, r->gzip, now) :
-				      hitcache_queue_once(e, r->conn, r->gzip, now);
-
+	/* A HIT goes out as this thread's own response when it holds e. */
+	if (hc != NULL && (ok = hitcache_queue_hit(hc, e, r->hash, r->conn, r->gzip, now)) >= 0) {
 		r->status = (unsigned)hot_entry_status(e);
 		return ok ? MHD_YES : MHD_NO;
 	}

@@ -104,7 +104,7 @@ int hitcache_queue_hit(struct hitcache *hc, struct hot_entry *e, uint64_t hash,
 	int i = gzip && hot_entry_gzip(e, &(size_t){ 0 }) != NULL ? 1 : 0;
 
 	if (sl->e != e)
-		return hitcache_queue_once(e, conn, gzip, now);
+		return -1;
 	/* Age moves once a second: so does the response. */
 	if (sl->resp[i] == NULL || sl->resp_at[i] != now) {
 		struct MHD_Response *n = deliver_response(e, i, "HIT", now);
@@ -117,18 +117,6 @@ int hitcache_queue_hit(struct hitcache *hc, struct hot_entry *e, uint64_t hash,
 		sl->resp_at[i] = now;
 	}
 	return MHD_queue_response(conn, (unsigned)hot_entry_status(e), sl->resp[i]) == MHD_YES;
-}
-
-int hitcache_queue_once(struct hot_entry *e, struct MHD_Connection *conn, int gzip, int64_t now)
-{
-	struct MHD_Response *resp = deliver_response(e, gzip, "HIT", now);
-	enum MHD_Result ret;
-
-	if (resp == NULL)
-		return 0;
-	ret = MHD_queue_response(conn, (unsigned)hot_entry_status(e), resp);
-	MHD_destroy_response(resp);
-	return ret == MHD_YES;
 }
 
 void hitcache_sweep(struct hitcache *hc)

@@ -32,12 +32,11 @@ void hitcache_free(struct hitcache **hc);
 struct hot_entry *hitcache_get(struct hitcache *hc, const char *key, uint64_t hash);
 /* Remembers e (a reference is taken) if it is current. */
 void hitcache_keep(struct hitcache *hc, struct hot_entry *e, uint64_t hash);
-/* Queues e's "X-Cache: HIT" response on conn: this thread's own when it
- * holds e, else one built for this hit alone.  1 queued, 0 failed. */
+/* Queues this thread's own "X-Cache: HIT" response for e on conn: 1
+ * queued, 0 failed, -1 when the thread does not hold e (the caller builds
+ * a response for this hit alone). */
 int hitcache_queue_hit(struct hitcache *hc, struct hot_entry *e, uint64_t hash,
 		       struct MHD_Connection *conn, int gzip, int64_t now);
-/* The same without a hitcache: a response built for this hit alone. */
-int hitcache_queue_once(struct hot_entry *e, struct MHD_Connection *conn, int gzip, int64_t now);
 /* Lets go of entries that have left the table (run about once a second). */
 void hitcache_sweep(struct hitcache *hc);
 

@@ -175,7 +175,7 @@ static void job_free(struct job *j)
 {
 	hot_entry_unref(&j->e);
 	if (j->purge != NULL)
-		purge_finish(j->purge, -1); /* not run (shutdown): a no-op once done */
+		purge_finish(j->purge, KEEPER_PURGE_PENDING); /* never ran: stopping */
 	purge_unref(&j->purge);
 	free(j);
 }
