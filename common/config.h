@@ -67,7 +67,7 @@ struct config {
 	char *cache_file;
 	size_t max_entry_size;           /* bytes; larger answers are forwarded, not stored */
 	size_t max_size;                 /* bytes the file's entries may take; LRU beyond */
-	size_t memory;                   /* bytes of hot entries kept in memory */
+	size_t memory;                   /* bytes of entries kept in memory */
 	unsigned stale_while_revalidate; /* s after expiry: serve stale, refresh behind */
 	unsigned stale_if_error;         /* s after expiry: serve stale when the API fails */
 	int refresh_ahead;               /* warm-up and refresh of the base lists */

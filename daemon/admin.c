@@ -15,8 +15,8 @@
 #include "auth.h"
 #include "cache.h"
 #include "front.h"
-#include "hot.h"
 #include "keeper.h"
+#include "objtab.h"
 #include "policy.h"
 #include "purgereq.h"
 #include "stats.h"
@@ -86,7 +86,7 @@ static void add_cache_stats(const struct front_deps *d, cJSON *o)
 
 	if (d->cache != NULL)
 		cache_usage(d->cache, &entries, &bytes);
-	hot_usage(d->hot, &mentries, &mbytes);
+	objtab_usage(d->tab, &mentries, &mbytes);
 	keeper_counters(d->keeper, &kc);
 	cJSON_AddNumberToObject(ca, "entries", (double)entries);
 	cJSON_AddNumberToObject(ca, "bytes", (double)bytes);

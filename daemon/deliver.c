@@ -8,18 +8,17 @@
 #include <string.h>
 #include <strings.h>
 
+#include "entry.h"
 #include "hdr.h"
-#include "hot.h"
 
 /* The stored fields, adjusted for the form sent: a gzip copy makes the
  * answer vary on Accept-Encoding, and its ETag weak (RFC 9110 8.8.1: the
  * two forms are not byte-identical).  only (NULL: all) limits the fields. */
-static void add_fields(struct MHD_Response *resp, struct hot_entry *e, int gz,
-		       const char *const *only)
+static void add_fields(struct MHD_Response *resp, struct entry *e, int gz, const char *const *only)
 {
-	const struct hdr *h = hot_entry_headers(e);
+	const struct hdr *h = entry_headers(e);
 	const char *vary = hdr_get(h, "Vary");
-	int has_gz = hot_entry_gzip(e, &(size_t){ 0 }) != NULL;
+	int has_gz = entry_gzip(e, &(size_t){ 0 }) != NULL;
 	char buf[1024];
 
 	for (size_t i = 0; i < hdr_count(h); i++) {
@@ -46,22 +45,21 @@ static void add_fields(struct MHD_Response *resp, struct hot_entry *e, int gz,
 	}
 }
 
-struct MHD_Response *deliver_response(struct hot_entry *e, int gzip, const char *xcache,
-				      int64_t now)
+struct MHD_Response *deliver_response(struct entry *e, int gzip, const char *xcache, int64_t now)
 {
-	int gz = gzip && hot_entry_gzip(e, &(size_t){ 0 }) != NULL;
-	int64_t age = (int64_t)hot_entry_upstream_age(e) + (now - hot_entry_stored_at(e));
+	int gz = gzip && entry_gzip(e, &(size_t){ 0 }) != NULL;
+	int64_t age = (int64_t)entry_upstream_age(e) + (now - entry_stored_at(e));
 	struct MHD_Response *resp;
 	const void *data;
 	size_t len;
 	void *ref;
 	char num[32];
 
-	data = hot_entry_body_ref(e, gz, &len, &ref);
+	data = entry_body_ref(e, gz, &len, &ref);
 	resp = MHD_create_response_from_buffer_with_free_callback_cls(len, (void *)data,
-								      hot_body_release, ref);
+								      entry_body_release, ref);
 	if (resp == NULL) {
-		hot_body_release(ref);
+		entry_body_release(ref);
 		return NULL;
 	}
 	add_fields(resp, e, gz, NULL);
@@ -74,7 +72,7 @@ struct MHD_Response *deliver_response(struct hot_entry *e, int gzip, const char 
 	return resp;
 }
 
-struct MHD_Response *deliver_not_modified(struct hot_entry *e, int gzip, const char *xcache)
+struct MHD_Response *deliver_not_modified(struct entry *e, int gzip, const char *xcache)
 {
 	static const char *const keep[] = { "ETag",    "Last-Modified",    "Cache-Control",
 					    "Expires", "Content-Location", "Vary",
@@ -84,7 +82,7 @@ struct MHD_Response *deliver_not_modified(struct hot_entry *e, int gzip, const c
 
 	if (resp == NULL)
 		return NULL;
-	add_fields(resp, e, gzip && hot_entry_gzip(e, &(size_t){ 0 }) != NULL, keep);
+	add_fields(resp, e, gzip && entry_gzip(e, &(size_t){ 0 }) != NULL, keep);
 	if (xcache != NULL)
 		MHD_add_response_header(resp, "X-Cache", xcache);
 	return resp;

@@ -35,9 +35,10 @@
 #include "conneg.h"
 #include "deliver.h"
 #include "flight.h"
+#include "objtab.h"
 #include "hdr.h"
 #include "hitcache.h"
-#include "hot.h"
+#include "entry.h"
 #include "keeper.h"
 #include "localtoken.h"
 #include "log.h"
@@ -77,7 +78,7 @@ enum step {
 	STEP_PURGED, /* parked while the file thread purges; then the count */
 	STEP_TOKEN,  /* the local token endpoint */
 	STEP_LOOKUP, /* a cacheable GET or HEAD: hitcache, memory, file */
-	STEP_WAIT,   /* parked on the key's flight */
+	STEP_WAIT,   /* parked on the key's fetch (objtab) */
 	STEP_FETCH,  /* our own transfer: parked until the API's headers */
 	STEP_STREAM, /* relay the answer (a write: once its invalidations are durable) */
 	STEP_DONE,   /* answered */
@@ -107,13 +108,13 @@ struct req {
 	int head;           /* HEAD: answered from the cache, never fetched for it */
 	int only_if_cached; /* the client takes a stored answer or nothing */
 	int gzip;           /* the client accepts gzip */
-	int direct;         /* fetch on our own, streaming, outside any flight */
+	int direct;         /* fetch on our own, streaming, outside the table's fetch */
 	int counted;        /* hit/miss/bypass already counted */
-	unsigned gen;       /* the family's generation when the fetch started */
 	char *key;
-	uint64_t hash;           /* hot_key_hash(key) */
-	struct hot_entry *stale; /* an expired entry: the fallback if the API fails */
-	struct flight *flight;
+	uint64_t hash;              /* objtab_hash(key) */
+	struct entry *stale;        /* an expired entry: the fallback if the API fails */
+	struct objtab_fetch *fetch; /* the key's fetch this request waits for */
+	struct objtab_waiter wait;  /* its place among the fetch's waiters */
 
 	/* Request body: buffered (token endpoint, small forwarded bodies) or streamed. */
 	int streaming;
@@ -247,45 +248,45 @@ static struct hitcache *thread_hitcache(struct front *f)
 	return t >= 0 && (unsigned)t < f->threads ? f->hc[t] : NULL;
 }
 
-/* Answers from an entry: a stored answer, or one a flight brought.  A
+/* Answers from an entry: a stored answer, or one a fetch brought.  A
  * fresh entry goes out as its shared HIT response; a client holding the
  * entry's ETag gets a 304. */
-static enum MHD_Result respond_entry(struct req *r, struct hot_entry *e, enum xcache xc)
+static enum MHD_Result respond_entry(struct req *r, struct entry *e, enum xcache xc)
 {
 	struct front *f = r->f;
 	struct hitcache *hc = xc == XC_HIT ? thread_hitcache(f) : NULL;
 	int64_t now = clock_wall();
 	const char *inm = MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, "If-None-Match");
-	const struct hdr *h = hot_entry_headers(e);
+	const struct hdr *h = entry_headers(e);
 	struct MHD_Response *resp;
 	int ok;
 
 	r->xc = xc;
 	if (xc == XC_HIT || xc == XC_STALE)
 		stats_inc(f->d.stats, r->family, xc == XC_HIT ? STATS_HITS : STATS_STALE);
-	if (hot_entry_status(e) == 200 && conneg_etag_matches(inm, hdr_get(h, "ETag")))
+	if (entry_status(e) == 200 && conneg_etag_matches(inm, hdr_get(h, "ETag")))
 		return queue_and_drop(r, MHD_HTTP_NOT_MODIFIED,
 				      deliver_not_modified(e, r->gzip, NULL));
 	/* A HIT goes out as this thread's own response when it holds e. */
 	if (hc != NULL && (ok = hitcache_queue_hit(hc, e, r->hash, r->conn, r->gzip, now)) >= 0) {
-		r->status = (unsigned)hot_entry_status(e);
+		r->status = (unsigned)entry_status(e);
 		return ok ? MHD_YES : MHD_NO;
 	}
 	resp = deliver_response(e, r->gzip, NULL, now);
 	if (resp != NULL && xc == XC_STALE)
 		MHD_add_response_header(resp, "Warning", "110 kaleidod \"Response is Stale\"");
-	return queue_and_drop(r, (unsigned)hot_entry_status(e), resp);
+	return queue_and_drop(r, (unsigned)entry_status(e), resp);
 }
 
 /* How long past expiry e may be served: while a refresh runs (*swr), and
  * when the API fails (*sie); kaleidod's settings, capped by the answer's
  * own Cache-Control. */
-static void stale_limits(const struct req *r, struct hot_entry *e, unsigned *swr, unsigned *sie)
+static void stale_limits(const struct req *r, struct entry *e, unsigned *swr, unsigned *sie)
 {
 	const struct config *cfg = r->f->d.cfg;
 
-	policy_stale_limits(hot_entry_headers(e), cfg->stale_while_revalidate, cfg->stale_if_error,
-			    swr, sie);
+	policy_stale_limits(entry_headers(e), cfg->stale_while_revalidate, cfg->stale_if_error, swr,
+			    sie);
 }
 
 static const char *request_field(void *arg, const char *name)
@@ -295,11 +296,17 @@ static const char *request_field(void *arg, const char *name)
 
 /* Whether e, stored only as the variant for requests without the fields
  * its Vary names, is not this request's answer (it carries one). */
-static int other_variant(const struct req *r, struct hot_entry *e)
+static int other_variant(const struct req *r, const struct entry *e)
 {
-	const char *vary = hot_entry_vary(e);
+	const char *vary = entry_vary(e);
 
 	return vary != NULL && policy_vary_carried(vary, request_field, r->conn);
+}
+
+/* objtab's usable(): whether e may answer the request arg. */
+static int variant_ok(const struct entry *e, void *arg)
+{
+	return !other_variant(arg, e);
 }
 
 static const char *fetch_field(void *arg, const char *name)
@@ -307,14 +314,14 @@ static const char *fetch_field(void *arg, const char *name)
 	return hdr_get(arg, name);
 }
 
-/* Whether the answer a flight brought is another variant than this
+/* Whether the answer a fetch brought is another variant than this
  * waiter's: its Vary names a field the two requests do not share. */
-static int other_variant_of_fetch(const struct req *r, struct hot_entry *e)
+static int other_variant_of_fetch(const struct req *r, struct entry *e)
 {
-	const char *vary = hot_entry_vary(e);
+	const char *vary = entry_vary(e);
 
 	return vary != NULL && !policy_vary_same(vary, request_field, r->conn, fetch_field,
-						 (void *)flight_request(r->flight));
+						 (void *)objtab_fetch_request(r->fetch));
 }
 
 /* The expired entry may stand in for an answer the API failed to give. */
@@ -322,10 +329,10 @@ static int stale_usable(const struct req *r)
 {
 	unsigned swr, sie;
 
-	if (r->stale == NULL || hot_entry_status(r->stale) != 200)
+	if (r->stale == NULL || entry_status(r->stale) != 200)
 		return 0;
 	stale_limits(r, r->stale, &swr, &sie);
-	return clock_wall() < hot_entry_expires_at(r->stale) + (int64_t)sie;
+	return clock_wall() < entry_expires_at(r->stale) + (int64_t)sie;
 }
 
 /* ---- park/unpark: the upstream module suspends and resumes us ---- */
@@ -365,8 +372,8 @@ static void req_unpark(void *arg)
 
 /* ---- the cache store of a streamed answer, on the upstream worker ----
  *
- * A cacheable answer a client streams itself (BYPASS, or a flight's answer
- * too large for it, fetched directly) goes to a tee: the ring the client
+ * A cacheable answer a client streams itself (BYPASS: its no-cache asked
+ * for a fresh copy) goes to a tee: the ring the client
  * reads and a collector that stores it.  The client's last byte waits for
  * the collector's end (upstream_start(), tee): a client that has the whole
  * answer finds it stored when it asks again.
@@ -392,12 +399,10 @@ static void store_free(void *arg)
 static void store_done(void *arg, const struct collected *c)
 {
 	struct store *s = arg;
-	struct hot_entry *e;
 
 	if (c->end != COLLECT_WHOLE || !c->framed)
 		return;
-	e = flight_keep(s->f->d.flights, s->key, s->family, s->path, s->gen, c);
-	hot_entry_unref(&e);
+	flight_keep_streamed(s->f->d.flights, s->key, s->family, s->path, s->gen, c);
 }
 
 /* ---- forwarding ---- */
@@ -525,7 +530,7 @@ static int start_upstream(struct req *r, const char *method)
 		}
 		s->f = f;
 		s->family = r->family;
-		s->gen = hot_gen(f->d.hot, r->family);
+		s->gen = objtab_gen(f->d.tab, r->family);
 	}
 	r->x = upstream_start(f->d.up, &rq, &hooks, s != NULL ? &sink : NULL);
 	hdr_free(&h);
@@ -569,6 +574,7 @@ static unsigned long long invalidate_after_write(struct req *r, const char *meth
 	for (int i = 0; mask != 0 && i < policy_family_count(f->d.policy); i++) {
 		if (!(mask & (1u << i)))
 			continue;
+		objtab_invalidate(f->d.tab, i);
 		seq = keeper_invalidate(f->d.keeper, i);
 		stats_inc(f->d.stats, i, STATS_INVALIDATIONS);
 		log_debug("%s %.*s invalidated %s", method, path_len(r->target), r->target,
@@ -662,7 +668,7 @@ static void count(struct req *r, enum stats_counter c)
  * ---- the request's steps ----
  *
  * A request moves through named steps, kept in r->step, so that a
- * connection parked while the API, a flight or the file works re-enters
+ * connection parked while the API, a fetch or the file works re-enters
  * the step it stopped in.  run() strings them together; each step answers
  * (and the request is DONE), parks (returning MHD_YES; libmicrohttpd calls
  * again once the connection is resumed), or sets the next step and returns
@@ -684,55 +690,86 @@ static int go(struct req *r, enum step next)
 }
 
 /* Fetched for this client alone and not kept (a variant the entry is not,
- * a HEAD, an answer lately too large, a flight that could not start). */
+ * a HEAD, an answer lately too large, a fetch that could not start). */
 static int fetch_alone(struct req *r)
 {
 	r->may_store = 0;
 	return go(r, STEP_FETCH);
 }
 
+/* Sends the table's fetch to the API with this client's fields. */
+static void run_fetch(struct req *r, struct objtab_fetch *fetch)
+{
+	struct hdr *h = forward_headers(r, 1); /* NULL (no memory): sent without */
+
+	flight_run(r->f->d.flights, fetch, r->target, h);
+	hdr_free(&h);
+}
+
 /*
- * LOOKUP: this thread's hitcache (no lock), then memory and the file.  A
- * fresh entry is a HIT; an expired one within stale-while-revalidate is
- * served STALE while one refresh runs behind it; otherwise the request
- * joins its key's one flight (started if none runs) and WAITs.
+ * LOOKUP: this thread's hitcache (no lock), then the object table, whose
+ * verdict decides: a fresh entry is a HIT; an expired one within
+ * stale-while-revalidate is served STALE while one refresh runs behind it;
+ * MISS starts the key's one fetch and BUSY joins it, and both WAIT; PASS
+ * goes to the API alone.
  */
 static int step_lookup(struct req *r)
 {
 	struct front *f = r->f;
-	struct flight_req rq = { 0 };
 	struct hitcache *hc = thread_hitcache(f);
-	struct hot_entry *e;
-	struct hdr *h;
+	struct objtab_ask ask = { 0 };
+	struct objtab_answer ans;
+	enum objtab_verdict v;
+	enum MHD_Result ret;
+	struct entry *e;
 	int64_t now = clock_wall();
-	unsigned swr = 0, sie = 0;
-	int started = 0;
 
 	/* The hit path: this thread's own copy, no lock and no shared write
 	 * (the copy is borrowed, and respond_entry() needs no more). */
 	if (hc != NULL && (e = hitcache_get(hc, r->key, r->hash)) != NULL &&
-	    hot_entry_status(e) == 200 && now < hot_entry_expires_at(e) && !other_variant(r, e))
+	    entry_status(e) == 200 && now < entry_expires_at(e) && !other_variant(r, e))
 		return answered(r, respond_entry(r, e, XC_HIT));
-	e = keeper_lookup(f->d.keeper, r->key, r->family);
-	if (e != NULL && hot_entry_status(e) != 200)
-		hot_entry_unref(&e);
-	if (e != NULL && other_variant(r, e)) {
-		/* Stored for requests without a field this one has. */
-		hot_entry_unref(&e);
-		return fetch_alone(r);
-	}
-	if (e != NULL && hc != NULL)
-		hitcache_keep(hc, e, r->hash);
-	if (e != NULL && now < hot_entry_expires_at(e)) {
-		enum MHD_Result ret = respond_entry(r, e, XC_HIT);
-
-		hot_entry_unref(&e);
+	ask.key = r->key;
+	ask.hash = r->hash;
+	ask.family = r->family;
+	ask.now = now;
+	ask.flags = (r->only_if_cached ? OBJTAB_CACHED_ONLY : 0) | (r->head ? OBJTAB_NO_WAIT : 0);
+	ask.usable = variant_ok;
+	ask.arg = r;
+	ask.park = req_park;
+	ask.w = &r->wait;
+	r->wait.unpark = req_unpark;
+	r->wait.arg = r;
+	/* MISS and BUSY park the request: it resumes in WAIT (and never
+	 * before this returns, on this thread). */
+	r->step = STEP_WAIT;
+	v = objtab_lookup(f->d.tab, &ask, &ans);
+	r->stale = ans.entry;
+	r->fetch = ans.fetch;
+	if (r->stale != NULL && hc != NULL && v != OBJTAB_PASS)
+		hitcache_keep(hc, r->stale, r->hash);
+	switch (v) {
+	case OBJTAB_HIT:
+		ret = respond_entry(r, r->stale, XC_HIT);
+		entry_unref(&r->stale);
 		return answered(r, ret);
+	case OBJTAB_STALE:
+		if (r->fetch != NULL) {
+			run_fetch(r, r->fetch);
+			objtab_fetch_unref(&r->fetch);
+			stats_inc(f->d.stats, r->family, STATS_REFRESHES);
+		}
+		return answered(r, respond_entry(r, r->stale, XC_STALE));
+	case OBJTAB_PASS:
+		/* A variant, a HEAD on a miss, an answer lately too large. */
+		return fetch_alone(r);
+	case OBJTAB_MISS:
+	case OBJTAB_BUSY:
+		break;
 	}
-	r->stale = e;
 	if (r->only_if_cached) {
 		if (stale_usable(r))
-			return answered(r, respond_entry(r, e, XC_STALE));
+			return answered(r, respond_entry(r, r->stale, XC_STALE));
 		r->xc = XC_MISS;
 		count(r, STATS_MISSES);
 		return answered(r,
@@ -740,48 +777,18 @@ static int step_lookup(struct req *r)
 					      "the request said only-if-cached and kaleidod "
 					      "has no stored answer for it; ask again without it"));
 	}
-	rq.key = r->key;
-	rq.family = r->family;
-	rq.target = r->target;
-	rq.stale = e;
-	if (e != NULL)
-		stale_limits(r, e, &swr, &sie);
-	/* Serve what we have now; one fetch behind it brings it up to date
-	 * (unless one just failed: then the stale copy is all there is). */
-	if (e != NULL && now < hot_entry_expires_at(e) + (int64_t)swr) {
-		if (!flight_noted(f->d.flights, r->key, FLIGHT_COOLDOWN) &&
-		    (h = forward_headers(r, 1)) != NULL) {
-			rq.headers = h;
-			if (flight_start(f->d.flights, &rq) == 1)
-				stats_inc(f->d.stats, r->family, STATS_REFRESHES);
-			hdr_free(&h);
-		}
-		return answered(r, respond_entry(r, e, XC_STALE));
-	}
-	/* A HEAD is never worth a fetch for the cache, nor is an answer that
-	 * was lately too large to keep. */
-	if (r->head || flight_noted(f->d.flights, r->key, FLIGHT_TOO_LARGE))
-		return fetch_alone(r);
-	if ((h = forward_headers(r, 1)) == NULL)
-		return answered(r,
-				respond_error(r, MHD_HTTP_INTERNAL_SERVER_ERROR, "internal error",
-					      "out of memory preparing the upstream request"));
-	rq.headers = h;
-	r->flight = flight_join(f->d.flights, &rq, &started);
-	hdr_free(&h);
 	r->xc = XC_MISS;
 	count(r, STATS_MISSES);
-	if (r->flight == NULL)
-		return go(r, STEP_FETCH); /* on our own, still stored */
-	stats_inc(f->d.stats, r->family, started ? STATS_FORWARDED : STATS_COALESCED);
-	r->step = STEP_WAIT;
-	if (flight_wait(r->flight, req_park, req_unpark, r))
-		return MHD_YES; /* parked; resumed in WAIT when the flight ends */
-	return GO_ON;
+	if (r->fetch == NULL)
+		return go(r, STEP_FETCH); /* no memory for a fetch: on our own, still stored */
+	if (v == OBJTAB_MISS)
+		run_fetch(r, r->fetch);
+	stats_inc(f->d.stats, r->family, v == OBJTAB_MISS ? STATS_FORWARDED : STATS_COALESCED);
+	return MHD_YES; /* parked; resumed in WAIT when the fetch ends */
 }
 
 /*
- * WAIT: what the key's flight ended with.  Its entry is this request's
+ * WAIT: what the key's fetch ended with.  Its entry is this request's
  * answer (a MISS, or REVALIDATED after a 304), unless the API failed and a
  * stale copy may stand in; its error is answered; an answer too large to
  * keep, or a variant for fields this request does not share, is fetched
@@ -789,32 +796,31 @@ static int step_lookup(struct req *r)
  */
 static int step_wait(struct req *r)
 {
-	struct hot_entry *e;
+	struct entry *e;
 	const char *detail;
-	enum up_error err;
-	int reval = 0;
+	int err, reval = 0;
 
-	switch (flight_outcome(r->flight)) {
-	case FLIGHT_ENTRY:
-		e = flight_entry(r->flight, &reval);
+	switch (objtab_fetch_outcome(r->fetch)) {
+	case OBJTAB_ENTRY:
+		e = objtab_fetch_entry(r->fetch, &reval);
 		if (other_variant_of_fetch(r, e))
 			break;
-		if (hot_entry_status(e) >= 500 && stale_usable(r)) {
+		if (entry_status(e) >= 500 && stale_usable(r)) {
 			log_info("%s: the API answered %ld; serving stale copy", r->target,
-				 hot_entry_status(e));
+				 entry_status(e));
 			stats_inc(r->f->d.stats, r->family, STATS_UPSTREAM_ERRORS);
 			return answered(r, respond_entry(r, r->stale, XC_STALE));
 		}
 		if (reval)
 			stats_inc(r->f->d.stats, r->family, STATS_REVALIDATED);
 		return answered(r, respond_entry(r, e, reval ? XC_REVALIDATED : XC_MISS));
-	case FLIGHT_ERROR:
-		err = flight_error(r->flight, &detail);
-		return answered(r, answer_failure(r, err, detail));
-	case FLIGHT_DIRECT:
+	case OBJTAB_ERROR:
+		err = objtab_fetch_error(r->fetch, &detail);
+		return answered(r, answer_failure(r, (enum up_error)err, detail));
+	case OBJTAB_DIRECT:
 		break;
 	}
-	flight_unref(&r->flight);
+	objtab_fetch_unref(&r->fetch);
 	return fetch_alone(r);
 }
 
@@ -1327,7 +1333,7 @@ static int route_cacheable(struct req *r, int fam)
 				  r->target);
 	if (r->key == NULL)
 		return -1;
-	r->hash = hot_key_hash(r->key);
+	r->hash = objtab_hash(r->key);
 	return 0;
 }
 
@@ -1405,10 +1411,12 @@ static int step_body(struct req *r, const char *data, size_t *size)
  * request reads here, top to bottom:
  *
  *   RECV ─► ROUTE ─► BODY ─┬─► ADMIN, TOKEN: answered at once (a purge parks in PURGED)
- *                          ├─► LOOKUP ─┬─► HIT, or STALE (+ a refresh)
- *                          │           ├─► WAIT on the key's flight ─► MISS, REVALIDATED,
- *                          │           │     or an error; too large, another variant ─► FETCH
- *                          │           └─► FETCH for this client alone (HEAD, variant)
+ *                          ├─► LOOKUP: the object table's verdict
+ *                          │     HIT, STALE (+ a refresh) ─► answered
+ *                          │     MISS (runs the key's fetch), BUSY (joins it)
+ *                          │       ─► WAIT ─► MISS, REVALIDATED, or an error;
+ *                          │                  too large, another variant ─► FETCH
+ *                          │     PASS (HEAD, variant, too large) ─► FETCH for this client alone
  *                          └─► FETCH (writes, BYPASS, uncached paths) ─► STREAM
  *
  * A parked step returns MHD_YES; libmicrohttpd calls again once the
@@ -1516,10 +1524,10 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
 			  toe == MHD_REQUEST_TERMINATED_COMPLETED_OK ? "" : " (cut short)");
 	}
 	upstream_xfer_release(&r->x);
-	if (r->flight != NULL)
-		flight_leave(r->flight, r);
-	flight_unref(&r->flight);
-	hot_entry_unref(&r->stale);
+	if (r->fetch != NULL)
+		objtab_leave(r->fetch, &r->wait);
+	objtab_fetch_unref(&r->fetch);
+	entry_unref(&r->stale);
 	if (r->purge != NULL)
 		keeper_purge_result(&r->purge); /* only drops the ticket */
 	free(r->key);

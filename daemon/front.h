@@ -13,7 +13,7 @@ struct upstream;
 struct cache;
 struct policy;
 struct stats;
-struct hot;
+struct objtab;
 struct keeper;
 struct flights;
 struct warm;
@@ -25,7 +25,7 @@ struct front_deps {
 	struct cache *cache; /* NULL: run without a cache file (memory only) */
 	struct policy *policy;
 	struct stats *stats;
-	struct hot *hot;
+	struct objtab *tab;
 	struct keeper *keeper;
 	struct flights *flights;
 	struct warm *warm;

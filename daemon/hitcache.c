@@ -14,13 +14,13 @@
 
 #include "check.h"
 #include "deliver.h"
-#include "hot.h"
+#include "entry.h"
 
 #define SLOTS 64                   /* a power of two */
 #define HITCACHE_MAGIC 0x48495443u /* "HITC" */
 
 struct slot {
-	struct hot_entry *e; /* a reference, or NULL */
+	struct entry *e; /* a reference, or NULL */
 	struct MHD_Response *resp[2];
 	int64_t resp_at[2];
 };
@@ -46,7 +46,7 @@ static void slot_clear(struct slot *sl)
 			MHD_destroy_response(sl->resp[i]);
 		sl->resp[i] = NULL;
 	}
-	hot_entry_unref(&sl->e);
+	entry_unref(&sl->e);
 }
 
 void hitcache_free(struct hitcache **hcp)
@@ -71,37 +71,37 @@ static struct slot *slot_of(struct hitcache *hc, uint64_t hash)
 	return &hc->s[(hash >> 32) & (SLOTS - 1)];
 }
 
-struct hot_entry *hitcache_get(struct hitcache *hc, const char *key, uint64_t hash)
+struct entry *hitcache_get(struct hitcache *hc, const char *key, uint64_t hash)
 {
 	struct slot *sl = slot_of(hc, hash);
 
 	if (sl->e == NULL)
 		return NULL;
-	if (!hot_entry_current(sl->e)) {
+	if (!entry_current(sl->e)) {
 		slot_clear(sl);
 		return NULL;
 	}
-	if (strcmp(hot_entry_key(sl->e), key) != 0)
+	if (strcmp(entry_key(sl->e), key) != 0)
 		return NULL;
-	hot_entry_mark_used(sl->e);
+	entry_mark_used(sl->e);
 	return sl->e;
 }
 
-void hitcache_keep(struct hitcache *hc, struct hot_entry *e, uint64_t hash)
+void hitcache_keep(struct hitcache *hc, struct entry *e, uint64_t hash)
 {
 	struct slot *sl = slot_of(hc, hash);
 
-	if (sl->e == e || hot_entry_key(e) == NULL || !hot_entry_current(e))
+	if (sl->e == e || entry_key(e) == NULL || !entry_current(e))
 		return;
 	slot_clear(sl);
-	sl->e = hot_entry_ref(e);
+	sl->e = entry_ref(e);
 }
 
-int hitcache_queue_hit(struct hitcache *hc, struct hot_entry *e, uint64_t hash,
+int hitcache_queue_hit(struct hitcache *hc, struct entry *e, uint64_t hash,
 		       struct MHD_Connection *conn, int gzip, int64_t now)
 {
 	struct slot *sl = slot_of(hc, hash);
-	int i = gzip && hot_entry_gzip(e, &(size_t){ 0 }) != NULL ? 1 : 0;
+	int i = gzip && entry_gzip(e, &(size_t){ 0 }) != NULL ? 1 : 0;
 
 	if (sl->e != e)
 		return -1;
@@ -116,12 +116,12 @@ int hitcache_queue_hit(struct hitcache *hc, struct hot_entry *e, uint64_t hash,
 		sl->resp[i] = n;
 		sl->resp_at[i] = now;
 	}
-	return MHD_queue_response(conn, (unsigned)hot_entry_status(e), sl->resp[i]) == MHD_YES;
+	return MHD_queue_response(conn, (unsigned)entry_status(e), sl->resp[i]) == MHD_YES;
 }
 
 void hitcache_sweep(struct hitcache *hc)
 {
 	for (int i = 0; i < SLOTS; i++)
-		if (hc->s[i].e != NULL && !hot_entry_current(hc->s[i].e))
+		if (hc->s[i].e != NULL && !entry_current(hc->s[i].e))
 			slot_clear(&hc->s[i]);
 }

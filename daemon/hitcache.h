@@ -7,7 +7,7 @@
  * that response's mutex: on many cores, every hit on a popular list would
  * bounce the same cache lines between all threads.  A thread's copy needs
  * none of that: it stays valid while its entry is still the one in the
- * table (hot_entry_current(), a load of a field that only changes when the
+ * table (entry_current(), a load of a field that only changes when the
  * entry leaves), and its responses are the thread's alone.
  *
  * One hitcache per serve thread, used only by that thread: no locks.
@@ -18,7 +18,7 @@
 #include <stdint.h>
 
 struct MHD_Connection;
-struct hot_entry;
+struct entry;
 struct hitcache;
 
 struct hitcache *hitcache_new(void);
@@ -29,13 +29,13 @@ void hitcache_free(struct hitcache **hc);
  * used; NULL otherwise.  Borrowed: valid until the thread's next call into
  * this hitcache; take a reference to keep it longer.
  */
-struct hot_entry *hitcache_get(struct hitcache *hc, const char *key, uint64_t hash);
+struct entry *hitcache_get(struct hitcache *hc, const char *key, uint64_t hash);
 /* Remembers e (a reference is taken) if it is current. */
-void hitcache_keep(struct hitcache *hc, struct hot_entry *e, uint64_t hash);
+void hitcache_keep(struct hitcache *hc, struct entry *e, uint64_t hash);
 /* Queues this thread's own "X-Cache: HIT" response for e on conn: 1
  * queued, 0 failed, -1 when the thread does not hold e (the caller builds
  * a response for this hit alone). */
-int hitcache_queue_hit(struct hitcache *hc, struct hot_entry *e, uint64_t hash,
+int hitcache_queue_hit(struct hitcache *hc, struct entry *e, uint64_t hash,
 		       struct MHD_Connection *conn, int gzip, int64_t now);
 /* Lets go of entries that have left the table (run about once a second). */
 void hitcache_sweep(struct hitcache *hc);

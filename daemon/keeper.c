@@ -1,17 +1,18 @@
 /*
  * keeper: two threads, each with a FIFO of jobs.
  *
- * The prep thread compresses a new answer, puts it in memory and tells the
- * flight (whose waiters wake then): CPU work only, so a client never waits
- * for the disk.  The file thread writes, deletes, and does the periodic work
- * (a tick a second); SQLite's locks and a slow disk only ever hold it up.
+ * The prep thread compresses a new answer (the gzip copy the file stores
+ * and memory serves) and hands it back: CPU work only, so a client never
+ * waits for the disk.  The file thread writes, deletes, and does the
+ * periodic work (a tick a second); SQLite's locks and a slow disk only ever
+ * hold it up.
  *
  * Ordering: every file change runs on the file thread in FIFO order, so an
  * invalidation queued after a store deletes what that store wrote, and a
  * store queued after an invalidation sees the family's generation moved on
- * and writes nothing.  Until a store reaches the file, lookups find it in
- * the file queue; until an invalidation's delete succeeds, the family's
- * "written at" time voids the rows it would delete.
+ * and writes nothing.  Until a store reaches the file, the object table
+ * holds it as pending; until an invalidation's delete succeeds, the
+ * family's "written at" time voids the rows it would delete.
  */
 #include "keeper.h"
 
@@ -30,8 +31,9 @@
 #include "clock.h"
 #include "config.h"
 #include "gz.h"
-#include "hot.h"
+#include "entry.h"
 #include "log.h"
+#include "objtab.h"
 #include "policy.h"
 
 #define GZIP_MIN 256   /* smaller bodies are not worth a Content-Encoding */
@@ -41,12 +43,12 @@
  * memory only (and the drop is logged), rather than piling up. */
 #define FILE_QUEUE_MAX ((size_t)128 * 1024 * 1024)
 
-enum job_kind { JOB_STORE, JOB_REFRESH, JOB_INVALIDATE, JOB_PURGE };
+enum job_kind { JOB_COMPRESS, JOB_STORE, JOB_REFRESH, JOB_INVALIDATE, JOB_PURGE };
 
 struct job {
 	enum job_kind kind;
-	struct hot_entry *e; /* STORE, REFRESH */
-	int64_t was_at;      /* REFRESH: stored_at of the version refreshed */
+	struct entry *e; /* STORE, REFRESH */
+	int64_t was_at;  /* REFRESH: stored_at of the version refreshed */
 	unsigned gen;
 	keeper_done_fn done;
 	void *arg;
@@ -68,11 +70,10 @@ struct jobq {
 struct keeper {
 	const struct config *cfg;
 	struct cache *cache;
-	struct hot *hot;
+	struct objtab *tab;
 	struct policy *policy;
 
 	struct jobq prep, file;
-	struct job *writing;        /* the file job under way; under file.lock */
 	pthread_mutex_t store_lock; /* file writes vs. purges from other threads */
 
 	/* File thread only. */
@@ -89,6 +90,7 @@ struct keeper {
 	 * none (the delete took them, and generations keep later pre-write
 	 * answers out), so same-second rows are not voided for nothing. */
 	atomic_ullong fam_latest[32], fam_done[32];
+	atomic_llong fam_written[32]; /* per family: rows stored until then may be void */
 
 	/* Writes' answers waiting for their deletes to reach the file. */
 	pthread_mutex_t wlock;
@@ -173,7 +175,7 @@ static void jobq_init(struct jobq *q)
 
 static void job_free(struct job *j)
 {
-	hot_entry_unref(&j->e);
+	entry_unref(&j->e);
 	if (j->purge != NULL)
 		purge_finish(j->purge, KEEPER_PURGE_PENDING); /* never ran: stopping */
 	purge_unref(&j->purge);
@@ -184,7 +186,7 @@ static void jobq_push(struct jobq *q, struct job *j)
 {
 	pthread_mutex_lock(&q->lock);
 	STAILQ_INSERT_TAIL(&q->jobs, j, link);
-	q->bytes += j->e != NULL ? hot_entry_size(j->e) : 0;
+	q->bytes += j->e != NULL ? entry_size(j->e) : 0;
 	pthread_cond_signal(&q->cond);
 	pthread_mutex_unlock(&q->lock);
 }
@@ -196,9 +198,8 @@ static void deadline(struct timespec *ts, int seconds)
 }
 
 /* The next job, or NULL after waiting up to a tick (or once stopping and
- * empty: *stop is set then).  *cur (may be NULL) is set to it under the
- * queue's lock, so a lookup never finds a job in neither place. */
-static struct job *jobq_pop(struct jobq *q, struct job **cur, int *stop)
+ * empty: *stop is set then). */
+static struct job *jobq_pop(struct jobq *q, int *stop)
 {
 	struct job *j;
 
@@ -211,20 +212,16 @@ static struct job *jobq_pop(struct jobq *q, struct job **cur, int *stop)
 	}
 	if ((j = STAILQ_FIRST(&q->jobs)) != NULL)
 		STAILQ_REMOVE_HEAD(&q->jobs, link);
-	if (cur != NULL)
-		*cur = j;
 	*stop = j == NULL && q->stopping;
 	pthread_mutex_unlock(&q->lock);
 	return j;
 }
 
-/* The job has left q's accounting (and *cur, which lookups read). */
-static void jobq_done(struct jobq *q, struct job *j, struct job **cur)
+/* The job has left q's accounting. */
+static void jobq_done(struct jobq *q, struct job *j)
 {
 	pthread_mutex_lock(&q->lock);
-	q->bytes -= j->e != NULL ? hot_entry_size(j->e) : 0;
-	if (cur != NULL)
-		*cur = NULL;
+	q->bytes -= j->e != NULL ? entry_size(j->e) : 0;
 	if (STAILQ_EMPTY(&q->jobs))
 		pthread_cond_broadcast(&q->drained);
 	pthread_mutex_unlock(&q->lock);
@@ -259,10 +256,9 @@ static void jobq_destroy(struct jobq *q)
 
 /* An entry from a file row: the identity body is what memory keeps, the
  * stored gzip copy rides along. */
-static struct hot_entry *from_row(const char *key, int family, struct cache_entry *row,
-				  size_t limit)
+static struct entry *from_row(const char *key, int family, struct cache_entry *row, size_t limit)
 {
-	struct hot_entry_init in = { 0 };
+	struct entry_init in = { 0 };
 	void *identity = NULL;
 
 	/* The length comes from the file: a damaged one must not size a
@@ -289,49 +285,25 @@ static struct hot_entry *from_row(const char *key, int family, struct cache_entr
 	in.body = identity;
 	in.stored_at = row->stored_at;
 	in.expires_at = row->expires_at;
-	return hot_entry_new(&in);
+	return entry_new(&in);
 }
 
-static int matches(const struct job *j, const char *key, unsigned gen)
+/* The table's load: key's row, unless a write voided it.  Any thread. */
+static struct entry *file_load(void *arg, const char *key, int family)
 {
-	return j->e != NULL && j->gen == gen && strcmp(hot_entry_key(j->e), key) == 0;
-}
-
-/* The newest answer for key still on its way to the file, if any. */
-static struct hot_entry *pending(struct keeper *k, const char *key, int family)
-{
-	struct hot_entry *e = NULL;
-	unsigned gen = hot_gen(k->hot, family);
-	struct job *j;
-
-	pthread_mutex_lock(&k->file.lock);
-	if (k->writing != NULL && matches(k->writing, key, gen))
-		e = k->writing->e;
-	STAILQ_FOREACH(j, &k->file.jobs, link)
-	if (matches(j, key, gen))
-		e = j->e; /* the last one queued is the newest */
-	hot_entry_ref(e);
-	pthread_mutex_unlock(&k->file.lock);
-	return e;
-}
-
-struct hot_entry *keeper_lookup(struct keeper *k, const char *key, int family)
-{
-	struct hot_entry *e = hot_get(k->hot, key);
+	struct keeper *k = arg;
 	struct cache_entry *row = NULL;
-	unsigned gen;
+	struct entry *e = NULL;
 	int rc;
 
-	if (e != NULL || (e = pending(k, key, family)) != NULL || k->cache == NULL)
-		return e;
-	/* Read before the file: an invalidation racing this read must win. */
-	gen = hot_gen(k->hot, family);
+	if (k->cache == NULL || family < 0 || family >= 32)
+		return NULL;
 	rc = cache_get(k->cache, key, &row);
 	if (rc < 0)
 		keeper_warn("lookup failed: %s", cache_errmsg(k->cache));
 	if (rc != 1)
 		return NULL;
-	if (row->stored_at <= hot_invalid_before(k->hot, family) &&
+	if (row->stored_at <= atomic_load(&k->fam_written[family]) &&
 	    atomic_load(&k->fam_latest[family]) > atomic_load(&k->fam_done[family])) {
 		/* A write changed the family and the row's delete has not
 		 * reached the file yet (or failed): it is gone all the same. */
@@ -339,8 +311,6 @@ struct hot_entry *keeper_lookup(struct keeper *k, const char *key, int family)
 		keeper_warn("an entry of %s cannot be read back (damaged or out of memory); "
 			    "fetching it again",
 			    family_name(k, family));
-	} else {
-		hot_put(k->hot, e, gen, HOT_IF_ABSENT);
 	}
 	cache_entry_free(&row);
 	return e;
@@ -348,107 +318,92 @@ struct hot_entry *keeper_lookup(struct keeper *k, const char *key, int family)
 
 /* ---- the prep thread: compress, memory, wake ---- */
 
-static struct job *job_new(enum job_kind kind, struct hot_entry *e, unsigned gen,
-			   keeper_done_fn done, void *arg)
+static struct job *job_new(enum job_kind kind, struct entry *e, unsigned gen, keeper_done_fn done,
+			   void *arg)
 {
 	struct job *j = calloc(1, sizeof(*j));
 
 	if (j == NULL)
 		return NULL;
 	j->kind = kind;
-	j->e = hot_entry_ref(e);
+	j->e = entry_ref(e);
 	j->gen = gen;
 	j->done = done;
 	j->arg = arg;
 	return j;
 }
 
-static void submit(struct keeper *k, enum job_kind kind, struct hot_entry *e, int64_t was_at,
-		   unsigned gen, keeper_done_fn done, void *arg)
+void keeper_compress(struct keeper *k, struct entry *e, keeper_done_fn done, void *arg)
 {
-	struct job *j = job_new(kind, e, gen, done, arg);
+	struct job *j = job_new(JOB_COMPRESS, e, 0, done, arg);
+
 	if (j == NULL) {
-		/* Not kept, but whoever waits for it still gets its answer. */
-		if (done != NULL)
-			done(arg, e);
+		/* Served and kept as it is. */
+		done(arg, e);
 		return;
 	}
-	j->was_at = was_at;
 	jobq_push(&k->prep, j);
 }
 
-void keeper_store(struct keeper *k, struct hot_entry *e, unsigned gen, keeper_done_fn done,
-		  void *arg)
+/* The table's write: a kept entry goes to the file queue, unless the disk
+ * is so far behind that it stays in memory only. */
+static int file_write(void *arg, struct entry *e, unsigned gen, int64_t was_at)
 {
-	if (done == NULL)
-		hot_put(k->hot, e, gen, HOT_REPLACE);
-	submit(k, JOB_STORE, e, 0, gen, done, arg);
+	struct keeper *k = arg;
+	struct job *j;
+	size_t queued;
+
+	if (k->cache == NULL || !k->file.started)
+		return -1;
+	pthread_mutex_lock(&k->file.lock);
+	queued = k->file.bytes;
+	pthread_mutex_unlock(&k->file.lock);
+	if (queued > FILE_QUEUE_MAX) {
+		atomic_fetch_add(&k->write_errors, 1);
+		keeper_warn("the disk is behind (%zu bytes waiting); %s kept in memory only",
+			    queued, family_name(k, entry_family(e)));
+		return -1;
+	}
+	if ((j = job_new(was_at != 0 ? JOB_REFRESH : JOB_STORE, e, gen, NULL, NULL)) == NULL)
+		return -1;
+	j->was_at = was_at;
+	jobq_push(&k->file, j);
+	return 0;
 }
 
-void keeper_refresh(struct keeper *k, struct hot_entry *e, int64_t was_at, unsigned gen,
-		    keeper_done_fn done, void *arg)
+void keeper_backend(struct keeper *k, struct objtab_backend *out)
 {
-	if (done == NULL)
-		hot_put(k->hot, e, gen, HOT_REPLACE);
-	submit(k, JOB_REFRESH, e, was_at, gen, done, arg);
+	out->load = file_load;
+	out->write = file_write;
+	out->arg = k;
 }
 
 /* The entry with a gzip copy when that is worth it, else e itself. */
-static struct hot_entry *compressed(struct hot_entry *e)
+static struct entry *compressed(struct entry *e)
 {
 	size_t len, gzlen = 0;
-	const void *body = hot_entry_body(e, &len);
-	struct hot_entry *n = NULL;
+	const void *body = entry_body(e, &len);
+	struct entry *n = NULL;
 	void *gz = NULL;
 
-	if (len >= GZIP_MIN && hot_entry_gzip(e, &gzlen) == NULL &&
+	if (len >= GZIP_MIN && entry_gzip(e, &gzlen) == NULL &&
 	    gz_compress(body, len, GZIP_LEVEL, &gz, &gzlen) == 0) {
 		if (gzlen < len)
-			n = hot_entry_with_gzip(e, gz, gzlen); /* takes gz */
+			n = entry_with_gzip(e, gz, gzlen); /* takes gz */
 		else
 			free(gz); /* incompressible: served as it is */
 	}
-	return n != NULL ? n : hot_entry_ref(e);
+	return n != NULL ? n : entry_ref(e);
 }
 
 static void prep(struct keeper *k, struct job *j)
 {
-	struct hot_entry *e;
-	keeper_done_fn done;
-	void *arg;
-	size_t queued;
+	struct entry *n = compressed(j->e);
 
-	jobq_done(&k->prep, j, NULL);
-	if (j->kind == JOB_STORE) {
-		struct hot_entry *n = compressed(j->e);
-
-		hot_entry_unref(&j->e);
-		j->e = n;
-	}
-	hot_put(k->hot, j->e, j->gen, HOT_REPLACE);
-	/* Queued for the file before the waiters wake: from then on a lookup
-	 * finds it, in memory, in the queue, or in the file. */
-	e = hot_entry_ref(j->e);
-	done = j->done;
-	arg = j->arg;
-	j->done = NULL;
-	pthread_mutex_lock(&k->file.lock);
-	queued = k->file.bytes;
-	pthread_mutex_unlock(&k->file.lock);
-	if (k->cache == NULL || queued > FILE_QUEUE_MAX) {
-		if (k->cache != NULL) {
-			atomic_fetch_add(&k->write_errors, 1);
-			keeper_warn(
-				"the disk is behind (%zu bytes waiting); %s kept in memory only",
-				queued, family_name(k, hot_entry_family(e)));
-		}
-		job_free(j);
-	} else {
-		jobq_push(&k->file, j);
-	}
-	if (done != NULL)
-		done(arg, e);
-	hot_entry_unref(&e);
+	jobq_done(&k->prep, j);
+	j->done(j->arg, n);
+	entry_unref(&n);
+	job_free(j);
 }
 
 static void *prep_main(void *arg)
@@ -458,7 +413,7 @@ static void *prep_main(void *arg)
 	int stop = 0;
 
 	while (!stop)
-		if ((j = jobq_pop(&k->prep, NULL, &stop)) != NULL)
+		if ((j = jobq_pop(&k->prep, &stop)) != NULL)
 			prep(k, j);
 	return NULL;
 }
@@ -469,32 +424,32 @@ static void *prep_main(void *arg)
  * what is queued, may predate it.  File thread, store_lock held. */
 static void changed_elsewhere(struct keeper *k)
 {
-	hot_invalidate(k->hot, -1, 0);
+	objtab_invalidate(k->tab, -1);
 	log_info("cache: %s was changed by another process; reloading entries from it",
 		 cache_path(k->cache));
 }
 
 /* 0, or -1 when the file refused the write. */
-static int write_store(struct keeper *k, struct hot_entry *n, unsigned gen)
+static int write_store(struct keeper *k, struct entry *n, unsigned gen)
 {
 	struct cache_entry row = { 0 };
 	size_t len, gzlen;
-	const void *body = hot_entry_body(n, &len), *gz = hot_entry_gzip(n, &gzlen);
-	int fam = hot_entry_family(n), rc = 0;
+	const void *body = entry_body(n, &len), *gz = entry_gzip(n, &gzlen);
+	int fam = entry_family(n), rc = 0;
 
-	row.status = hot_entry_status(n);
-	row.headers = (char *)hot_entry_headers_text(n, &row.headers_len);
+	row.status = entry_status(n);
+	row.headers = (char *)entry_headers_text(n, &row.headers_len);
 	row.gzip = gz != NULL;
 	row.body = (void *)(gz != NULL ? gz : body);
 	row.body_len = gz != NULL ? gzlen : len;
 	row.identity_len = len;
-	row.stored_at = hot_entry_stored_at(n);
-	row.expires_at = hot_entry_expires_at(n);
+	row.stored_at = entry_stored_at(n);
+	row.expires_at = entry_expires_at(n);
 	pthread_mutex_lock(&k->store_lock);
-	if (hot_gen(k->hot, fam) != gen) {
+	if (objtab_gen(k->tab, fam) != gen) {
 		/* a write or purge came after this answer was fetched */
-	} else if ((rc = cache_put(k->cache, hot_entry_key(n), family_name(k, fam),
-				   hot_entry_path(n), &row)) == -2) {
+	} else if ((rc = cache_put(k->cache, entry_key(n), family_name(k, fam), entry_path(n),
+				   &row)) == -2) {
 		/* Checked inside the write lock: a purge from another process
 		 * committed while this waited.  The answer may predate it. */
 		if (cache_changed_elsewhere(k->cache) == 1)
@@ -504,10 +459,9 @@ static int write_store(struct keeper *k, struct hot_entry *n, unsigned gen)
 		atomic_fetch_add(&k->write_errors, 1);
 		keeper_warn("cannot store %s: %s", family_name(k, fam), cache_errmsg(k->cache));
 		/* An older version must not outlive a newer one not stored. */
-		cache_forget(k->cache, hot_entry_key(n));
+		cache_forget(k->cache, entry_key(n));
 	} else {
-		k->file_bytes +=
-			(int64_t)(strlen(hot_entry_key(n)) + row.headers_len + row.body_len);
+		k->file_bytes += (int64_t)(strlen(entry_key(n)) + row.headers_len + row.body_len);
 	}
 	pthread_mutex_unlock(&k->store_lock);
 	return rc;
@@ -516,25 +470,25 @@ static int write_store(struct keeper *k, struct hot_entry *n, unsigned gen)
 /* A 304 refreshes the version it was asked about; if the file holds
  * another (its store failed, or a newer one raced it), the whole entry is
  * written instead: its headers belong with its body. */
-static int write_refresh(struct keeper *k, struct hot_entry *e, int64_t was_at, unsigned gen)
+static int write_refresh(struct keeper *k, struct entry *e, int64_t was_at, unsigned gen)
 {
 	size_t hlen;
-	const char *h = hot_entry_headers_text(e, &hlen);
+	const char *h = entry_headers_text(e, &hlen);
 	int rc;
 
 	pthread_mutex_lock(&k->store_lock);
-	if (hot_gen(k->hot, hot_entry_family(e)) != gen) {
+	if (objtab_gen(k->tab, entry_family(e)) != gen) {
 		pthread_mutex_unlock(&k->store_lock);
 		return 0;
 	}
-	rc = cache_refresh(k->cache, hot_entry_key(e), was_at, h, hlen, hot_entry_stored_at(e),
-			   hot_entry_expires_at(e));
+	rc = cache_refresh(k->cache, entry_key(e), was_at, h, hlen, entry_stored_at(e),
+			   entry_expires_at(e));
 	pthread_mutex_unlock(&k->store_lock);
 	if (rc == 0)
 		return write_store(k, e, gen);
 	if (rc < 0) {
 		atomic_fetch_add(&k->write_errors, 1);
-		keeper_warn("cannot refresh %s: %s", family_name(k, hot_entry_family(e)),
+		keeper_warn("cannot refresh %s: %s", family_name(k, entry_family(e)),
 			    cache_errmsg(k->cache));
 	}
 	return rc < 0 ? -1 : 0;
@@ -576,10 +530,13 @@ unsigned long long keeper_invalidate(struct keeper *k, int family)
 {
 	unsigned long long seq;
 	struct job *j;
+	int64_t now = clock_wall();
 
-	hot_invalidate(k->hot, family, clock_wall());
-	if (k->cache == NULL)
+	if (k->cache == NULL || family < 0 || family >= 32)
 		return 0;
+	for (long long at = atomic_load(&k->fam_written[family]);
+	     at < now && !atomic_compare_exchange_weak(&k->fam_written[family], &at, now);)
+		;
 	atomic_fetch_or(&k->inval_dirty, 1u << family);
 	seq = atomic_fetch_add(&k->inval_seq, 1) + 1;
 	for (unsigned long long at = atomic_load(&k->fam_latest[family]);
@@ -719,7 +676,7 @@ static long purge_now(struct keeper *k, enum cache_purge kind, const char *what)
 	/* Memory refills from the file, so dropping more than the purge names
 	 * costs one read each; dropping less would serve what was purged.  The
 	 * generation move also voids stores still queued. */
-	hot_invalidate(k->hot, family, 0);
+	objtab_invalidate(k->tab, family);
 	if (k->cache != NULL && (n = cache_purge(k->cache, kind, what, NULL, NULL)) < 0)
 		keeper_warn("purge failed: %s", cache_errmsg(k->cache));
 	pthread_mutex_unlock(&k->store_lock);
@@ -839,7 +796,7 @@ long keeper_purge_result(struct keeper_purge **tp)
 
 static void drop_key(void *arg, const char *key)
 {
-	hot_drop(arg, key);
+	objtab_drop(arg, key);
 }
 
 static int64_t max_bytes(const struct keeper *k)
@@ -862,7 +819,7 @@ static void evict(struct keeper *k)
 	int rc;
 
 	pthread_mutex_lock(&k->store_lock);
-	rc = cache_evict(k->cache, max_bytes(k) / 10 * 9, drop_key, k->hot);
+	rc = cache_evict(k->cache, max_bytes(k) / 10 * 9, drop_key, k->tab);
 	pthread_mutex_unlock(&k->store_lock);
 	if (rc > 0)
 		atomic_fetch_add(&k->evicted, (unsigned long long)rc);
@@ -873,7 +830,7 @@ static void evict(struct keeper *k)
 static void maintain(struct keeper *k, int64_t now)
 {
 	char **keys = NULL;
-	int n = hot_used_keys(k->hot, &keys), rc;
+	int n = objtab_used_keys(k->tab, &keys), rc;
 
 	if (n > 0 && cache_touch(k->cache, (const char *const *)keys, (size_t)n, now) < 0)
 		keeper_warn("cannot record use: %s", cache_errmsg(k->cache));
@@ -881,7 +838,7 @@ static void maintain(struct keeper *k, int64_t now)
 		free(keys[i]);
 	free(keys);
 	pthread_mutex_lock(&k->store_lock);
-	rc = cache_prune(k->cache, now - (int64_t)k->cfg->stale_if_error, drop_key, k->hot);
+	rc = cache_prune(k->cache, now - (int64_t)k->cfg->stale_if_error, drop_key, k->tab);
 	pthread_mutex_unlock(&k->store_lock);
 	if (rc > 0)
 		atomic_fetch_add(&k->pruned, (unsigned long long)rc);
@@ -914,6 +871,8 @@ static void tick(struct keeper *k, int64_t now)
 static int run_job(struct keeper *k, struct job *j)
 {
 	switch (j->kind) {
+	case JOB_COMPRESS:
+		break;
 	case JOB_STORE:
 		return write_store(k, j->e, j->gen);
 	case JOB_REFRESH:
@@ -938,7 +897,7 @@ static void *file_main(void *arg)
 	int stop = 0, failed = 0, dropped = 0;
 
 	while (!stop) {
-		struct job *j = jobq_pop(&k->file, &k->writing, &stop);
+		struct job *j = jobq_pop(&k->file, &stop);
 		int64_t now;
 		int stopping;
 
@@ -954,7 +913,10 @@ static void *file_main(void *arg)
 		else if (j != NULL)
 			failed |= run_job(k, j) < 0 && stopping;
 		if (j != NULL) {
-			jobq_done(&k->file, j, &k->writing);
+			jobq_done(&k->file, j);
+			/* In the file now, or given up: the table lets it go. */
+			if (j->e != NULL)
+				objtab_written(k->tab, j->e);
 			job_free(j);
 		}
 		if (stopping)
@@ -978,7 +940,7 @@ static void *file_main(void *arg)
 	return NULL;
 }
 
-struct keeper *keeper_new(const struct config *cfg, struct cache *cache, struct hot *hot,
+struct keeper *keeper_new(const struct config *cfg, struct cache *cache, struct objtab *tab,
 			  struct policy *policy, char *err, size_t errlen)
 {
 	struct keeper *k = calloc(1, sizeof(*k));
@@ -989,7 +951,7 @@ struct keeper *keeper_new(const struct config *cfg, struct cache *cache, struct 
 	}
 	k->cfg = cfg;
 	k->cache = cache;
-	k->hot = hot;
+	k->tab = tab;
 	k->policy = policy;
 	pthread_mutex_init(&k->store_lock, NULL);
 	pthread_mutex_init(&k->wlock, NULL);

@@ -1,14 +1,13 @@
 /*
- * keeper: keeps the memory copies (hot) and the cache file (cache) in step.
+ * keeper: the cache file's reader and writer, driven by the object table.
  *
- * Reads go memory first, then the file (and what the file had is promoted
- * into memory).  New answers go into memory at once and into the file from
- * the keeper's own thread, compressed there, so neither the upstream worker
- * nor a client waits for a disk write.  Invalidations and purges act on both
- * at once, and a family generation makes sure an answer fetched before a
- * write is never kept after it.  The thread also does the periodic work:
- * LRU order, pruning past the stale limit, eviction to max_size, vacuum, and
- * noticing a purge done by another process (kaleidod --purge).
+ * The table reads through it (its backend's load) when memory has nothing,
+ * and hands it what it kept (its backend's write): the write goes to the
+ * keeper's own thread, so neither the upstream worker nor a client waits for
+ * a disk write.  Invalidations and purges reach the file from here, and the
+ * thread also does the periodic work: LRU order, pruning past the stale
+ * limit, eviction to max_size, vacuum, and noticing a purge done by another
+ * process (kaleidod --purge).
  */
 #ifndef KD_KEEPER_H
 #define KD_KEEPER_H
@@ -18,43 +17,32 @@
 #include "cache.h"
 
 struct config;
-struct policy;
-struct hot;
-struct hot_entry;
+struct entry;
 struct keeper;
+struct objtab;
+struct objtab_backend;
+struct policy;
 
 /* cache may be NULL (running without a file); the rest is required. */
-struct keeper *keeper_new(const struct config *cfg, struct cache *cache, struct hot *hot,
+struct keeper *keeper_new(const struct config *cfg, struct cache *cache, struct objtab *tab,
 			  struct policy *policy, char *err, size_t errlen);
-/* Writes what is still queued, then stops the thread. */
+/* Writes what is still queued, then stops the threads. */
 void keeper_free(struct keeper **k);
 
-/* key's entry, fresh or not, or NULL.  A reference. */
-struct hot_entry *keeper_lookup(struct keeper *k, const char *key, int family);
+/* The table's backend: reads from and writes to the file. */
+void keeper_backend(struct keeper *k, struct objtab_backend *out);
 
-/* Told on the keeper thread once a store or refresh is done, with the
- * entry as kept (a stored one carries its gzip copy now); e stays the
- * caller's. */
-typedef void (*keeper_done_fn)(void *arg, struct hot_entry *e);
+/* Called on the compressing thread with the entry to keep (e itself, or a
+ * copy with a gzip body); e stays the caller's. */
+typedef void (*keeper_done_fn)(void *arg, struct entry *e);
+/* Makes e's gzip copy (what the file stores, and what memory serves to
+ * clients that take gzip) off the caller's thread, then calls done. */
+void keeper_compress(struct keeper *k, struct entry *e, keeper_done_fn done, void *arg);
 
-/*
- * Keeps a new answer unless its family's generation is no longer gen: on
- * the keeper thread it is compressed, put in memory, written to the file,
- * and then done(arg, kept entry) is called.  Without done, the answer goes
- * into memory at once too (a client already has it and may ask again).
- * A reference to e is taken.
- */
-void keeper_store(struct keeper *k, struct hot_entry *e, unsigned gen, keeper_done_fn done,
-		  void *arg);
-/* Same, for an entry a 304 made fresh from the version stored at was_at:
- * only headers and freshness change. */
-void keeper_refresh(struct keeper *k, struct hot_entry *e, int64_t was_at, unsigned gen,
-		    keeper_done_fn done, void *arg);
-
-/* A write changed family: memory forgets it before this returns, and from
- * then on its rows in the file are void; the keeper deletes them (and keeps
- * trying while the file refuses).  Returns the invalidation's number for
- * keeper_await_durable(), or 0 without a file. */
+/* A write changed family (the table has forgotten it, objtab_invalidate()):
+ * from now on its rows in the file are void; the keeper deletes them (and
+ * keeps trying while the file refuses).  Returns the invalidation's number
+ * for keeper_await_durable(), or 0 without a file. */
 unsigned long long keeper_invalidate(struct keeper *k, int family);
 
 /*

@@ -29,9 +29,10 @@
 #include "front.h"
 #include "kdbuild.h"
 #include "log.h"
+#include "entry.h"
 #include "flight.h"
-#include "hot.h"
 #include "keeper.h"
+#include "objtab.h"
 #include "policy.h"
 #include "stats.h"
 #include "upstream.h"
@@ -510,11 +511,26 @@ out:
 	return self;
 }
 
+/* The table's stale window: how long past expiry an entry may be served
+ * while one refresh runs (kaleidod's setting, capped by the answer's own
+ * Cache-Control). */
+static unsigned stale_window(const struct entry *e, void *arg)
+{
+	const struct config *cfg = arg;
+	unsigned swr, sie;
+
+	policy_stale_limits(entry_headers(e), cfg->stale_while_revalidate, cfg->stale_if_error,
+			    &swr, &sie);
+	return swr;
+}
+
 int main(int argc, char **argv)
 {
 	struct flags fl = { 0 };
 	struct config *cfg = NULL;
 	struct front_deps deps = { 0 };
+	struct objtab_config tcfg = { 0 };
+	struct objtab_backend backend;
 	struct front *front = NULL;
 	struct up_events ev = { 0 };
 	enum log_level lvl = LOG_LVL_INFO;
@@ -611,18 +627,24 @@ int main(int argc, char **argv)
 		log_error("%s", err);
 		goto out;
 	}
-	deps.hot = hot_new(cfg->memory, policy_family_count(deps.policy));
-	if (deps.hot == NULL ||
-	    (deps.keeper = keeper_new(cfg, deps.cache, deps.hot, deps.policy, err, sizeof(err))) ==
+	tcfg.max_bytes = cfg->memory;
+	tcfg.nfamilies = policy_family_count(deps.policy);
+	tcfg.stale_window = stale_window;
+	tcfg.stale_arg = (void *)cfg;
+	deps.tab = objtab_new(&tcfg);
+	if (deps.tab == NULL ||
+	    (deps.keeper = keeper_new(cfg, deps.cache, deps.tab, deps.policy, err, sizeof(err))) ==
 		    NULL ||
-	    (deps.flights = flights_new(cfg, deps.up, deps.keeper, deps.hot, deps.policy)) ==
+	    (deps.flights = flights_new(cfg, deps.up, deps.keeper, deps.tab, deps.policy)) ==
 		    NULL ||
-	    (deps.warm = warm_new(cfg, deps.up, deps.keeper, deps.flights, deps.policy,
-				  deps.stats)) == NULL) {
+	    (deps.warm = warm_new(cfg, deps.up, deps.tab, deps.flights, deps.policy, deps.stats)) ==
+		    NULL) {
 		log_error("cannot set up the cache: %s",
-			  deps.hot && !deps.keeper ? err : "out of memory");
+			  deps.tab && !deps.keeper ? err : "out of memory");
 		goto out;
 	}
+	keeper_backend(deps.keeper, &backend);
+	objtab_set_backend(deps.tab, &backend);
 	if ((front = front_new(&deps, fd, err, sizeof(err))) == NULL) {
 		log_error("%s", err);
 		goto out;
@@ -638,6 +660,7 @@ int main(int argc, char **argv)
 		if ((sig = sigtimedwait(&set, NULL, &tick)) < 0) {
 			warm_tick(deps.warm);
 			keeper_expire_waits(deps.keeper);
+			objtab_sweep(deps.tab);
 			continue;
 		}
 		if (sig == SIGHUP) {
@@ -671,9 +694,9 @@ out:
 	}
 	front_free(&front);
 	warm_free(&deps.warm);
-	keeper_free(&deps.keeper); /* writes what is queued; calls into flights */
+	keeper_free(&deps.keeper); /* writes what is queued; calls into the table */
 	flights_free(&deps.flights);
-	hot_free(&deps.hot);
+	objtab_free(&deps.tab);
 	upstream_free(&deps.up);
 	cache_close(&deps.cache);
 	policy_free(&deps.policy);

@@ -12,9 +12,9 @@
 
 #include "auth.h"
 #include "config.h"
+#include "entry.h"
 #include "flight.h"
-#include "hot.h"
-#include "keeper.h"
+#include "objtab.h"
 #include "policy.h"
 #include "stats.h"
 #include "upstream.h"
@@ -33,7 +33,7 @@ struct base {
 struct warm {
 	const struct config *cfg;
 	struct upstream *up;
-	struct keeper *keeper;
+	struct objtab *tab;
 	struct flights *flights;
 	struct stats *stats;
 	struct base *bases;
@@ -41,7 +41,7 @@ struct warm {
 	atomic_int done;
 };
 
-struct warm *warm_new(const struct config *cfg, struct upstream *up, struct keeper *keeper,
+struct warm *warm_new(const struct config *cfg, struct upstream *up, struct objtab *tab,
 		      struct flights *flights, struct policy *policy, struct stats *stats)
 {
 	struct warm *w = calloc(1, sizeof(*w));
@@ -53,7 +53,7 @@ struct warm *warm_new(const struct config *cfg, struct upstream *up, struct keep
 	}
 	w->cfg = cfg;
 	w->up = up;
-	w->keeper = keeper;
+	w->tab = tab;
 	w->flights = flights;
 	w->stats = stats;
 	for (int i = 0; i < n && i < cfg->nfamilies; i++) {
@@ -110,21 +110,24 @@ void warm_tick(struct warm *w)
 		return;
 	for (int i = 0; i < w->nbases; i++) {
 		struct base *b = &w->bases[i];
-		struct hot_entry *e = keeper_lookup(w->keeper, b->key, b->family);
-		int64_t left = e != NULL ? hot_entry_expires_at(e) - now : -1;
+		/* What memory or the file holds, fresh or not: never a fetch. */
+		struct objtab_ask ask = { .key = b->key,
+					  .hash = objtab_hash(b->key),
+					  .family = b->family,
+					  .now = now,
+					  .flags = OBJTAB_CACHED_ONLY };
+		struct objtab_answer ans;
+		struct entry *e = (objtab_lookup(w->tab, &ask, &ans), ans.entry);
+		int64_t left = e != NULL ? entry_expires_at(e) - now : -1;
+		struct objtab_fetch *f;
 
 		if (left > margin(b->ttl)) {
 			b->attempts = 0;
 			fresh++;
 		} else if (now >= b->retry_at) {
-			struct flight_req rq = { .key = b->key,
-						 .family = b->family,
-						 .target = b->path,
-						 .stale = e != NULL && hot_entry_status(e) == 200 ?
-								  e :
-								  NULL };
-
-			if (flight_start(w->flights, &rq) == 1) {
+			if ((f = objtab_fetch_start(w->tab, b->key, b->family)) != NULL) {
+				flight_run(w->flights, f, b->path, NULL);
+				objtab_fetch_unref(&f);
 				stats_inc(w->stats, b->family, STATS_REFRESHES);
 				unsigned step = b->attempts < 6 ? 1u << b->attempts : RETRY_MAX;
 
@@ -132,7 +135,7 @@ void warm_tick(struct warm *w)
 				b->retry_at = now + (step < RETRY_MAX ? step : RETRY_MAX);
 			}
 		}
-		hot_entry_unref(&e);
+		entry_unref(&e);
 	}
 	if (fresh == w->nbases)
 		atomic_store(&w->done, 1);

@@ -10,13 +10,13 @@
 
 struct config;
 struct upstream;
-struct keeper;
+struct objtab;
 struct flights;
 struct policy;
 struct stats;
 struct warm;
 
-struct warm *warm_new(const struct config *cfg, struct upstream *up, struct keeper *keeper,
+struct warm *warm_new(const struct config *cfg, struct upstream *up, struct objtab *tab,
 		      struct flights *flights, struct policy *policy, struct stats *stats);
 void warm_free(struct warm **w);
 
