@@ -115,6 +115,7 @@ class State:
         self.not_modified = {}   # "METHOD /path" -> 304s answered
         self.tok = {"client_credentials": 0, "refresh_token": 0, "rejected": 0}
         self.inflight = 0
+        self.inflight_peak = 0  # most requests at once since start or DELETE /_mock/peak
         self.total = 0
         self.unauthorized = 0
         self.held = 0
@@ -373,6 +374,7 @@ class Handler(BaseHTTPRequestHandler):
                     st.conditional[key] = st.conditional.get(key, 0) + 1
                 st.total += 1
                 st.inflight += 1
+                st.inflight_peak = max(st.inflight_peak, st.inflight)
             try:
                 self.api(method)
             finally:
@@ -392,7 +394,8 @@ class Handler(BaseHTTPRequestHandler):
             with st.lock:
                 out = {"counts": dict(st.counts), "conditional": dict(st.conditional),
                        "not_modified": dict(st.not_modified), "token": dict(st.tok),
-                       "inflight": st.inflight, "total": st.total,
+                       "inflight": st.inflight, "inflight_peak": st.inflight_peak,
+                       "total": st.total,
                        "unauthorized": st.unauthorized, "held": st.held,
                        "gens": dict(st.gen), "faults": [dict(f) for f in st.faults]}
             return self.send(200, out)
@@ -456,6 +459,11 @@ class Handler(BaseHTTPRequestHandler):
                 st.release_epoch += 1
                 st.lock.notify_all()
             return self.send(200, {"released": True})
+        if p == "/_mock/peak" and method == "DELETE":
+            # The peak of concurrent API requests starts again from now.
+            with st.lock:
+                st.inflight_peak = st.inflight
+            return self.send(200, {"inflight_peak": st.inflight_peak})
         if p == "/_mock/bump" and method == "POST":
             st.bump([f for f in data.get("families", FAMILIES) if f in FAMILIES])
             return self.send(200, {"gens": st.gen})
