@@ -191,7 +191,7 @@ void objtab_drop(struct objtab *t, const char *key);
  * *keys is a malloc'd array of malloc'd strings.  Returns the count, -1 ENOMEM. */
 int objtab_used_keys(struct objtab *t, char ***keys);
 void objtab_usage(struct objtab *t, int64_t *entries, int64_t *bytes);
-/* Records that hold only notes past their time go (run about once a second). */
+/* Records that hold only notes past their time go (the main loop's tick). */
 void objtab_sweep(struct objtab *t);
 
 #endif
