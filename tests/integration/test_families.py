@@ -56,7 +56,8 @@ def test_new_family_is_cached_and_emptied_by_each_of_its_writes(daemon, mock, fa
                                                                 writes):
     s = Sdk(daemon.port)
     for method, wtarget in writes:
-        miss_then_hit(s, mock, target)
+        before = miss_then_hit(s, mock, target).json()
+        assert before["family"] == family, before  # the mock's list, with its generation
         # An unrelated write leaves it alone.
         assert s.request("POST", "/workspaces/events/ack", body=b"{}").status == 200
         assert xc(s.get(target)) == "HIT"
@@ -64,6 +65,7 @@ def test_new_family_is_cached_and_emptied_by_each_of_its_writes(daemon, mock, fa
         assert w.status == 200, w
         r = s.get(target)
         assert (r.status, xc(r)) == (200, "MISS"), (method, wtarget, r)
+        assert r.json()["gen"] > before["gen"], (before, r.json())  # the API's new list
         assert xc(s.get(target)) == "HIT"
         # The next write starts from an entry of its own.
         assert s.request("POST", target.split("?")[0], body=b"{}").status == 200

@@ -126,6 +126,28 @@ static void test_family_match(void **state)
 	assert_int_equal(policy_family(p, "/programs?x=1", 9), PROGRAMS);
 }
 
+/* Copies a NULL-terminated list into a family's fixed array. */
+static int strv(char **dst, char *const *src)
+{
+	int n = 0;
+
+	for (; src != NULL && src[n] != NULL; n++)
+		dst[n] = src[n];
+	return n;
+}
+
+/* c's next family: name, paths, and optionally invalidated_by and except. */
+static void add_family(struct config *c, char *name, char *const *paths, char *const *inv,
+		       char *const *except)
+{
+	struct config_family *f = &c->families[c->nfamilies++];
+
+	f->name = name;
+	f->npaths = strv(f->paths, paths);
+	f->ninvalidated_by = strv(f->invalidated_by, inv);
+	f->nexcept = strv(f->except, except);
+}
+
 static void test_family_longest_prefix(void **state)
 {
 	struct config c;
@@ -133,14 +155,8 @@ static void test_family_longest_prefix(void **state)
 
 	(void)state;
 	memset(&c, 0, sizeof(c));
-	c.families[0].name = "records";
-	c.families[0].paths[0] = "/records";
-	c.families[0].npaths = 1;
-	c.families[1].name = "exports";
-	c.families[1].paths[0] = "/records/export";
-	c.families[1].paths[1] = "/exports/";
-	c.families[1].npaths = 2;
-	c.nfamilies = 2;
+	add_family(&c, "records", (char *[]){ "/records", NULL }, NULL, NULL);
+	add_family(&c, "exports", (char *[]){ "/records/export", "/exports/", NULL }, NULL, NULL);
 	p = policy_new(&c);
 	assert_non_null(p);
 	assert_int_equal(fam(p, "/records/export/csv"), 1);
@@ -162,20 +178,11 @@ static void test_family_wildcard_and_except(void **state)
 
 	(void)state;
 	memset(&c, 0, sizeof(c));
-	c.families[0].name = "records";
-	c.families[0].paths[0] = "/records";
-	c.families[0].npaths = 1;
-	c.families[0].except[0] = "/records/export";
-	c.families[0].nexcept = 1;
-	c.families[0].invalidated_by[0] = "/operations";
-	c.families[0].ninvalidated_by = 1;
-	c.families[1].name = "record_operations";
-	c.families[1].paths[0] = "/records/*/operations";
-	c.families[1].paths[1] = "/operations/*/records/";
-	c.families[1].npaths = 2;
-	c.families[1].invalidated_by[0] = "/records";
-	c.families[1].ninvalidated_by = 1;
-	c.nfamilies = 2;
+	add_family(&c, "records", (char *[]){ "/records", NULL }, (char *[]){ "/operations", NULL },
+		   (char *[]){ "/records/export", NULL });
+	add_family(&c, "record_operations",
+		   (char *[]){ "/records/*/operations", "/operations/*/records/", NULL },
+		   (char *[]){ "/records", NULL }, NULL);
 	p = policy_new(&c);
 	assert_non_null(p);
 	assert_int_equal(fam(p, "/records"), 0);
