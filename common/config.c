@@ -112,6 +112,10 @@ static const struct ckey ckeys[] = {
 	  "First wait after a failed token request, doubled per failure (duration, default 1)" },
 	{ "upstream", "auth_retry_max", CT_DURATION, "300", M(auth_retry_max), 0, 1, U_MAX, NULL,
 	  "The cap on the wait between failed token requests (duration, default 300)" },
+	{ "upstream", "max_concurrent", CT_UINT, "32", M(max_concurrent), 0, 1, 100000, NULL,
+	  "Requests sent to the API at once; the rest wait their turn (count, default 32)" },
+	{ "upstream", "max_queued", CT_UINT, "1024", M(max_queued), 0, 0, 1000000, NULL,
+	  "Requests that may wait for one of those; beyond, 503 (count, default 1024)" },
 
 	{ "server", "listen", CT_STRING, "127.0.0.1:8765", M(listen), 0, 0, 0, check_listen,
 	  "Loopback ADDR:PORT or [IPv6]:PORT that clients connect to (default 127.0.0.1:8765)" },
@@ -146,6 +150,8 @@ static const struct ckey ckeys[] = {
 	  "After expiry, serve stale this long when the API fails (duration, default 7d)" },
 	{ "cache", "refresh_ahead", CT_BOOL, "yes", M(refresh_ahead), 0, 0, 0, NULL,
 	  "Fetch each family's base list at start and before it expires (boolean, default yes)" },
+	{ "cache", "records", CT_BOOL, "no", M(records), 0, 0, 0, NULL,
+	  "Cache records and record operations briefly too; see RECORDS (boolean, default no)" },
 	{ "cache", "maintenance_interval", CT_DURATION, "60", M(maintenance_interval), 0, 1, U_MAX,
 	  NULL, "How often pruning, eviction and vacuum run (duration, default 60)" },
 
@@ -159,18 +165,45 @@ static const struct ckey ckeys[] = {
 	{ "family", "invalidated_by", CT_PREFIXES, NULL, F(invalidated_by),
 	  offsetof(struct config_family, ninvalidated_by), 0, 0, NULL,
 	  "Other prefixes whose writes empty the family too, at most 8 (default none)" },
+	{ "family", "except", CT_PREFIXES, NULL, F(except), offsetof(struct config_family, nexcept),
+	  0, 0, NULL,
+	  "Prefixes within paths that are forwarded, never cached, at most 8 (default none)" },
+	{ "family", "refresh_ahead", CT_BOOL, "yes", F(refresh_ahead), 0, 0, 0, NULL,
+	  "Whether the first path is a base list fetched at start and ahead (boolean, default yes)" },
 };
 
 #undef M
 #undef F
 
-/* The families a fresh config has, in this order. */
+/*
+ * The families a fresh config has, in this order: every list the SDKs keep
+ * in-process, with the API's writes that change each (shared/
+ * kaleidoscope-api.md); a family's own prefix always invalidates it.  The
+ * records families are short-lived and only there with [cache] records.
+ */
 static const struct {
-	const char *name, *paths, *invalidated_by;
+	const char *name, *paths, *invalidated_by, *except, *ttl;
+	int no_refresh, records;
 } default_families[] = {
-	{ "programs", "/programs", NULL },
-	{ "entity_slices", "/entity_slices", "/push/imports /key_fields /data_fields" },
-	{ "record_views", "/record_views", "/push/imports /key_fields /data_fields" },
+	{ "programs", "/programs", NULL, NULL, NULL, 0, 0 },
+	{ "entity_slices", "/entity_slices", "/push/imports /key_fields /data_fields", NULL, NULL,
+	  0, 0 },
+	{ "record_views", "/record_views", "/push/imports /key_fields /data_fields", NULL, NULL, 0,
+	  0 },
+	{ "key_fields", "/key_fields", "/push/imports", NULL, NULL, 0, 0 },
+	{ "data_fields", "/data_fields", "/push/imports", NULL, NULL, 0, 0 },
+	{ "property_fields", "/property_fields", "/properties", NULL, NULL, 0, 0 },
+	{ "activities", "/activities", NULL, NULL, NULL, 0, 0 },
+	{ "activity_definitions", "/activity_definitions", NULL, NULL, NULL, 0, 0 },
+	{ "activity_labels", "/activity_labels", NULL, NULL, NULL, 0, 0 },
+	{ "dashboards", "/dashboards", NULL, NULL, NULL, 0, 0 },
+	{ "workspace_active", "/workspaces/active", NULL, NULL, NULL, 0, 0 },
+	{ "workspace_members", "/workspaces/members", NULL, NULL, NULL, 0, 0 },
+	{ "workspace_groups", "/workspaces/groups", NULL, NULL, NULL, 0, 0 },
+	/* kalbio's own TTLs; exports are files, forwarded as they come. */
+	{ "records", "/records", "/operations /properties", "/records/export", "60", 1, 1 },
+	{ "record_operations", "/records/*/operations /operations/*/records",
+	  "/records /properties", NULL, "10", 1, 1 },
 };
 
 static const char *const auth_names[] = { "both", "authorization", "x-kal-authorization" };
@@ -443,6 +476,21 @@ static const char *parse_header(const char *value, char **out)
 }
 
 /* Space-separated prefixes into list (replacing it). */
+/* A '*' stands for one whole segment, never the first (that would match
+ * every path, like "/"). */
+static const char *check_wildcards(const char *p, size_t len)
+{
+	for (size_t i = 0; i < len; i++) {
+		if (p[i] != '*')
+			continue;
+		if (p[i - 1] != '/' || (i + 1 < len && p[i + 1] != '/'))
+			return "a '*' in a prefix stands for one whole segment: /records/*/values";
+		if (i == 1)
+			return "a prefix must start with a named segment, not '*'";
+	}
+	return NULL;
+}
+
 static const char *parse_prefixes(const char *value, char **list, int *n)
 {
 	char *tmp[CONFIG_MAX_PREFIXES] = { NULL };
@@ -475,6 +523,8 @@ static const char *parse_prefixes(const char *value, char **list, int *n)
 			why = "\"/\" would match every path";
 			goto fail;
 		}
+		if ((why = check_wildcards(p, len)) != NULL)
+			goto fail;
 		tmp[cnt] = strndup(p, len);
 		if (tmp[cnt] == NULL) {
 			why = "out of memory";
@@ -527,7 +577,7 @@ static struct config_family *family_get(struct config *cfg, const char *name, in
 	if (!create)
 		return NULL;
 	if (cfg->nfamilies == CONFIG_MAX_FAMILIES) {
-		*why = "too many families (at most 16)";
+		*why = "too many families (at most 32)";
 		return NULL;
 	}
 	fam = &cfg->families[cfg->nfamilies];
@@ -545,12 +595,24 @@ static struct config_family *family_get(struct config *cfg, const char *name, in
 	return fam;
 }
 
+/* Sets one of fam's keys to a built-in default (not counted as set). */
+static int family_default(struct config *cfg, struct config_family *fam, const char *key,
+			  const char *value, const char **why)
+{
+	for (size_t i = 0; i < sizeof(ckeys) / sizeof(ckeys[0]); i++)
+		if (ckeys[i].scope == SC_FAMILY && strcmp(ckeys[i].key, key) == 0)
+			return set_value(cfg, fam, &ckeys[i], value, NULL, why);
+	*why = "unknown key";
+	return -1;
+}
+
 static void family_clear(struct config_family *fam)
 {
 	free(fam->name);
 	fam->name = NULL;
 	free_list(fam->paths, &fam->npaths);
 	free_list(fam->invalidated_by, &fam->ninvalidated_by);
+	free_list(fam->except, &fam->nexcept);
 }
 
 /* --- the setter every source goes through --- */
@@ -709,6 +771,7 @@ static enum set_result set_key(struct config *cfg, const char *section, const ch
 			base = family_get(cfg, section + strlen(FAMILY_PREFIX), 1, why);
 			if (base == NULL)
 				return SET_BAD_VALUE;
+			((struct config_family *)base)->set = 1;
 		}
 		return set_value(cfg, base, &ckeys[i], value, origin, why) < 0 ? SET_BAD_VALUE :
 										 SET_OK;
@@ -769,6 +832,14 @@ struct config *config_new(void)
 		    parse_prefixes(default_families[i].invalidated_by, fam->invalidated_by,
 				   &fam->ninvalidated_by) != NULL)
 			goto fail;
+		if (default_families[i].except != NULL &&
+		    parse_prefixes(default_families[i].except, fam->except, &fam->nexcept) != NULL)
+			goto fail;
+		if (default_families[i].ttl != NULL &&
+		    family_default(cfg, fam, "ttl", default_families[i].ttl, &why) < 0)
+			goto fail;
+		fam->refresh_ahead = !default_families[i].no_refresh;
+		fam->records = default_families[i].records;
 	}
 	return cfg;
 
@@ -1164,6 +1235,35 @@ static int header_is(const char *header, const char *name)
 	return strncasecmp(header, name, n) == 0 && header[n] == ':';
 }
 
+/* Without [cache] records the records families go (their paths are then
+ * forwarded uncached); one a source configured is an error, not ignored. */
+static int drop_records_families(struct config *cfg, char *err, size_t errlen)
+{
+	int j = 0;
+
+	for (int i = 0; i < cfg->nfamilies; i++) {
+		struct config_family *fam = &cfg->families[i];
+
+		if (!fam->records || cfg->records) {
+			if (i != j)
+				cfg->families[j] = *fam;
+			j++;
+			continue;
+		}
+		if (fam->set) {
+			set_error(err, errlen,
+				  "[family.%s]: records are cached only with [cache] records = yes",
+				  fam->name);
+			return -1;
+		}
+		family_clear(fam);
+	}
+	for (int i = j; i < cfg->nfamilies; i++)
+		memset(&cfg->families[i], 0, sizeof(cfg->families[i]));
+	cfg->nfamilies = j;
+	return 0;
+}
+
 int config_finish(struct config *cfg, char *err, size_t errlen)
 {
 	char host[INET6_ADDRSTRLEN + 1], *secret = NULL, *source = NULL;
@@ -1220,6 +1320,8 @@ int config_finish(struct config *cfg, char *err, size_t errlen)
 			goto fail;
 		}
 	}
+	if (drop_records_families(cfg, err, errlen) < 0)
+		goto fail;
 	for (i = 0; i < cfg->nfamilies; i++) {
 		if (cfg->families[i].npaths == 0) {
 			set_error(err, errlen, "[family.%s] paths: at least one path is required",

@@ -19,7 +19,7 @@
 #include <stddef.h>
 #include <stdio.h>
 
-#define CONFIG_MAX_FAMILIES 16
+#define CONFIG_MAX_FAMILIES 32 /* an invalidation is a 32-bit mask of families */
 #define CONFIG_MAX_PREFIXES 8
 #define CONFIG_MAX_HEADERS 16
 
@@ -35,7 +35,12 @@ struct config_family {
 	int npaths;
 	char *invalidated_by[CONFIG_MAX_PREFIXES]; /* other prefixes whose writes invalidate it */
 	int ninvalidated_by;
-	unsigned ttl; /* seconds; 0 disables caching */
+	char *except[CONFIG_MAX_PREFIXES]; /* prefixes within paths that are never cached */
+	int nexcept;
+	unsigned ttl;      /* seconds; 0 disables caching */
+	int refresh_ahead; /* paths[0] is a base list worth fetching ahead */
+	int records;       /* a records family: cached only with [cache] records = yes */
+	int set;           /* a source other than the defaults set one of its keys */
 };
 
 struct config {
@@ -52,6 +57,8 @@ struct config {
 	unsigned timeout;         /* s until the response headers arrive; else 504 */
 	unsigned auth_retry_min;  /* s, first backoff step */
 	unsigned auth_retry_max;  /* s, backoff cap */
+	unsigned max_concurrent;  /* transfers to the API at once; the rest queue */
+	unsigned max_queued;      /* transfers that may wait for a slot; beyond, 503 */
 
 	/* [server] */
 	char *listen; /* "ADDR:PORT", "[v6]:PORT" */
@@ -71,19 +78,20 @@ struct config {
 	unsigned stale_while_revalidate; /* s after expiry: serve stale, refresh behind */
 	unsigned stale_if_error;         /* s after expiry: serve stale when the API fails */
 	int refresh_ahead;               /* warm-up and refresh of the base lists */
+	int records;                     /* cache the records families (off: they are dropped) */
 	unsigned maintenance_interval;   /* s between prune/evict/vacuum passes */
 
 	/* [log] */
 	char *log_level; /* "error|warn|info|debug" */
 
-	/* [family.NAME] sections, the three defaults first */
+	/* [family.NAME] sections, the defaults first */
 	struct config_family families[CONFIG_MAX_FAMILIES];
 	int nfamilies;
 
 	char *config_file; /* the file read, or NULL */
 };
 
-/* A config holding every default (the three families included). NULL on ENOMEM. */
+/* A config holding every default (the default families included). NULL on ENOMEM. */
 struct config *config_new(void);
 void config_free(struct config **cfg);
 

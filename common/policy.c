@@ -25,6 +25,8 @@ struct family {
 	int npaths;
 	char **inv;
 	int ninv;
+	char **except;
+	int nexcept;
 	unsigned ttl;
 };
 
@@ -63,6 +65,7 @@ void policy_free(struct policy **p)
 		free((*p)->f[i].name);
 		free_strv((*p)->f[i].paths, (*p)->f[i].npaths);
 		free_strv((*p)->f[i].inv, (*p)->f[i].ninv);
+		free_strv((*p)->f[i].except, (*p)->f[i].nexcept);
 	}
 	free((*p)->f);
 	free(*p);
@@ -95,6 +98,9 @@ struct policy *policy_new(const struct config *cfg)
 		if ((f->inv = dup_strv(cf->invalidated_by, cf->ninvalidated_by)) == NULL)
 			goto fail;
 		f->ninv = cf->ninvalidated_by;
+		if ((f->except = dup_strv(cf->except, cf->nexcept)) == NULL)
+			goto fail;
+		f->nexcept = cf->nexcept;
 	}
 	return p;
 fail:
@@ -121,30 +127,57 @@ unsigned policy_family_ttl(const struct policy *p, int family)
 
 /*
  * Length of prefix when it covers path: path equals the prefix or continues
- * with '/'.  A trailing '/' on the prefix is ignored, so "/" covers every
- * absolute path.  0 when it does not cover (a prefix is never empty).
+ * with '/', where a '*' segment of the prefix stands for any one non-empty
+ * segment.  A trailing '/' on the prefix is ignored.  0 when it does not
+ * cover (a prefix is never empty).
  */
 static size_t covers(const char *prefix, const char *path, size_t pathlen)
 {
-	size_t plen = strlen(prefix);
+	size_t plen = strlen(prefix), i = 0, j = 0;
 
 	while (plen > 0 && prefix[plen - 1] == '/')
 		plen--;
-	if (pathlen < plen || memcmp(prefix, path, plen) != 0)
-		return 0;
-	if (pathlen > plen && path[plen] != '/')
+	while (i < plen) {
+		if (prefix[i] == '*' && i > 0 && prefix[i - 1] == '/' &&
+		    (i + 1 == plen || prefix[i + 1] == '/')) {
+			size_t start = j;
+
+			while (j < pathlen && path[j] != '/')
+				j++;
+			if (j == start)
+				return 0;
+			i++;
+			continue;
+		}
+		if (j == pathlen || path[j] != prefix[i])
+			return 0;
+		i++;
+		j++;
+	}
+	if (j < pathlen && path[j] != '/')
 		return 0;
 	return plen + 1;
 }
 
+static int any_covers(char *const *prefixes, int n, const char *path, size_t pathlen)
+{
+	for (int i = 0; i < n; i++)
+		if (covers(prefixes[i], path, pathlen) > 0)
+			return 1;
+	return 0;
+}
+
 /* The longest covering prefix wins, so a family for "/records/export" can sit
- * beside one for "/records"; on a tie the earlier family wins. */
+ * beside one for "/records"; on a tie the earlier family wins.  A family's
+ * except prefixes take those paths out of it (to the next best, or none). */
 int policy_family(const struct policy *p, const char *path, size_t pathlen)
 {
 	int best = -1;
 	size_t bestlen = 0;
 
 	for (int i = 0; i < p->n; i++) {
+		if (any_covers(p->f[i].except, p->f[i].nexcept, path, pathlen))
+			continue;
 		for (int j = 0; j < p->f[i].npaths; j++) {
 			size_t l = covers(p->f[i].paths[j], path, pathlen);
 
@@ -155,14 +188,6 @@ int policy_family(const struct policy *p, const char *path, size_t pathlen)
 		}
 	}
 	return best;
-}
-
-static int any_covers(char *const *prefixes, int n, const char *path, size_t pathlen)
-{
-	for (int i = 0; i < n; i++)
-		if (covers(prefixes[i], path, pathlen) > 0)
-			return 1;
-	return 0;
 }
 
 /* Every family with a covering prefix is invalidated, not only the longest

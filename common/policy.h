@@ -24,8 +24,10 @@ unsigned policy_family_ttl(const struct policy *p, int family);
 /*
  * The family whose prefix covers path (the path part of a target, no query):
  * the prefix itself or anything below it ("/programs", "/programs/",
- * "/programs/x"; not "/programsx").  The longest covering prefix wins; on a
- * tie, the earlier family.  -1 when none.
+ * "/programs/x"; not "/programsx"), a segment "*" standing for any one
+ * segment.  The longest covering prefix wins; on
+ * a tie, the earlier family.  A family is skipped for paths its except
+ * prefixes cover.  -1 when none.
  */
 int policy_family(const struct policy *p, const char *path, size_t pathlen);
 

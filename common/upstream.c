@@ -40,6 +40,7 @@
 #include "kdbuild.h"
 #include "log.h"
 #include "membuf.h"
+#include "throttle.h"
 
 #define RING_CAP (256 * 1024) /* per direction, per transfer */
 #define TOKEN_BODY_MAX (64 * 1024)
@@ -55,7 +56,7 @@ struct ring {
 	size_t head, len;
 };
 
-enum phase { PH_NEW = 0, PH_WAITING, PH_RUNNING, PH_DONE };
+enum phase { PH_NEW = 0, PH_WAITING, PH_QUEUED, PH_RUNNING, PH_DONE };
 
 struct up_xfer {
 	unsigned magic;
@@ -83,11 +84,15 @@ struct up_xfer {
 	struct curl_slist *sent_headers;
 	enum phase phase;
 	int replayed;        /* replays after a 401 so far (MAX_REPLAYS at most) */
+	int retried;         /* sent again after its connection failed (once at most) */
 	int discard;         /* a 401 to be replayed: drop what comes */
 	unsigned token_gen;  /* the token this attempt carries */
 	unsigned failed_gen; /* replayed: the token its last attempt failed with */
 	size_t body_off;
 	double started, last_progress;
+	double queued_at; /* PH_QUEUED: since when it waits for a connection */
+	int scope;        /* rate-limit scope: the request's family, or -1 */
+	int cleared;      /* the 429 windows let it go (checked once) */
 	int cl_framed, chunk_framed, decoded;
 	struct hdr *building;
 	char errbuf[CURL_ERROR_SIZE];
@@ -149,6 +154,11 @@ struct upstream {
 	/* Worker-only. */
 	struct up_xfer *waiting; /* transfers waiting for a token */
 	struct up_xfer *running; /* transfers in the multi handle */
+	unsigned nrunning;
+	/* Transfers waiting for one of the max_concurrent slots, oldest first. */
+	struct up_xfer *queued, **queued_tail;
+	unsigned nqueued;
+	struct throttle *thr; /* the API's 429 windows */
 	CURL *tok_easy;
 	char *tok_form;
 	struct membuf tok_body;
@@ -554,6 +564,19 @@ static void note_token_verdict(struct upstream *u, struct up_xfer *x, long statu
 		note_refuser(u, x, now, 0);
 }
 
+/* The API asks for a pause: its scope closes for as long as it says. */
+static void note_429(struct upstream *u, struct up_xfer *x)
+{
+	double secs = throttle_retry_after(hdr_get(x->building, "Retry-After"), time(NULL));
+
+	throttle_note(u->thr, x->scope, x->last_progress, secs);
+	pthread_mutex_lock(&u->clock);
+	u->counters.throttled++;
+	pthread_mutex_unlock(&u->clock);
+	log_warn("the API answered 429 to %s %s: %s paused for %.0f s", x->method, x->url,
+		 x->scope >= 0 ? "its family" : "everything", secs);
+}
+
 static size_t on_header(char *line, size_t size, size_t nitems, void *arg)
 {
 	struct up_xfer *x = arg;
@@ -596,6 +619,8 @@ static size_t on_header(char *line, size_t size, size_t nitems, void *arg)
 			note_refuser(u, x, x->last_progress, 1);
 		}
 	}
+	if (status == 429)
+		note_429(x->u, x);
 	{
 		const char *cl = hdr_get(x->building, "Content-Length");
 		const char *te = hdr_get(x->building, "Transfer-Encoding");
@@ -875,18 +900,54 @@ static void list_remove(struct up_xfer **head, struct up_xfer *x)
 	}
 }
 
+/* The counters' view of the slots and the queue.  Worker only. */
+static void note_load(struct upstream *u)
+{
+	pthread_mutex_lock(&u->clock);
+	u->counters.running = u->nrunning;
+	u->counters.queued = u->nqueued;
+	pthread_mutex_unlock(&u->clock);
+}
+
+/* x leaves the multi handle (and its slot). */
+static void running_remove(struct upstream *u, struct up_xfer *x)
+{
+	curl_multi_remove_handle(u->multi, x->easy);
+	list_remove(&u->running, x);
+	ASSERT(u->nrunning > 0);
+	u->nrunning--;
+	note_load(u);
+}
+
+static void queue_remove(struct upstream *u, struct up_xfer *x)
+{
+	struct up_xfer **p = &u->queued, *prev = NULL;
+
+	while (*p != NULL && *p != x) {
+		prev = *p;
+		p = &(*p)->wnext;
+	}
+	ASSERT(*p == x);
+	*p = x->wnext;
+	if (u->queued_tail == &x->wnext)
+		u->queued_tail = prev != NULL ? &prev->wnext : &u->queued;
+	x->wnext = NULL;
+	u->nqueued--;
+	note_load(u);
+}
+
 /* Drops the worker's reference; the transfer is no longer the worker's.
  * One given up before its end (the caller let go) still ends for its sink. */
 static void xfer_retire(struct upstream *u, struct up_xfer *x)
 {
 	if (!x->ended)
 		deliver_end(x, UP_ERR_INTERNAL, "the transfer was given up before its end", 0);
-	if (x->phase == PH_RUNNING) {
-		curl_multi_remove_handle(u->multi, x->easy);
-		list_remove(&u->running, x);
-	} else if (x->phase == PH_WAITING) {
+	if (x->phase == PH_RUNNING)
+		running_remove(u, x);
+	else if (x->phase == PH_WAITING)
 		list_remove(&u->waiting, x);
-	}
+	else if (x->phase == PH_QUEUED)
+		queue_remove(u, x);
 	x->phase = PH_DONE;
 	pthread_mutex_lock(&u->clock);
 	u->counters.active--;
@@ -947,6 +1008,12 @@ out:
 	return rc;
 }
 
+/* GET and HEAD: sending them twice changes nothing (RFC 9110 9.2.2). */
+static int idempotent(const struct up_xfer *x)
+{
+	return strcmp(x->method, "GET") == 0 || strcmp(x->method, "HEAD") == 0;
+}
+
 static int xfer_setup_easy(struct upstream *u, struct up_xfer *x)
 {
 	CURL *e;
@@ -961,6 +1028,10 @@ static int xfer_setup_easy(struct upstream *u, struct up_xfer *x)
 	curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
 	curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT, (long)u->cfg->connect_timeout);
 	curl_easy_setopt(e, CURLOPT_ERRORBUFFER, x->errbuf);
+	/* A retry never trusts a pooled connection: the last one just died.
+	 * Nor does a write: curl resends a request by itself when a kept-alive
+	 * connection turns out dead, and a write must never go out twice. */
+	curl_easy_setopt(e, CURLOPT_FRESH_CONNECT, x->retried || !idempotent(x) ? 1L : 0L);
 	curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, on_header);
 	curl_easy_setopt(e, CURLOPT_HEADERDATA, x);
 	curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, on_write);
@@ -1014,6 +1085,81 @@ static void xfer_launch(struct upstream *u, struct up_xfer *x, const char *token
 	x->phase = PH_RUNNING;
 	x->wnext = u->running;
 	u->running = x;
+	u->nrunning++;
+	note_load(u);
+}
+
+/*
+ * At most max_concurrent transfers talk to the API at once (a job array of
+ * 500 scripts must not become 500 calls); the rest wait their turn in
+ * order, up to max_queued of them, and beyond that are refused at once
+ * rather than pile up.
+ */
+static void xfer_queue(struct upstream *u, struct up_xfer *x, double now)
+{
+	if (u->nqueued >= u->cfg->max_queued) {
+		pthread_mutex_lock(&u->clock);
+		u->counters.refused_busy++;
+		pthread_mutex_unlock(&u->clock);
+		xfer_fail(u, x, UP_ERR_BUSY,
+			  "kaleidod already has %u requests out to %s and %u waiting for one "
+			  "of those connections ([upstream] max_concurrent, max_queued)",
+			  u->nrunning, u->url, u->nqueued);
+		return;
+	}
+	x->phase = PH_QUEUED;
+	x->queued_at = now;
+	x->wnext = NULL;
+	*u->queued_tail = x;
+	u->queued_tail = &x->wnext;
+	u->nqueued++;
+	note_load(u);
+}
+
+/* Launches x with tok, or queues it while every slot is taken. */
+/* What the 429 windows say of x now (asked once: a request cleared stays
+ * cleared through its replays and retry).  GO counts against the pace. */
+static enum throttle_verdict clearance(struct upstream *u, struct up_xfer *x, double now,
+				       double *left)
+{
+	enum throttle_verdict v = THROTTLE_GO;
+
+	*left = 0;
+	if (!x->cleared && (v = throttle_check(u->thr, x->scope, now, left)) == THROTTLE_GO)
+		x->cleared = 1;
+	return v;
+}
+
+/* x comes inside a 429 window: it never reaches the API. */
+static void refuse_throttled(struct upstream *u, struct up_xfer *x, double left)
+{
+	pthread_mutex_lock(&u->clock);
+	u->counters.refused_throttled++;
+	pthread_mutex_unlock(&u->clock);
+	xfer_fail(u, x, UP_ERR_THROTTLED,
+		  "the API asked kaleidod to slow down (429) and %s is paused for %.0f s more",
+		  x->scope >= 0 ? "this list" : "every request", left + 0.5);
+}
+
+/* Launches x with tok, or queues it while every slot is taken or the
+ * release after a 429 window says not yet. */
+static void xfer_go(struct upstream *u, struct up_xfer *x, const char *tok, unsigned gen,
+		    double now)
+{
+	double left;
+	enum throttle_verdict v = clearance(u, x, now, &left);
+
+	if (v == THROTTLE_WAIT) {
+		pthread_mutex_lock(&u->clock);
+		u->counters.paced++;
+		pthread_mutex_unlock(&u->clock);
+	}
+	if (v == THROTTLE_REFUSE)
+		refuse_throttled(u, x, left);
+	else if (v == THROTTLE_WAIT || u->nrunning >= u->cfg->max_concurrent)
+		xfer_queue(u, x, now);
+	else
+		xfer_launch(u, x, tok, gen);
 }
 
 static void auth_failure_detail(struct upstream *u, char *out, size_t len)
@@ -1033,7 +1179,7 @@ static void xfer_dispatch(struct upstream *u, struct up_xfer *x, double now)
 	char why[512];
 
 	if (tok != NULL) {
-		xfer_launch(u, x, tok, gen);
+		xfer_go(u, x, tok, gen, now);
 		return;
 	}
 	if (auth_in_backoff(u->auth, now) && !auth_busy(u->auth)) {
@@ -1068,7 +1214,7 @@ static void drain_waiting(struct upstream *u, double now)
 		x->wnext = NULL;
 		x->phase = PH_NEW;
 		if (tok != NULL) {
-			xfer_launch(u, x, tok, gen);
+			xfer_go(u, x, tok, gen, now);
 		} else {
 			auth_failure_detail(u, why, sizeof(why));
 			xfer_fail(u, x, UP_ERR_AUTH, "%s", why);
@@ -1091,6 +1237,45 @@ static enum up_error curl_err_kind(CURLcode rc)
 	}
 }
 
+/* A failure of the connection itself, before any answer: the request may
+ * not even have reached the API. */
+static int connection_failed(CURLcode rc)
+{
+	switch (rc) {
+	case CURLE_COULDNT_CONNECT:
+	case CURLE_SEND_ERROR:
+	case CURLE_RECV_ERROR:
+	case CURLE_GOT_NOTHING:
+	case CURLE_SSL_CONNECT_ERROR:
+	case CURLE_SEND_FAIL_REWIND: /* died, and curl could not resend it */
+		return 1;
+	default:
+		return 0;
+	}
+}
+
+/*
+ * Whether x goes out once more after rc: a GET or HEAD (idempotent, RFC
+ * 9110 9.2.2) whose connection failed before any answer, so nothing of it
+ * reached the client, with a body that can be sent again.  Counted either
+ * way, so a flaky API shows in the stats.
+ */
+static int retry_after(struct upstream *u, struct up_xfer *x, CURLcode rc)
+{
+	int retry;
+
+	if (!connection_failed(rc) || x->answered)
+		return 0;
+	retry = idempotent(x) && !x->retried && x->body_mode != UP_BODY_STREAM;
+	pthread_mutex_lock(&u->clock);
+	if (retry)
+		u->counters.retried++;
+	else if (!idempotent(x))
+		u->counters.not_retried++;
+	pthread_mutex_unlock(&u->clock);
+	return retry;
+}
+
 static void xfer_done(struct upstream *u, struct up_xfer *x, CURLcode rc, double now)
 {
 	int framed;
@@ -1098,8 +1283,7 @@ static void xfer_done(struct upstream *u, struct up_xfer *x, CURLcode rc, double
 
 	if (x->discard && rc == CURLE_OK) {
 		/* 401: a fresh token, then the same request once more. */
-		curl_multi_remove_handle(u->multi, x->easy);
-		list_remove(&u->running, x);
+		running_remove(u, x);
 		x->phase = PH_NEW;
 		x->replayed++;
 		x->failed_gen = x->token_gen;
@@ -1122,6 +1306,14 @@ static void xfer_done(struct upstream *u, struct up_xfer *x, CURLcode rc, double
 			  "the API's answer headers are larger than kaleidod takes (a field over "
 			  "100 KB)%s%s",
 			  x->errbuf[0] ? ": " : "", x->errbuf);
+		return;
+	}
+	if (rc != CURLE_OK && retry_after(u, x, rc)) {
+		running_remove(u, x);
+		x->phase = PH_NEW;
+		x->retried = 1;
+		x->errbuf[0] = '\0';
+		xfer_dispatch(u, x, now);
 		return;
 	}
 	if (rc != CURLE_OK) {
@@ -1174,6 +1366,22 @@ static double check_deadlines(struct upstream *u, double now)
 		if (left <= 0) {
 			xfer_fail(u, x, UP_ERR_TIMEOUT, "no answer from %s within %u s", u->url,
 				  (unsigned)limit);
+			continue;
+		}
+		if (left < next)
+			next = left;
+	}
+	/* Waiting for a slot is bounded by the same timeout: an API too slow
+	 * to free one is as good as one that does not answer. */
+	for (x = u->queued; x != NULL; x = nx) {
+		double left = x->queued_at + (double)u->cfg->timeout - now;
+
+		nx = x->wnext;
+		if (left <= 0) {
+			xfer_fail(u, x, UP_ERR_BUSY,
+				  "waited %u s for one of the %u connections to %s ([upstream] "
+				  "max_concurrent); the API is slow or overloaded",
+				  u->cfg->timeout, u->cfg->max_concurrent, u->url);
 			continue;
 		}
 		if (left < next)
@@ -1273,6 +1481,8 @@ static void shutdown_all(struct upstream *u)
 		xfer_fail(u, u->running, UP_ERR_SHUTDOWN, "kaleidod is shutting down");
 	while (u->waiting != NULL)
 		xfer_fail(u, u->waiting, UP_ERR_SHUTDOWN, "kaleidod is shutting down");
+	while (u->queued != NULL)
+		xfer_fail(u, u->queued, UP_ERR_SHUTDOWN, "kaleidod is shutting down");
 	if (u->tok_easy != NULL) {
 		struct curl_slist *h = NULL;
 
@@ -1285,12 +1495,39 @@ static void shutdown_all(struct upstream *u)
 	}
 }
 
+/* Hands freed slots to the oldest queued transfers the 429 windows let
+ * go.  Returns seconds until the paced release lets another go (1 when
+ * nothing waits for it). */
+static double launch_queued(struct upstream *u, double now)
+{
+	double wake = 1.0, left;
+	struct up_xfer *x, *nx;
+
+	for (x = u->queued; x != NULL && u->nrunning < u->cfg->max_concurrent; x = nx) {
+		enum throttle_verdict v = clearance(u, x, now, &left);
+
+		nx = x->wnext;
+		if (v == THROTTLE_WAIT) {
+			if (left < wake)
+				wake = left;
+			continue;
+		}
+		queue_remove(u, x);
+		x->phase = PH_NEW;
+		if (v == THROTTLE_REFUSE)
+			refuse_throttled(u, x, left);
+		else
+			xfer_dispatch(u, x, now);
+	}
+	return wake;
+}
+
 static void *worker(void *arg)
 {
 	struct upstream *u = arg;
 
 	for (;;) {
-		double now = mono_now(), wait, due;
+		double now = mono_now(), wait, due, paced;
 		int stopping, running;
 
 		run_commands(u, now);
@@ -1305,8 +1542,11 @@ static void *worker(void *arg)
 		curl_multi_perform(u->multi, &running);
 		finish_messages(u, mono_now());
 		drain_waiting(u, mono_now());
+		paced = launch_queued(u, mono_now());
 		now = mono_now();
 		wait = check_deadlines(u, now);
+		if (paced < wait)
+			wait = paced;
 		due = auth_next_due(u->auth, now);
 		if (due >= 0 && due < wait)
 			wait = due;
@@ -1337,6 +1577,7 @@ struct upstream *upstream_new(const struct config *cfg, const struct up_events *
 		return NULL;
 	}
 	u->cfg = cfg;
+	u->queued_tail = &u->queued;
 	if (ev != NULL)
 		u->events = *ev;
 	pthread_mutex_init(&u->qlock, NULL);
@@ -1358,12 +1599,17 @@ struct upstream *upstream_new(const struct config *cfg, const struct up_events *
 	u->auth = auth_new(cfg->client_id ? cfg->client_id : "",
 			   cfg->client_secret ? cfg->client_secret : "", cfg->auth_retry_min,
 			   cfg->auth_retry_max);
-	if (u->url == NULL || u->client_id == NULL || u->multi == NULL || u->auth == NULL) {
+	/* After a 429 window, a quarter of the slots a second: what waited
+	 * goes out over a few seconds, not at once. */
+	u->thr = throttle_new(cfg->nfamilies, cfg->max_concurrent / 4);
+	if (u->url == NULL || u->client_id == NULL || u->multi == NULL || u->auth == NULL ||
+	    u->thr == NULL) {
 		snprintf(err, errlen, "out of memory");
 		goto fail;
 	}
-	/* Idle upstream connections are kept for reuse; one per transfer at most. */
-	curl_multi_setopt(u->multi, CURLMOPT_MAXCONNECTS, 64L);
+	/* Idle upstream connections are kept for reuse; one per slot at least. */
+	curl_multi_setopt(u->multi, CURLMOPT_MAXCONNECTS,
+			  cfg->max_concurrent > 64 ? (long)cfg->max_concurrent : 64L);
 	if (pthread_create(&u->thread, NULL, worker, u) != 0) {
 		snprintf(err, errlen, "cannot start the upstream thread: %s", strerror(errno));
 		goto fail;
@@ -1397,6 +1643,7 @@ void upstream_free(struct upstream **up)
 	if (u->multi != NULL)
 		curl_multi_cleanup(u->multi);
 	auth_free(&u->auth);
+	throttle_free(&u->thr);
 	forget_token(u);
 	free(u->url);
 	free(u->client_id);
@@ -1450,6 +1697,11 @@ int upstream_looped(struct upstream *u, double within)
 	return at > 0 && (double)(time(NULL) - at) < within;
 }
 
+double upstream_throttle_left(struct upstream *u, int scope)
+{
+	return throttle_left(u->thr, scope, mono_now());
+}
+
 void upstream_counters(struct upstream *u, struct upstream_counters *out)
 {
 	pthread_mutex_lock(&u->clock);
@@ -1500,6 +1752,7 @@ struct up_xfer *upstream_start(struct upstream *u, const struct up_request *req,
 	x->body_mode = req->body_mode;
 	x->body_len = req->body_len;
 	x->accept_identity = req->accept_identity;
+	x->scope = req->scope;
 	x->length = -1;
 	if (x->method == NULL || x->url == NULL || x->building == NULL)
 		goto fail;

@@ -56,9 +56,11 @@ enum up_error {
 	UP_ERR_CONNECT, /* could not reach the API (DNS, refused, TLS, reset) */
 	UP_ERR_TIMEOUT, /* no answer in time */
 	UP_ERR_AUTH, /* no upstream token: the API refused our credentials or is unreachable for them */
-	UP_ERR_PROTOCOL, /* the API answered something that is not HTTP */
-	UP_ERR_SHUTDOWN, /* the daemon is stopping */
-	UP_ERR_INTERNAL, /* out of memory and the like */
+	UP_ERR_PROTOCOL,  /* the API answered something that is not HTTP */
+	UP_ERR_SHUTDOWN,  /* the daemon is stopping */
+	UP_ERR_INTERNAL,  /* out of memory and the like */
+	UP_ERR_BUSY,      /* every connection to the API busy, and the queue full or too slow */
+	UP_ERR_THROTTLED, /* inside a pause the API asked for with 429 */
 };
 
 /*
@@ -132,6 +134,9 @@ struct up_request {
 	 * identity), and decode one the API applies anyway, so the body
 	 * delivered is always identity. */
 	int accept_identity;
+	/* Which 429 pauses apply: the request's family, or -1 (a 429 to a
+	 * request in no family pauses everything). */
+	int scope;
 };
 
 enum up_state {
@@ -172,8 +177,20 @@ int upstream_looped(struct upstream *u, double within);
 /* Counters the worker keeps. */
 struct upstream_counters {
 	unsigned long long started, replayed_401, failed, active;
+	/* Connection failures before an answer: GET/HEAD sent once more, and
+	 * other methods' (never sent twice). */
+	unsigned long long retried, not_retried;
+	/* Transfers talking to the API now, waiting for one of the
+	 * max_concurrent slots now, and refused because the queue was full. */
+	unsigned long long running, queued, refused_busy;
+	/* 429s from the API, requests kept from it during the pauses, and
+	 * requests held back by the paced release after one. */
+	unsigned long long throttled, refused_throttled, paced;
 };
 void upstream_counters(struct upstream *u, struct upstream_counters *out);
+/* Seconds left of the 429 pause on scope (its family's or everything's),
+ * 0 when none is in force. */
+double upstream_throttle_left(struct upstream *u, int scope);
 
 /*
  * Hands a request to the worker.  The request is copied; the hooks and

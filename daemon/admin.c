@@ -184,6 +184,14 @@ char *admin_stats(const struct front_deps *d, unsigned *status)
 	cJSON_AddNumberToObject(up, "failed", (double)uc.failed);
 	cJSON_AddNumberToObject(up, "active", (double)uc.active);
 	cJSON_AddNumberToObject(up, "replayed_401", (double)uc.replayed_401);
+	cJSON_AddNumberToObject(up, "retried", (double)uc.retried);
+	cJSON_AddNumberToObject(up, "not_retried", (double)uc.not_retried);
+	cJSON_AddNumberToObject(up, "running", (double)uc.running);
+	cJSON_AddNumberToObject(up, "queued", (double)uc.queued);
+	cJSON_AddNumberToObject(up, "refused_busy", (double)uc.refused_busy);
+	cJSON_AddNumberToObject(up, "throttled", (double)uc.throttled);
+	cJSON_AddNumberToObject(up, "refused_throttled", (double)uc.refused_throttled);
+	cJSON_AddNumberToObject(up, "paced", (double)uc.paced);
 	add_cache_stats(d, o);
 	text = cJSON_PrintUnformatted(o);
 	cJSON_Delete(o);

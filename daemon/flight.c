@@ -439,6 +439,7 @@ void flight_run(struct flights *fs, struct objtab_fetch *f, const char *target,
 	req.target = target;
 	req.headers = h;
 	req.accept_identity = 1; /* what the cache keeps; gzip is made here */
+	req.scope = objtab_fetch_family(f);
 	if (h != NULL && collect_sink(fs->cfg->max_entry_size, on_collected, xfer_ref_free,
 				      flight_ref(fl), &sink) == 0) {
 		x = upstream_start(fs->up, &req, NULL, &sink);

@@ -240,6 +240,34 @@ static enum MHD_Result respond_too_many(struct req *r)
 	return queue_and_drop(r, MHD_HTTP_SERVICE_UNAVAILABLE, resp);
 }
 
+/* Every connection to the API busy and the queue full (or too slow): 503
+ * with Retry-After, so a client that honours it comes back later. */
+static enum MHD_Result respond_busy(struct req *r, const char *detail)
+{
+	char text[1024];
+	struct MHD_Response *resp;
+
+	snprintf(text, sizeof(text), "%s. Retry in a moment.", detail);
+	if ((resp = json_response(error_json(r, "upstream busy", text))) != NULL)
+		MHD_add_response_header(resp, "Retry-After", "1");
+	return queue_and_drop(r, MHD_HTTP_SERVICE_UNAVAILABLE, resp);
+}
+
+/* Inside a pause the API asked for: its 429, passed on in kaleidod's words,
+ * with the seconds the pause has left. */
+static enum MHD_Result respond_throttled(struct req *r, const char *detail)
+{
+	char text[1024], secs[24];
+	struct MHD_Response *resp;
+	double left = upstream_throttle_left(r->f->d.up, r->family);
+
+	snprintf(text, sizeof(text), "%s; retry after the pause.", detail);
+	snprintf(secs, sizeof(secs), "%.0f", left < 1 ? 1 : left + 0.999);
+	if ((resp = json_response(error_json(r, "rate limited", text))) != NULL)
+		MHD_add_response_header(resp, "Retry-After", secs);
+	return queue_and_drop(r, MHD_HTTP_TOO_MANY_REQUESTS, resp);
+}
+
 /* This serve thread's own hit cache, or NULL off the serve threads. */
 static struct hitcache *thread_hitcache(struct front *f)
 {
@@ -508,6 +536,7 @@ static int start_upstream(struct req *r, const char *method)
 	rq.method = method;
 	rq.target = r->target;
 	rq.headers = h;
+	rq.scope = r->family;
 	if (r->streaming) {
 		rq.body_mode = UP_BODY_STREAM;
 		rq.body_len = r->body_len;
@@ -621,8 +650,9 @@ static enum MHD_Result answer_failure(struct req *r, enum up_error e, const char
 	const char *url = upstream_url(r->f->d.up);
 
 	stats_inc(r->f->d.stats, r->family, STATS_UPSTREAM_ERRORS);
-	if (stale_usable(r) && (e == UP_ERR_CONNECT || e == UP_ERR_TIMEOUT || e == UP_ERR_AUTH ||
-				e == UP_ERR_PROTOCOL)) {
+	if (stale_usable(r) &&
+	    (e == UP_ERR_CONNECT || e == UP_ERR_TIMEOUT || e == UP_ERR_AUTH ||
+	     e == UP_ERR_PROTOCOL || e == UP_ERR_BUSY || e == UP_ERR_THROTTLED)) {
 		log_info("%s: serving stale copy: %s", r->target, detail);
 		return respond_entry(r, r->stale, XC_STALE);
 	}
@@ -641,6 +671,10 @@ static enum MHD_Result answer_failure(struct req *r, enum up_error e, const char
 	case UP_ERR_SHUTDOWN:
 		return respond_error(r, MHD_HTTP_SERVICE_UNAVAILABLE, "shutting down",
 				     "kaleidod is stopping; retry in a moment.");
+	case UP_ERR_BUSY:
+		return respond_busy(r, detail);
+	case UP_ERR_THROTTLED:
+		return respond_throttled(r, detail);
 	case UP_ERR_INTERNAL:
 		return respond_error(r, MHD_HTTP_INTERNAL_SERVER_ERROR, "internal error", "%s",
 				     detail);
@@ -805,7 +839,7 @@ static int step_wait(struct req *r)
 		e = objtab_fetch_entry(r->fetch, &reval);
 		if (other_variant_of_fetch(r, e))
 			break;
-		if (entry_status(e) >= 500 && stale_usable(r)) {
+		if ((entry_status(e) >= 500 || entry_status(e) == 429) && stale_usable(r)) {
 			log_info("%s: the API answered %ld; serving stale copy", r->target,
 				 entry_status(e));
 			stats_inc(r->f->d.stats, r->family, STATS_UPSTREAM_ERRORS);
@@ -861,7 +895,8 @@ static int step_fetch(struct req *r, const char *method)
 	case UP_HEADERS:
 		break;
 	}
-	if (stale_usable(r) && upstream_xfer_status(r->x) >= 500) {
+	if (stale_usable(r) &&
+	    (upstream_xfer_status(r->x) >= 500 || upstream_xfer_status(r->x) == 429)) {
 		log_info("%s: the API answered %ld; serving stale copy", r->target,
 			 upstream_xfer_status(r->x));
 		stats_inc(f->d.stats, r->family, STATS_UPSTREAM_ERRORS);

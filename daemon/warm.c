@@ -59,7 +59,8 @@ struct warm *warm_new(const struct config *cfg, struct upstream *up, struct objt
 	for (int i = 0; i < n && i < cfg->nfamilies; i++) {
 		struct base *b = &w->bases[w->nbases];
 
-		if (policy_family_ttl(policy, i) == 0 || cfg->families[i].npaths == 0)
+		if (policy_family_ttl(policy, i) == 0 || cfg->families[i].npaths == 0 ||
+		    !cfg->families[i].refresh_ahead)
 			continue;
 		b->family = i;
 		b->path = cfg->families[i].paths[0];

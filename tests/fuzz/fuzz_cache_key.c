@@ -16,7 +16,8 @@
  *    changes nothing; with no name repeated, the target with its parameters
  *    reversed has the same key;
  *  - policy_family() reads only pathlen bytes and names a family one of
- *    whose prefixes covers the path (the longest), or -1 when none does;
+ *    whose prefixes covers the path (the longest; a "*" segment matches
+ *    any one segment) and none of whose excepts does, or -1 when none does;
  *  - a write invalidates the family a read of the same path would use;
  *    GET and HEAD invalidate nothing.
  */
@@ -34,6 +35,8 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
 		{ "family.exports", "paths", "/records/export" },
 		{ "family.exports", "invalidated_by", "/push/imports /records" },
 		{ "family.deep", "paths", "/a/b/c/ /a/b" },
+		{ "family.wild", "paths", "/a/*/c /x/*/*/y" },
+		{ "family.wild", "except", "/a/b/c/d /x/*/z" },
 	};
 	char err[256];
 
@@ -50,26 +53,44 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
 	return 0;
 }
 
-/* Length of prefix (trailing '/' ignored) when it covers path, else 0. */
+/* The next '/'-separated segment of s[*i..len) (the first of an absolute
+ * path is empty); 0 when none is left. */
+static int next_segment(const char *s, size_t len, size_t *i, const char **seg, size_t *seglen)
+{
+	if (*i > len)
+		return 0;
+	*seg = s + *i;
+	*seglen = 0;
+	while (*i + *seglen < len && s[*i + *seglen] != '/')
+		(*seglen)++;
+	*i += *seglen + 1;
+	return 1;
+}
+
+/* Length of prefix (trailing '/' ignored) when it covers path, else 0:
+ * segment by segment, a "*" segment matching any one non-empty one. */
 static size_t covers(const char *prefix, const char *path, size_t pathlen)
 {
-	size_t plen = strlen(prefix);
+	size_t plen = strlen(prefix), pi = 0, qi = 0, pl, ql;
+	const char *ps, *qs;
 
 	while (plen > 0 && prefix[plen - 1] == '/')
 		plen--;
-	if (pathlen < plen || memcmp(prefix, path, plen) != 0)
-		return 0;
-	if (pathlen > plen && path[plen] != '/')
-		return 0;
+	while (next_segment(prefix, plen, &pi, &ps, &pl)) {
+		if (!next_segment(path, pathlen, &qi, &qs, &ql))
+			return 0;
+		if (pl == 1 && ps[0] == '*' ? ql == 0 : pl != ql || memcmp(ps, qs, pl) != 0)
+			return 0;
+	}
 	return plen + 1;
 }
 
-static size_t best_cover(int fam, const char *path, size_t pathlen)
+static size_t best_of(char *const *prefixes, int n, const char *path, size_t pathlen)
 {
 	size_t best = 0;
 
-	for (int j = 0; j < cfg->families[fam].npaths; j++) {
-		size_t l = covers(cfg->families[fam].paths[j], path, pathlen);
+	for (int j = 0; j < n; j++) {
+		size_t l = covers(prefixes[j], path, pathlen);
 
 		if (l > best)
 			best = l;
@@ -77,19 +98,34 @@ static size_t best_cover(int fam, const char *path, size_t pathlen)
 	return best;
 }
 
+static size_t best_cover(int fam, const char *path, size_t pathlen)
+{
+	return best_of(cfg->families[fam].paths, cfg->families[fam].npaths, path, pathlen);
+}
+
+/* What fam offers a read of path: nothing when one of its excepts covers it. */
+static size_t read_cover(int fam, const char *path, size_t pathlen)
+{
+	const struct config_family *f = &cfg->families[fam];
+
+	return best_of(f->except, f->nexcept, path, pathlen) > 0 ? 0 :
+								   best_cover(fam, path, pathlen);
+}
+
 static void check_paths(const char *path, size_t pathlen)
 {
 	char *exact = fuzz_bytes(path, pathlen); /* no NUL: reads stop at pathlen */
 	int fam = policy_family(pol, exact, pathlen);
 	uint32_t post = policy_invalidates(pol, "POST", exact, pathlen);
-	size_t mine = fam >= 0 ? best_cover(fam, path, pathlen) : 0;
+	size_t mine = fam >= 0 ? read_cover(fam, path, pathlen) : 0;
 
 	FUZZ_CHECK(fam >= -1 && fam < policy_family_count(pol), "family %d", fam);
 	FUZZ_CHECK(fam < 0 || mine > 0, "family %d does not cover the path", fam);
 	for (int i = 0; i < policy_family_count(pol); i++) {
 		size_t l = best_cover(i, path, pathlen);
 
-		FUZZ_CHECK(l <= mine, "family %d covers longer than the one chosen (%d)", i, fam);
+		FUZZ_CHECK(read_cover(i, path, pathlen) <= mine,
+			   "family %d covers longer than the one chosen (%d)", i, fam);
 		FUZZ_CHECK(l == 0 || (post & (UINT32_C(1) << i)), "a write misses family %d", i);
 	}
 	FUZZ_CHECK(fam < 0 || (post & (UINT32_C(1) << fam)), "a write keeps family %d", fam);

@@ -54,7 +54,7 @@ def test_every_family_path_subpath_and_query_is_cached(daemon, mock, target):
     assert mock.count("GET " + target.split("?")[0]) == 1
 
 
-@pytest.mark.parametrize("target", ["/programsx", "/activities", "/record_views_other/x"])
+@pytest.mark.parametrize("target", ["/programsx", "/workspaces/events", "/record_views_other/x"])
 def test_paths_outside_the_families_are_not_cached(daemon, mock, target):
     s = Sdk(daemon.port)
     for _ in range(2):

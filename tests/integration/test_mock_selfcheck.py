@@ -44,7 +44,19 @@ def test_mock_generations_faults_hold_and_bodies(mock):
     assert request(mock.port, "PUT", "/record_views/abc/add_key_field", auth, b"{}").status == 200
     assert "(gen 2)" in request(mock.port, "GET", "/record_views", auth).body.decode()
     request(mock.port, "POST", "/push/imports", auth, b"{}")
-    assert mock.stats()["gens"] == {"programs": 1, "entity_slices": 2, "record_views": 3}
+    gens = mock.stats()["gens"]
+    assert {k: gens[k] for k in ("programs", "entity_slices", "record_views")} == \
+        {"programs": 1, "entity_slices": 2, "record_views": 3}, gens
+    # An import may create fields too; the other lists stay as they were.
+    assert (gens["key_fields"], gens["data_fields"], gens["activities"]) == (2, 2, 1), gens
+    # The other lists: the echo, with their family and generation.
+    r = request(mock.port, "GET", "/records/r1/operations?x=1", auth).json()
+    assert (r["family"], r["gen"], r["target"]) == ("record_operations", 1,
+                                                    "/records/r1/operations?x=1"), r
+    assert "family" not in request(mock.port, "GET", "/workspaces/events", auth).json()
+    request(mock.port, "PUT", "/operations/o1/records", auth, b"{}")
+    gens = mock.stats()["gens"]
+    assert (gens["records"], gens["record_operations"]) == (2, 2), gens
 
     body = bytes(range(256)) * 5000
     up = request(mock.port, "POST", "/records/x/values/file", auth + [("Content-Type", "a/b")],

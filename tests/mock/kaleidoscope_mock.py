@@ -4,7 +4,9 @@
 One process, Python standard library only.  It speaks HTTP/1.1 with
 keep-alive, issues and checks OAuth tokens like the real API, answers the
 three cached families (programs, entity_slices, record_views) with
-deterministic JSON whose generation changes on writes, streams large CSV
+deterministic JSON whose generation changes on writes, echoes the other
+lists the newer SDK caches with their family and generation (moved on by
+the writes that change them), streams large CSV
 exports, hashes uploaded bodies, echoes everything else, and lets a test
 inject faults and hold requests through the unauthenticated /_mock/ routes.
 See README.md beside this file.
@@ -34,6 +36,30 @@ CROSS_WRITES = {
     "/key_fields": ("entity_slices", "record_views"),
     "/data_fields": ("entity_slices", "record_views"),
 }
+# The other lists the newer SDK caches (issue 10): answered like any other
+# GET (the echo), plus the list's family and generation, which the API's
+# writes below move on.  Longest prefix wins; '*' is one path segment.
+LISTS = {
+    "key_fields": ("/key_fields",), "data_fields": ("/data_fields",),
+    "property_fields": ("/property_fields",), "activities": ("/activities",),
+    "activity_definitions": ("/activity_definitions",),
+    "activity_labels": ("/activity_labels",), "dashboards": ("/dashboards",),
+    "workspace_active": ("/workspaces/active",),
+    "workspace_members": ("/workspaces/members",),
+    "workspace_groups": ("/workspaces/groups",),
+    "records": ("/records",),
+    "record_operations": ("/records/*/operations", "/operations/*/records"),
+}
+NOT_LISTS = ("/records/export",)
+# What each write of the API changes (a list's own prefix always changes it).
+WRITE_EFFECTS = (
+    ("/key_fields", ("key_fields", "entity_slices", "record_views")),
+    ("/data_fields", ("data_fields", "entity_slices", "record_views")),
+    ("/push/imports", ("entity_slices", "record_views", "key_fields", "data_fields")),
+    ("/properties", ("property_fields", "records")),
+    ("/records", ("records", "record_operations")),
+    ("/operations/*/records", ("record_operations", "records")),
+)
 HOLD_MAX_S = 600.0
 
 
@@ -106,15 +132,16 @@ class State:
         self.issued_access = []
         self.issued_refresh = []
         self.grants = []         # {"grant", "t" (monotonic), "expires_in"}
-        self.gen = {f: 1 for f in FAMILIES}
+        self.gen = {f: 1 for f in FAMILIES + tuple(LISTS)}
         # Whole seconds, as Last-Modified says them; a bump always moves it
         # to a later second, so If-Modified-Since tells generations apart.
-        self.modified = {f: int(time.time()) for f in FAMILIES}
+        self.modified = {f: int(time.time()) for f in FAMILIES + tuple(LISTS)}
         self.counts = {}
         self.conditional = {}    # "METHOD /path" -> requests with INM or IMS
         self.not_modified = {}   # "METHOD /path" -> 304s answered
         self.tok = {"client_credentials": 0, "refresh_token": 0, "rejected": 0}
         self.inflight = 0
+        self.inflight_peak = 0  # most requests at once since start or DELETE /_mock/peak
         self.total = 0
         self.unauthorized = 0
         self.held = 0
@@ -187,6 +214,30 @@ class State:
 def prefix_match(path, prefix):
     return path == prefix or path.startswith(prefix.rstrip("/") + "/") or \
         (prefix.endswith("/") and path.startswith(prefix))
+
+
+def covers(prefix, path):
+    """Segment by segment, '*' standing for any one non-empty segment;
+    the prefix's length when it covers path, else 0."""
+    want = prefix.rstrip("/").split("/")
+    have = path.split("/")
+    if len(have) < len(want):
+        return 0
+    for w, h in zip(want, have):
+        if (w == "*" and not h) or (w != "*" and w != h):
+            return 0
+    return len(prefix)
+
+
+def list_of(path):
+    if any(covers(p, path) for p in NOT_LISTS):
+        return None
+    best, name = 0, None
+    for n, prefixes in LISTS.items():
+        for p in prefixes:
+            if covers(p, path) > best:
+                best, name = covers(p, path), n
+    return name
 
 
 def family_of(path):
@@ -373,6 +424,7 @@ class Handler(BaseHTTPRequestHandler):
                     st.conditional[key] = st.conditional.get(key, 0) + 1
                 st.total += 1
                 st.inflight += 1
+                st.inflight_peak = max(st.inflight_peak, st.inflight)
             try:
                 self.api(method)
             finally:
@@ -392,7 +444,8 @@ class Handler(BaseHTTPRequestHandler):
             with st.lock:
                 out = {"counts": dict(st.counts), "conditional": dict(st.conditional),
                        "not_modified": dict(st.not_modified), "token": dict(st.tok),
-                       "inflight": st.inflight, "total": st.total,
+                       "inflight": st.inflight, "inflight_peak": st.inflight_peak,
+                       "total": st.total,
                        "unauthorized": st.unauthorized, "held": st.held,
                        "gens": dict(st.gen), "faults": [dict(f) for f in st.faults]}
             return self.send(200, out)
@@ -456,8 +509,13 @@ class Handler(BaseHTTPRequestHandler):
                 st.release_epoch += 1
                 st.lock.notify_all()
             return self.send(200, {"released": True})
+        if p == "/_mock/peak" and method == "DELETE":
+            # The peak of concurrent API requests starts again from now.
+            with st.lock:
+                st.inflight_peak = st.inflight
+            return self.send(200, {"inflight_peak": st.inflight_peak})
         if p == "/_mock/bump" and method == "POST":
-            st.bump([f for f in data.get("families", FAMILIES) if f in FAMILIES])
+            st.bump([f for f in data.get("families", FAMILIES) if f in st.gen])
             return self.send(200, {"gens": st.gen})
         return self.send(404, {"detail": "no such control route"})
 
@@ -543,6 +601,12 @@ class Handler(BaseHTTPRequestHandler):
                 return self.family(fam)
             if self.rpath == "/records/export/csv":
                 return self.export()
+            lst = list_of(self.rpath)
+            if lst:
+                ans = self.echo_data(method)
+                with st.lock:
+                    ans.update(family=lst, gen=st.gen[lst])
+                return self.send(200, ans)
             return self.echo(method)
         # A write.
         ans = self.echo_data(method)
@@ -551,6 +615,11 @@ class Handler(BaseHTTPRequestHandler):
             bumped.add(fam)
         for pre, fams in CROSS_WRITES.items():
             if prefix_match(self.rpath, pre):
+                bumped.update(fams)
+        if list_of(self.rpath):
+            bumped.add(list_of(self.rpath))
+        for pre, fams in WRITE_EFFECTS:
+            if covers(pre, self.rpath):
                 bumped.update(fams)
         if bumped:
             st.bump(sorted(bumped))

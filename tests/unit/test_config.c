@@ -158,7 +158,8 @@ static void test_defaults(void **state)
 	assert_string_equal(cfg->log_level, "info");
 	assert_null(cfg->config_file);
 
-	assert_int_equal(cfg->nfamilies, 3);
+	assert_int_equal(cfg->records, 0);
+	assert_int_equal(cfg->nfamilies, 15); /* the records families go at config_finish */
 	assert_string_equal(cfg->families[0].name, "programs");
 	assert_int_equal(cfg->families[0].npaths, 1);
 	assert_string_equal(cfg->families[0].paths[0], "/programs");
@@ -168,6 +169,22 @@ static void test_defaults(void **state)
 	assert_string_equal(cfg->families[1].paths[0], "/entity_slices");
 	assert_string_equal(cfg->families[2].name, "record_views");
 	assert_string_equal(cfg->families[2].paths[0], "/record_views");
+	assert_string_equal(cfg->families[3].name, "key_fields");
+	assert_int_equal(cfg->families[3].ninvalidated_by, 1);
+	assert_string_equal(cfg->families[3].invalidated_by[0], "/push/imports");
+	assert_int_equal(cfg->families[3].refresh_ahead, 1);
+	assert_string_equal(cfg->families[12].name, "workspace_groups");
+	assert_string_equal(cfg->families[12].paths[0], "/workspaces/groups");
+	assert_string_equal(cfg->families[13].name, "records");
+	assert_int_equal(cfg->families[13].ttl, 60);
+	assert_int_equal(cfg->families[13].nexcept, 1);
+	assert_string_equal(cfg->families[13].except[0], "/records/export");
+	assert_int_equal(cfg->families[13].refresh_ahead, 0);
+	assert_int_equal(cfg->families[13].records, 1);
+	assert_string_equal(cfg->families[14].paths[0], "/records/*/operations");
+	assert_int_equal(cfg->families[14].ttl, 10);
+	for (int i = 0; i < cfg->nfamilies; i++)
+		assert_int_equal(cfg->families[i].set, 0);
 	for (int i = 1; i <= 2; i++) {
 		assert_int_equal(cfg->families[i].ttl, 300);
 		assert_int_equal(cfg->families[i].ninvalidated_by, 3);
@@ -520,16 +537,17 @@ static void test_families(void **state)
 				   "paths = /activities/   /activity_definitions\n"
 				   "invalidated_by = /activities\n"),
 			 0);
-	assert_int_equal(cfg->nfamilies, 4);
+	assert_int_equal(cfg->nfamilies, 16);
 	f = &cfg->families[0];
 	assert_int_equal(f->ttl, 600);
+	assert_int_equal(f->set, 1);
 	assert_int_equal(f->npaths, 1);
 	assert_string_equal(f->paths[0], "/programs");
 	f = &cfg->families[2];
 	assert_int_equal(f->ttl, 300);
 	assert_int_equal(f->ninvalidated_by, 1);
 	assert_string_equal(f->invalidated_by[0], "/push/imports");
-	f = &cfg->families[3];
+	f = &cfg->families[15];
 	assert_string_equal(f->name, "experiments");
 	assert_int_equal(f->ttl, 300);
 	assert_int_equal(f->npaths, 2);
@@ -538,6 +556,11 @@ static void test_families(void **state)
 	assert_string_equal(f->invalidated_by[0], "/activities");
 	assert_int_equal(config_set(cfg, "cache", "file", "/tmp/c.db", NULL, err, sizeof(err)), 0);
 	assert_int_equal(config_finish(cfg, err, sizeof(err)), 0);
+	/* Without [cache] records the two records families are gone. */
+	assert_int_equal(cfg->nfamilies, 14);
+	assert_string_equal(cfg->families[12].name, "workspace_groups");
+	assert_string_equal(cfg->families[13].name, "experiments");
+	assert_string_equal(cfg->families[13].paths[1], "/activity_definitions");
 	config_free(&cfg);
 
 	/* a new family needs paths; checked once every source is in */
@@ -560,6 +583,52 @@ static void test_families(void **state)
 			  "[family.x] paths: a prefix is a path, without query or fragment");
 	expect_load_error("[family.x]\npaths = /1 /2 /3 /4 /5 /6 /7 /8 /9\n", 2,
 			  "[family.x] paths: too many prefixes (at most 8)");
+	expect_load_error("[family.x]\npaths = /*/records\n", 2,
+			  "[family.x] paths: a prefix must start with a named segment, not '*'");
+	expect_load_error("[family.x]\npaths = /a/b*\n", 2,
+			  "[family.x] paths: a '*' in a prefix stands for one whole segment: "
+			  "/records/*/values");
+	expect_load_error("[family.x]\nexcept = /a/*x/b\n", 2,
+			  "[family.x] except: a '*' in a prefix stands for one whole segment: "
+			  "/records/*/values");
+}
+
+/* The records families: off by default, on with one switch, and a section
+ * for them without the switch is an error rather than silently ignored. */
+static void test_records_families(void **state)
+{
+	struct config *cfg = config_new();
+
+	(void)state;
+	assert_int_equal(
+		load(cfg, "[cache]\nrecords = yes\nfile = /tmp/c.db\n"
+			  "[family.records]\nttl = 30\nexcept = /records/export /records/big\n"),
+		0);
+	assert_int_equal(config_finish(cfg, err, sizeof(err)), 0);
+	assert_int_equal(cfg->nfamilies, 15);
+	assert_string_equal(cfg->families[13].name, "records");
+	assert_int_equal(cfg->families[13].ttl, 30);
+	assert_int_equal(cfg->families[13].nexcept, 2);
+	assert_string_equal(cfg->families[14].name, "record_operations");
+	config_free(&cfg);
+
+	cfg = config_new();
+	assert_int_equal(
+		load(cfg, "[cache]\nfile = /tmp/c.db\n[family.record_operations]\nttl = 5\n"), 0);
+	assert_int_equal(config_finish(cfg, err, sizeof(err)), -1);
+	assert_string_equal(err, "[family.record_operations]: records are cached only with "
+				 "[cache] records = yes");
+	config_free(&cfg);
+
+	/* A family of one's own with the other families' switches off. */
+	cfg = config_new();
+	assert_int_equal(load(cfg, "[cache]\nfile = /tmp/c.db\n"
+				   "[family.programs]\nrefresh_ahead = no\n"),
+			 0);
+	assert_int_equal(config_finish(cfg, err, sizeof(err)), 0);
+	assert_int_equal(cfg->nfamilies, 13);
+	assert_int_equal(cfg->families[0].refresh_ahead, 0);
+	config_free(&cfg);
 }
 
 static void test_too_many_families(void **state)
@@ -576,9 +645,9 @@ static void test_too_many_families(void **state)
 	assert_int_equal(cfg->nfamilies, CONFIG_MAX_FAMILIES);
 	assert_int_equal(config_set(cfg, "family.extra", "paths", "/e", "--x", err, sizeof(err)),
 			 -1);
-	assert_string_equal(err, "--x: too many families (at most 16)");
+	assert_string_equal(err, "--x: too many families (at most 32)");
 	/* an existing family can still be changed */
-	assert_int_equal(config_set(cfg, "family.f5", "ttl", "1", NULL, err, sizeof(err)), 0);
+	assert_int_equal(config_set(cfg, "family.f20", "ttl", "1", NULL, err, sizeof(err)), 0);
 	config_free(&cfg);
 }
 
@@ -1281,6 +1350,7 @@ int main(void)
 		cmocka_unit_test_setup(test_header_conflicts_auth, clear_env),
 		cmocka_unit_test_setup(test_families, clear_env),
 		cmocka_unit_test_setup(test_too_many_families, clear_env),
+		cmocka_unit_test_setup(test_records_families, clear_env),
 		cmocka_unit_test_setup(test_env_precedence, clear_env),
 		cmocka_unit_test_setup(test_credentials_directory, clear_env),
 		cmocka_unit_test_setup(test_client_secret_file, clear_env),

@@ -2,8 +2,8 @@
  * test_policy: family matching, invalidation masks, cache keys, the
  * canonical query, Cache-Control and the TTL it allows.
  *
- * The families are built here, shaped like the three defaults, so the test
- * does not depend on config.c's table.
+ * The families are built here, shaped like the defaults, so most cases do
+ * not depend on config.c's table; one checks that table's invalidations.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -126,6 +126,28 @@ static void test_family_match(void **state)
 	assert_int_equal(policy_family(p, "/programs?x=1", 9), PROGRAMS);
 }
 
+/* Copies a NULL-terminated list into a family's fixed array. */
+static int strv(char **dst, char *const *src)
+{
+	int n = 0;
+
+	for (; src != NULL && src[n] != NULL; n++)
+		dst[n] = src[n];
+	return n;
+}
+
+/* c's next family: name, paths, and optionally invalidated_by and except. */
+static void add_family(struct config *c, char *name, char *const *paths, char *const *inv,
+		       char *const *except)
+{
+	struct config_family *f = &c->families[c->nfamilies++];
+
+	f->name = name;
+	f->npaths = strv(f->paths, paths);
+	f->ninvalidated_by = strv(f->invalidated_by, inv);
+	f->nexcept = strv(f->except, except);
+}
+
 static void test_family_longest_prefix(void **state)
 {
 	struct config c;
@@ -133,14 +155,8 @@ static void test_family_longest_prefix(void **state)
 
 	(void)state;
 	memset(&c, 0, sizeof(c));
-	c.families[0].name = "records";
-	c.families[0].paths[0] = "/records";
-	c.families[0].npaths = 1;
-	c.families[1].name = "exports";
-	c.families[1].paths[0] = "/records/export";
-	c.families[1].paths[1] = "/exports/";
-	c.families[1].npaths = 2;
-	c.nfamilies = 2;
+	add_family(&c, "records", (char *[]){ "/records", NULL }, NULL, NULL);
+	add_family(&c, "exports", (char *[]){ "/records/export", "/exports/", NULL }, NULL, NULL);
 	p = policy_new(&c);
 	assert_non_null(p);
 	assert_int_equal(fam(p, "/records/export/csv"), 1);
@@ -152,6 +168,97 @@ static void test_family_longest_prefix(void **state)
 	assert_int_equal(inv(p, "POST", "/records/1"), BIT(0));
 	policy_free(&p);
 	assert_null(p);
+}
+
+/* A '*' segment matches any one segment; except takes paths out of a family. */
+static void test_family_wildcard_and_except(void **state)
+{
+	struct config c;
+	struct policy *p;
+
+	(void)state;
+	memset(&c, 0, sizeof(c));
+	add_family(&c, "records", (char *[]){ "/records", NULL }, (char *[]){ "/operations", NULL },
+		   (char *[]){ "/records/export", NULL });
+	add_family(&c, "record_operations",
+		   (char *[]){ "/records/*/operations", "/operations/*/records/", NULL },
+		   (char *[]){ "/records", NULL }, NULL);
+	p = policy_new(&c);
+	assert_non_null(p);
+	assert_int_equal(fam(p, "/records"), 0);
+	assert_int_equal(fam(p, "/records/r1"), 0);
+	assert_int_equal(fam(p, "/records/r1/values"), 0);
+	assert_int_equal(fam(p, "/records/search"), 0);
+	/* The wildcard's prefix is longer, so it wins over "/records". */
+	assert_int_equal(fam(p, "/records/r1/operations"), 1);
+	assert_int_equal(fam(p, "/records/r1/operations/"), 1);
+	assert_int_equal(fam(p, "/records/r1/operationsX"), 0);
+	assert_int_equal(fam(p, "/records//operations"), 0);    /* '*' is never empty */
+	assert_int_equal(fam(p, "/records/a/b/operations"), 0); /* nor two segments */
+	assert_int_equal(fam(p, "/operations/o1/records"), 1);
+	assert_int_equal(fam(p, "/operations/o1"), -1);
+	assert_int_equal(fam(p, "/operations/o1/recordsX"), -1);
+	/* Excepted: forwarded, in no family. */
+	assert_int_equal(fam(p, "/records/export"), -1);
+	assert_int_equal(fam(p, "/records/export/csv"), -1);
+	assert_int_equal(fam(p, "/records/exports"), 0);
+	/* Writes. */
+	assert_int_equal(inv(p, "POST", "/records"), BIT(0) | BIT(1));
+	assert_int_equal(inv(p, "POST", "/records/r1/values"), BIT(0) | BIT(1));
+	assert_int_equal(inv(p, "PUT", "/operations/o1/records"), BIT(0) | BIT(1));
+	assert_int_equal(inv(p, "PUT", "/properties/p1"), 0);
+	policy_free(&p);
+}
+
+/* The built-in table: each write of the API empties what it changes. */
+static void test_default_table_invalidations(void **state)
+{
+	struct config *c = config_new();
+	struct policy *p;
+	char err[256];
+	int f[32];
+	const char *names[] = {
+		"programs",         "entity_slices",   "record_views",     "key_fields",
+		"data_fields",      "property_fields", "activities",       "activity_definitions",
+		"activity_labels",  "dashboards",      "workspace_active", "workspace_members",
+		"workspace_groups", "records",         "record_operations"
+	};
+
+	(void)state;
+	assert_non_null(c);
+	assert_int_equal(config_set(c, "cache", "records", "yes", NULL, err, sizeof(err)), 0);
+	assert_int_equal(config_set(c, "cache", "file", "/tmp/x.db", NULL, err, sizeof(err)), 0);
+	assert_int_equal(config_finish(c, err, sizeof(err)), 0);
+	p = policy_new(c);
+	assert_non_null(p);
+	assert_int_equal(policy_family_count(p), 15);
+	for (int i = 0; i < 15; i++) {
+		assert_string_equal(policy_family_name(p, i), names[i]);
+		f[i] = i;
+	}
+#define B(n) BIT(f[n])
+	assert_int_equal(inv(p, "POST", "/key_fields/"), B(1) | B(2) | B(3));
+	assert_int_equal(inv(p, "POST", "/data_fields/"), B(1) | B(2) | B(4));
+	assert_int_equal(inv(p, "POST", "/push/imports/s1"), B(1) | B(2) | B(3) | B(4));
+	assert_int_equal(inv(p, "PUT", "/record_views/v1/add_key_field"), B(2));
+	assert_int_equal(inv(p, "POST", "/activities"), B(6));
+	assert_int_equal(inv(p, "PUT", "/activities/a1"), B(6));
+	assert_int_equal(inv(p, "POST", "/dashboards/d1/categories"), B(9));
+	assert_int_equal(inv(p, "DELETE", "/dashboards/d1/charts/c1"), B(9));
+	assert_int_equal(inv(p, "PUT", "/properties/p1"), B(5) | B(13) | B(14));
+	assert_int_equal(inv(p, "POST", "/records"), B(13) | B(14));
+	assert_int_equal(inv(p, "POST", "/records/r1/values/file"), B(13) | B(14));
+	assert_int_equal(inv(p, "PUT", "/operations/o1/records"), B(13) | B(14));
+#undef B
+	assert_int_equal(fam(p, "/workspaces/members"), 11);
+	assert_int_equal(fam(p, "/workspaces/events"), -1);
+	assert_int_equal(fam(p, "/records/export/csv"), -1);
+	assert_int_equal(fam(p, "/records/r1/operations"), 14);
+	assert_int_equal(fam(p, "/records/identifiers"), 13);
+	assert_int_equal(policy_family_ttl(p, 13), 60);
+	assert_int_equal(policy_family_ttl(p, 14), 10);
+	policy_free(&p);
+	config_free(&c);
 }
 
 static void test_invalidates(void **state)
@@ -571,6 +678,8 @@ int main(void)
 		cmocka_unit_test(test_policy_owns_strings),
 		cmocka_unit_test_setup_teardown(test_family_match, setup, teardown),
 		cmocka_unit_test(test_family_longest_prefix),
+		cmocka_unit_test(test_family_wildcard_and_except),
+		cmocka_unit_test(test_default_table_invalidations),
 		cmocka_unit_test_setup_teardown(test_invalidates, setup, teardown),
 		cmocka_unit_test(test_cache_key),
 		cmocka_unit_test(test_canonical_query),
