@@ -84,6 +84,7 @@ static const char *check_listen(char *value);
 static const char *check_level(char *value);
 static const char *check_names(char *value);
 static const char *check_origins(char *value);
+static const char *check_audit(char *value);
 
 #define M(f) SC_MAIN, offsetof(struct config, f)
 #define F(f) SC_FAMILY, offsetof(struct config_family, f)
@@ -157,6 +158,15 @@ static const struct ckey ckeys[] = {
 
 	{ "log", "level", CT_STRING, "info", M(log_level), 0, 0, 0, check_level,
 	  "The least important messages logged: error, warn, info or debug (default info)" },
+	{ "log", "audit", CT_STRING, "off", M(audit), 0, 0, 0, check_audit,
+	  "The audit trail, a JSON line a request: an absolute FILE, journal or off (default off)" },
+
+	{ "gateway", "accounts", CT_STRING, NULL, M(accounts_file), 0, 0, 0, NULL,
+	  "The local accounts file; set, every request needs an account's token (default none)" },
+	{ "gateway", "allow_anonymous", CT_BOOL, "no", M(allow_anonymous), 0, 0, 0, NULL,
+	  "Serve a non-loopback address without accounts, anyone as the workspace (default no)" },
+	{ "gateway", "admin_from_loopback", CT_BOOL, "yes", M(admin_from_loopback), 0, 0, 0, NULL,
+	  "Admin endpoints open to loopback clients without a token (boolean, default yes)" },
 
 	{ "family", "paths", CT_PREFIXES, NULL, F(paths), offsetof(struct config_family, npaths), 0,
 	  0, NULL, "The path prefixes the family covers, at most 8 (required for a new family)" },
@@ -376,6 +386,13 @@ static const char *check_origins(char *value)
 			       "https://host[:port] (no path)";
 	}
 	return NULL;
+}
+
+static const char *check_audit(char *value)
+{
+	if (strcmp(value, "off") == 0 || strcmp(value, "journal") == 0 || value[0] == '/')
+		return NULL;
+	return "expected an absolute file name, journal or off";
 }
 
 static const char *check_level(char *value)
@@ -803,6 +820,8 @@ void config_free(struct config **cfgp)
 	free(cfg->allowed_origins);
 	free(cfg->cache_file);
 	free(cfg->log_level);
+	free(cfg->audit);
+	free(cfg->accounts_file);
 	for (i = 0; i < cfg->nfamilies; i++)
 		family_clear(&cfg->families[i]);
 	free(cfg->config_file);
@@ -1473,6 +1492,10 @@ void config_print(const struct config *cfg, FILE *out)
 		print_key(out, cfg, cfg, &ckeys[i]);
 	}
 	for (j = 0; j < cfg->nfamilies; j++) {
+		/* Without [cache] records they are not in effect (config_finish
+		 * drops them); printed, they would read back as if they were. */
+		if (cfg->families[j].records && !cfg->records)
+			continue;
 		fprintf(out, "\n[family.%s]\n", cfg->families[j].name);
 		for (i = 0; i < sizeof(ckeys) / sizeof(ckeys[0]); i++)
 			if (ckeys[i].scope == SC_FAMILY)

@@ -83,6 +83,12 @@ struct config {
 
 	/* [log] */
 	char *log_level; /* "error|warn|info|debug" */
+	char *audit;     /* "off", "journal" or an absolute file name */
+
+	/* [gateway] */
+	char *accounts_file;     /* NULL: no accounts, the personal daemon */
+	int allow_anonymous;     /* a non-loopback listener without accounts */
+	int admin_from_loopback; /* admin endpoints open to loopback without a token */
 
 	/* [family.NAME] sections, the defaults first */
 	struct config_family families[CONFIG_MAX_FAMILIES];

@@ -80,23 +80,44 @@ int localtoken_new(char *out, size_t outlen)
 	return 0;
 }
 
-/* One part of a form body, percent-decoded by curl; malloc'd or NULL. */
+/* One part of a form body, decoded as application/x-www-form-urlencoded
+ * ('+' is a space, then percent-decoding by curl); malloc'd or NULL. */
 static char *form_field(const char *p, size_t len)
 {
 	int outlen = 0;
-	char *d, *copy;
+	char *d, *copy, *plus;
 
 	/* curl reads a length of 0 as "up to the NUL": not what we mean. */
 	if (len == 0)
 		return strdup("");
-	d = curl_easy_unescape(NULL, p, (int)len, &outlen);
+	if ((plus = strndup(p, len)) == NULL)
+		return NULL;
+	for (char *c = plus; *c != '\0'; c++)
+		if (*c == '+')
+			*c = ' ';
+	d = curl_easy_unescape(NULL, plus, (int)len, &outlen);
+	explicit_bzero(plus, len);
+	free(plus);
 	copy = d != NULL ? strndup(d, (size_t)outlen) : NULL;
+	if (d != NULL)
+		explicit_bzero(d, (size_t)outlen);
 	curl_free(d);
 	return copy;
 }
 
-/* Scans key=value pairs; sets *grant_type (malloc'd) and *has_refresh. */
-static void scan_form(const char *body, size_t len, char **grant_type, int *has_refresh)
+/* Takes a field's value into *slot (malloc'd), replacing an earlier one. */
+static void take(char **slot, char *value)
+{
+	if (*slot != NULL) {
+		explicit_bzero(*slot, strlen(*slot));
+		free(*slot);
+	}
+	*slot = value;
+}
+
+/* Scans key=value pairs into req. */
+static void scan_form(const char *body, size_t len, struct localtoken_request *req,
+		      char **grant_type)
 {
 	const char *p = body, *end = body + len;
 
@@ -105,69 +126,112 @@ static void scan_form(const char *body, size_t len, char **grant_type, int *has_
 		const char *stop = amp ? amp : end;
 		const char *eq = memchr(p, '=', (size_t)(stop - p));
 		char *key = eq ? form_field(p, (size_t)(eq - p)) : NULL;
+		char **slot = NULL;
 
-		if (key != NULL && strcmp(key, "grant_type") == 0) {
-			free(*grant_type);
-			*grant_type = form_field(eq + 1, (size_t)(stop - eq - 1));
-		} else if (key != NULL && strcmp(key, "refresh_token") == 0) {
-			*has_refresh = stop > eq + 1;
-		}
+		if (key == NULL)
+			;
+		else if (strcmp(key, "grant_type") == 0)
+			slot = grant_type;
+		else if (strcmp(key, "refresh_token") == 0)
+			slot = &req->refresh_token;
+		else if (strcmp(key, "client_id") == 0)
+			slot = &req->client_id;
+		else if (strcmp(key, "client_secret") == 0)
+			slot = &req->client_secret;
+		if (slot != NULL)
+			take(slot, form_field(eq + 1, (size_t)(stop - eq - 1)));
 		free(key);
 		p = stop + 1;
 	}
 }
 
-static void scan_json(const char *body, size_t len, char **grant_type, int *has_refresh)
+static char *json_string(const cJSON *o, const char *name)
+{
+	const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, name);
+
+	return cJSON_IsString(v) ? strdup(v->valuestring) : NULL;
+}
+
+static void scan_json(const char *body, size_t len, struct localtoken_request *req,
+		      char **grant_type)
 {
 	cJSON *o = cJSON_ParseWithLength(body, len);
-	const cJSON *gt = cJSON_GetObjectItemCaseSensitive(o, "grant_type");
-	const cJSON *rt = cJSON_GetObjectItemCaseSensitive(o, "refresh_token");
 
-	if (cJSON_IsString(gt))
-		*grant_type = strdup(gt->valuestring);
-	*has_refresh = cJSON_IsString(rt) && rt->valuestring[0] != '\0';
+	*grant_type = json_string(o, "grant_type");
+	req->refresh_token = json_string(o, "refresh_token");
+	req->client_id = json_string(o, "client_id");
+	req->client_secret = json_string(o, "client_secret");
+	/* cJSON's copy of the secret goes with the tree: wipe it first. */
+	if (req->client_secret != NULL) {
+		cJSON *v = cJSON_GetObjectItemCaseSensitive(o, "client_secret");
+
+		explicit_bzero(v->valuestring, strlen(v->valuestring));
+	}
 	cJSON_Delete(o);
+}
+
+void localtoken_read(const char *content_type, const char *body, size_t len,
+		     struct localtoken_request *req)
+{
+	char *gt = NULL;
+
+	memset(req, 0, sizeof(*req));
+	if (content_type != NULL && strncasecmp(content_type, "application/json", 16) == 0)
+		scan_json(body, len, req, &gt);
+	else
+		scan_form(body, len, req, &gt);
+	if (gt == NULL)
+		req->grant = LOCALTOKEN_MISSING;
+	else if (strcmp(gt, "client_credentials") == 0)
+		req->grant = LOCALTOKEN_CLIENT_CREDENTIALS;
+	else if (strcmp(gt, "refresh_token") == 0 && req->refresh_token != NULL &&
+		 req->refresh_token[0] != '\0')
+		req->grant = LOCALTOKEN_REFRESH;
+	else
+		req->grant = LOCALTOKEN_UNSUPPORTED;
+	free(gt);
+}
+
+void localtoken_request_clear(struct localtoken_request *req)
+{
+	take(&req->client_id, NULL);
+	take(&req->client_secret, NULL);
+	take(&req->refresh_token, NULL);
 }
 
 enum localtoken_grant localtoken_parse(const char *content_type, const char *body, size_t len)
 {
-	char *gt = NULL;
-	int has_refresh = 0;
-	enum localtoken_grant g;
+	struct localtoken_request req;
 
-	if (content_type != NULL && strncasecmp(content_type, "application/json", 16) == 0)
-		scan_json(body, len, &gt, &has_refresh);
-	else
-		scan_form(body, len, &gt, &has_refresh);
-	if (gt == NULL)
-		g = LOCALTOKEN_MISSING;
-	else if (strcmp(gt, "client_credentials") == 0)
-		g = LOCALTOKEN_CLIENT_CREDENTIALS;
-	else if (strcmp(gt, "refresh_token") == 0 && has_refresh)
-		g = LOCALTOKEN_REFRESH;
-	else
-		g = LOCALTOKEN_UNSUPPORTED;
-	free(gt);
-	return g;
+	localtoken_read(content_type, body, len, &req);
+	localtoken_request_clear(&req);
+	return req.grant;
 }
 
-char *localtoken_answer(unsigned lifetime)
+char *localtoken_answer_with(const char *access, const char *refresh, unsigned lifetime)
 {
-	char access[LOCALTOKEN_LEN + 1], refresh[LOCALTOKEN_LEN + 1];
-	cJSON *o = NULL;
+	cJSON *o = cJSON_CreateObject();
 	char *text = NULL;
 
-	if (localtoken_new(access, sizeof(access)) < 0 ||
-	    localtoken_new(refresh, sizeof(refresh)) < 0 || (o = cJSON_CreateObject()) == NULL)
-		goto out;
-	if (cJSON_AddStringToObject(o, "access_token", access) == NULL ||
-	    cJSON_AddStringToObject(o, "refresh_token", refresh) == NULL ||
+	if (o == NULL || cJSON_AddStringToObject(o, "access_token", access) == NULL ||
+	    (refresh[0] != '\0' && cJSON_AddStringToObject(o, "refresh_token", refresh) == NULL) ||
 	    cJSON_AddNumberToObject(o, "expires_in", lifetime) == NULL ||
 	    cJSON_AddStringToObject(o, "token_type", "bearer") == NULL)
 		goto out;
 	text = cJSON_PrintUnformatted(o);
 out:
 	cJSON_Delete(o);
+	return text;
+}
+
+char *localtoken_answer(unsigned lifetime)
+{
+	char access[LOCALTOKEN_LEN + 1], refresh[LOCALTOKEN_LEN + 1];
+	char *text = NULL;
+
+	if (localtoken_new(access, sizeof(access)) == 0 &&
+	    localtoken_new(refresh, sizeof(refresh)) == 0)
+		text = localtoken_answer_with(access, refresh, lifetime);
 	explicit_bzero(access, sizeof(access));
 	explicit_bzero(refresh, sizeof(refresh));
 	return text;

@@ -30,6 +30,23 @@ enum localtoken_grant {
  */
 enum localtoken_grant localtoken_parse(const char *content_type, const char *body, size_t len);
 
+/* Everything a token request says; strings malloc'd or NULL. */
+struct localtoken_request {
+	enum localtoken_grant grant;
+	char *client_id;
+	char *client_secret; /* wiped by localtoken_request_clear() */
+	char *refresh_token;
+};
+
+/* Reads a token request (as localtoken_parse()) with its fields. */
+void localtoken_read(const char *content_type, const char *body, size_t len,
+		     struct localtoken_request *req);
+/* Wipes and frees the fields. */
+void localtoken_request_clear(struct localtoken_request *req);
+
+/* The answer for the tokens given (refresh "" leaves it out); malloc'd or NULL. */
+char *localtoken_answer_with(const char *access, const char *refresh, unsigned lifetime);
+
 /* The token answer as JSON text: {"access_token", "refresh_token",
  * "expires_in": lifetime, "token_type": "bearer"}, with fresh tokens.
  * malloc'd; NULL when no randomness or memory. */

@@ -12,9 +12,11 @@
 #include <string.h>
 #include <time.h>
 
+#include "audit.h"
 #include "auth.h"
 #include "cache.h"
 #include "front.h"
+#include "gateway.h"
 #include "keeper.h"
 #include "objtab.h"
 #include "policy.h"
@@ -193,6 +195,10 @@ char *admin_stats(const struct front_deps *d, unsigned *status)
 	cJSON_AddNumberToObject(up, "refused_throttled", (double)uc.refused_throttled);
 	cJSON_AddNumberToObject(up, "paced", (double)uc.paced);
 	add_cache_stats(d, o);
+	if (d->gw != NULL)
+		gateway_stats(d->gw, cJSON_AddObjectToObject(o, "gateway"));
+	if (d->audit != NULL)
+		cJSON_AddNumberToObject(o, "audit_errors", (double)audit_errors(d->audit));
 	text = cJSON_PrintUnformatted(o);
 	cJSON_Delete(o);
 	*status = 200;

@@ -22,11 +22,14 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
 
+#include "accounts.h"
 #include "admin.h"
+#include "audit.h"
 #include "cache.h"
 #include "check.h"
 #include "clock.h"
@@ -35,6 +38,7 @@
 #include "conneg.h"
 #include "deliver.h"
 #include "flight.h"
+#include "gateway.h"
 #include "objtab.h"
 #include "hdr.h"
 #include "hitcache.h"
@@ -64,6 +68,8 @@ struct front {
 	unsigned threads;
 	struct hitcache **hc; /* one per serve thread, used by that thread alone */
 	atomic_uint conns;    /* open client connections */
+	unsigned id_prefix;   /* random, so ids differ across restarts */
+	atomic_ullong next_id;
 };
 
 /* The socket context of a connection accepted past max_connections: its
@@ -72,11 +78,13 @@ static char over_limit;
 
 enum step {
 	STEP_RECV,   /* first call: strict checks, Host, Origin, loops */
+	STEP_AUTH,   /* the gateway: whose token, and may they (scope, paths, rate) */
 	STEP_ROUTE,  /* where it goes: admin, token, the cache or the API */
 	STEP_BODY,   /* the body arrives: buffered, or streamed up as it comes */
 	STEP_ADMIN,  /* /_kaleidod/... */
 	STEP_PURGED, /* parked while the file thread purges; then the count */
 	STEP_TOKEN,  /* the local token endpoint */
+	STEP_LOGIN,  /* the gateway's token endpoint: parked while a secret is checked */
 	STEP_LOOKUP, /* a cacheable GET or HEAD: hitcache, memory, file */
 	STEP_WAIT,   /* parked on the key's fetch (objtab) */
 	STEP_FETCH,  /* our own transfer: parked until the API's headers */
@@ -129,13 +137,31 @@ struct req {
 	const char *reject;         /* why route_request() refused the request */
 	char reject_buf[160];
 
-	/* For the debug access line. */
+	/* Who asks (the gateway): the account of the token, or of a login. */
+	struct account *acct;
+	struct gw_login *login;
+	char login_name[ACCOUNTS_NAME_MAX + 1];
+
+	/* For the debug access line and the audit trail. */
 	char method[16];
 	unsigned status;
 	struct timespec started;
+	char id[24];           /* X-Request-Id, with an audit trail */
+	uint64_t bytes_in;     /* request body */
+	uint64_t bytes_out;    /* response body */
+	struct timespec up_at; /* when the API was asked (tv_sec 0: never) */
+	double up_ms;          /* until its answer's headers; < 0 none */
 };
 
 /* ---- small helpers ---- */
+
+static double ms_since(const struct timespec *t)
+{
+	struct timespec now;
+
+	clock_gettime(CLOCK_MONOTONIC, &now);
+	return (double)(now.tv_sec - t->tv_sec) * 1e3 + (double)(now.tv_nsec - t->tv_nsec) / 1e6;
+}
 
 static int path_len(const char *target)
 {
@@ -159,6 +185,8 @@ static enum MHD_Result queue_and_drop(struct req *r, unsigned status, struct MHD
 		return MHD_NO;
 	if (r->xc != XC_NONE)
 		MHD_add_response_header(resp, "X-Cache", xcache_names[r->xc]);
+	if (r->id[0] != '\0')
+		MHD_add_response_header(resp, "X-Request-Id", r->id);
 	r->status = status;
 	ret = MHD_queue_response(r->conn, status, resp);
 	MHD_destroy_response(resp);
@@ -184,6 +212,7 @@ static struct MHD_Response *json_response(char *body)
 
 static enum MHD_Result respond_json(struct req *r, unsigned status, char *body)
 {
+	r->bytes_out = body != NULL ? strlen(body) : 0;
 	return queue_and_drop(r, status, json_response(body));
 }
 
@@ -282,8 +311,10 @@ static struct hitcache *thread_hitcache(struct front *f)
 static enum MHD_Result respond_entry(struct req *r, struct entry *e, enum xcache xc)
 {
 	struct front *f = r->f;
-	struct hitcache *hc = xc == XC_HIT ? thread_hitcache(f) : NULL;
+	/* The shared HIT responses cannot carry a request's own id. */
+	struct hitcache *hc = xc == XC_HIT && r->id[0] == '\0' ? thread_hitcache(f) : NULL;
 	int64_t now = clock_wall();
+	size_t len = 0;
 	const char *inm = MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, "If-None-Match");
 	const struct hdr *h = entry_headers(e);
 	struct MHD_Response *resp;
@@ -295,6 +326,9 @@ static enum MHD_Result respond_entry(struct req *r, struct entry *e, enum xcache
 	if (entry_status(e) == 200 && conneg_etag_matches(inm, hdr_get(h, "ETag")))
 		return queue_and_drop(r, MHD_HTTP_NOT_MODIFIED,
 				      deliver_not_modified(e, r->gzip, NULL));
+	if (!r->head && (!r->gzip || entry_gzip(e, &len) == NULL))
+		entry_body(e, &len);
+	r->bytes_out = len;
 	/* A HIT goes out as this thread's own response when it holds e. */
 	if (hc != NULL && (ok = hitcache_queue_hit(hc, e, r->hash, r->conn, r->gzip, now)) >= 0) {
 		r->status = (unsigned)entry_status(e);
@@ -439,6 +473,7 @@ struct fwd_ctx {
 	struct hdr *h;
 	const char *connection;
 	int accept_identity;
+	int own_id; /* ours replaces the client's X-Request-Id */
 	const char *xff;
 };
 
@@ -455,6 +490,8 @@ static int fwd_skip(const struct fwd_ctx *c, const char *name)
 		if (strcasecmp(name, own[i]) == 0)
 			return 1;
 	if (c->accept_identity && strcasecmp(name, "Accept-Encoding") == 0)
+		return 1;
+	if (c->own_id && strcasecmp(name, "X-Request-Id") == 0)
 		return 1;
 	return hdr_is_hop_by_hop(name, c->connection);
 }
@@ -502,6 +539,7 @@ static struct hdr *forward_headers(struct req *r, int accept_identity)
 		return NULL;
 	c.connection = MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, "Connection");
 	c.accept_identity = accept_identity;
+	c.own_id = r->id[0] != '\0';
 	MHD_get_connection_values_n(r->conn, MHD_HEADER_KIND, collect_header, &c);
 	client_ip(r->conn, ip, sizeof(ip));
 	prev = MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, "X-Forwarded-For");
@@ -515,8 +553,11 @@ static struct hdr *forward_headers(struct req *r, int accept_identity)
 		 upstream_via_name(r->f->d.up));
 	if (hdr_add(c.h, "X-Forwarded-For", 15, xff, strlen(xff)) < 0 ||
 	    hdr_add(c.h, "X-Forwarded-Proto", 17, "http", 4) < 0 ||
-	    hdr_add(c.h, "Via", 3, via, strlen(via)) < 0)
+	    hdr_add(c.h, "Via", 3, via, strlen(via)) < 0 ||
+	    (c.own_id && hdr_add(c.h, "X-Request-Id", 12, r->id, strlen(r->id)) < 0))
 		hdr_free(&c.h);
+	/* From here the API is asked: its time counts in the audit trail. */
+	clock_gettime(CLOCK_MONOTONIC, &r->up_at);
 	return c.h;
 }
 
@@ -574,8 +615,10 @@ static ssize_t body_reader(void *cls, uint64_t pos, char *buf, size_t max)
 	struct req *r = cls;
 	ssize_t n = upstream_xfer_read(r->x, buf, max);
 
-	if (n > 0)
+	if (n > 0) {
+		r->bytes_out += (uint64_t)n;
 		return n;
+	}
 	if (n == 0)
 		return 0; /* parked: suspended until the worker has more */
 	if (n == -1)
@@ -895,6 +938,8 @@ static int step_fetch(struct req *r, const char *method)
 	case UP_HEADERS:
 		break;
 	}
+	if (r->up_at.tv_sec != 0 && r->up_ms < 0)
+		r->up_ms = ms_since(&r->up_at);
 	if (stale_usable(r) &&
 	    (upstream_xfer_status(r->x) >= 500 || upstream_xfer_status(r->x) == 429)) {
 		log_info("%s: the API answered %ld; serving stale copy", r->target,
@@ -924,7 +969,53 @@ static int step_stream(struct req *r, const char *method)
 
 /* ---- the local token endpoint ---- */
 
-static enum MHD_Result local_token(struct req *r, const char *method)
+/* The gateway's grant: a refresh answers at once, a login parks in LOGIN
+ * while a login thread checks the secret. */
+static int gateway_token(struct req *r, struct localtoken_request *req)
+{
+	int parked;
+
+	r->login = gateway_login(r->f->d.gw, req, req_park, req_unpark, r, &parked);
+	if (r->login == NULL)
+		return respond_error(r, MHD_HTTP_INTERNAL_SERVER_ERROR, "internal error",
+				     "out of memory for a login");
+	r->step = STEP_LOGIN;
+	return parked ? MHD_YES : GO_ON;
+}
+
+/* LOGIN: the gateway's verdict on a token request. */
+static int step_login(struct req *r)
+{
+	char *answer = NULL;
+	enum gw_login_result res =
+		gateway_login_result(&r->login, &answer, r->login_name, sizeof(r->login_name));
+
+	switch (res) {
+	case GW_LOGIN_OK:
+		stats_inc(r->f->d.stats, -1, STATS_LOCAL_GRANTS);
+		return answered(r, respond_json(r, MHD_HTTP_OK, answer));
+	case GW_LOGIN_DENIED:
+		return answered(
+			r,
+			respond_error(r, MHD_HTTP_UNAUTHORIZED, "invalid_client",
+				      "the client id and secret (or the refresh token) are not "
+				      "those of an account of this gateway; ask its administrator "
+				      "for an account (kaleidod account add)"));
+	case GW_LOGIN_FULL:
+		return answered(r, respond_busy(r, "the gateway holds as many tokens as it can"));
+	case GW_LOGIN_STOPPING:
+		return answered(r, respond_error(r, MHD_HTTP_SERVICE_UNAVAILABLE, "shutting down",
+						 "kaleidod is stopping; retry in a moment."));
+	case GW_LOGIN_ERROR:
+	default:
+		return answered(r,
+				respond_error(r, MHD_HTTP_INTERNAL_SERVER_ERROR, "internal error",
+					      "no memory or randomness for a token"));
+	}
+}
+
+/* TOKEN: the answer, or (the gateway) on to LOGIN. */
+static int local_token(struct req *r, const char *method)
 {
 	const char *ct = MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, "Content-Type");
 	char *answer;
@@ -935,15 +1026,23 @@ static enum MHD_Result local_token(struct req *r, const char *method)
 	if (r->too_large)
 		return respond_error(r, MHD_HTTP_CONTENT_TOO_LARGE, "request too large",
 				     "a token request body is at most 64 KiB");
-	switch (localtoken_parse(ct, r->body.data ? r->body.data : "", r->body.len)) {
+	struct localtoken_request req;
+
+	localtoken_read(ct, r->body.data ? r->body.data : "", r->body.len, &req);
+	switch (req.grant) {
 	case LOCALTOKEN_CLIENT_CREDENTIALS:
 	case LOCALTOKEN_REFRESH:
+		if (r->f->d.gw != NULL)
+			return gateway_token(r, &req);
+		localtoken_request_clear(&req);
 		break;
 	case LOCALTOKEN_MISSING:
+		localtoken_request_clear(&req);
 		return respond_error(r, MHD_HTTP_BAD_REQUEST, "invalid_request",
 				     "grant_type is missing: send grant_type=client_credentials "
 				     "(form-encoded or JSON)");
 	case LOCALTOKEN_UNSUPPORTED:
+		localtoken_request_clear(&req);
 		return respond_error(r, MHD_HTTP_BAD_REQUEST, "unsupported_grant_type",
 				     "grant_type must be client_credentials, or refresh_token with "
 				     "a refresh_token");
@@ -1295,7 +1394,7 @@ static int step_recv(struct req *r, const char *method, const char *version)
 		return answered(r, respond_too_many(r));
 	verdict = check_message(r, method, version);
 	if (verdict == CHECK_OK)
-		return go(r, STEP_ROUTE);
+		return go(r, STEP_AUTH);
 	stats_inc(r->f->d.stats, -1, STATS_REQUESTS);
 	switch (verdict) {
 	case CHECK_REJECT_FRAMING:
@@ -1339,6 +1438,126 @@ static int step_recv(struct req *r, const char *method, const char *version)
 	return answered(r, MHD_NO);
 }
 
+/* ---- the gateway's checks ---- */
+
+static int client_is_loopback(struct req *r)
+{
+	const union MHD_ConnectionInfo *ci =
+		MHD_get_connection_info(r->conn, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
+	const struct sockaddr *sa = ci ? ci->client_addr : NULL;
+
+	if (sa != NULL && sa->sa_family == AF_INET)
+		return ntohl(((const struct sockaddr_in *)(const void *)sa)->sin_addr.s_addr) >>
+			       24 ==
+		       127;
+	if (sa != NULL && sa->sa_family == AF_INET6) {
+		const struct in6_addr *a =
+			&((const struct sockaddr_in6 *)(const void *)sa)->sin6_addr;
+
+		return IN6_IS_ADDR_LOOPBACK(a) ||
+		       (IN6_IS_ADDR_V4MAPPED(a) && a->s6_addr[12] == 127);
+	}
+	return 0;
+}
+
+/* 401, with the way to a token. */
+static int refuse_unauthenticated(struct req *r, const char *error, const char *detail)
+{
+	struct MHD_Response *resp = json_response(error_json(r, error, detail));
+
+	if (resp != NULL)
+		MHD_add_response_header(resp, "WWW-Authenticate",
+					"Bearer realm=\"kaleidod\", error=\"invalid_token\"");
+	return answered(r, queue_and_drop(r, MHD_HTTP_UNAUTHORIZED, resp));
+}
+
+#define HOW_TO_LOG_IN                                                                \
+	"this kaleidod is a lab gateway: get a token with POST " UPSTREAM_TOKEN_PATH \
+	" (grant_type=client_credentials with your account's client id and secret, " \
+	"as the SDKs do), then send it as Authorization: Bearer TOKEN or "           \
+	"X-Kal-Authorization: Bearer TOKEN"
+
+/*
+ * AUTH: with accounts, every request but the token endpoint and health
+ * needs a token of an account whose scopes, paths and rate allow it;
+ * this runs before any cache lookup, so a stored answer reaches only
+ * those allowed to ask for it.  Without accounts it lets everything on.
+ */
+static int auth_check(struct req *r, const char *method)
+{
+	struct front *f = r->f;
+	int admin = strncmp(r->target, ADMIN_PREFIX, strlen(ADMIN_PREFIX)) == 0;
+	const char *token;
+	char scopes[32], num[24];
+	double wait;
+
+	if (f->d.gw == NULL || path_is(r, UPSTREAM_TOKEN_PATH) ||
+	    path_is(r, ADMIN_PREFIX "health") ||
+	    (admin && f->d.cfg->admin_from_loopback && client_is_loopback(r)))
+		return go(r, STEP_ROUTE);
+	token = gateway_bearer(
+		MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, "X-Kal-Authorization"),
+		MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, "Authorization"));
+	if (token == NULL)
+		return refuse_unauthenticated(r, "authentication required", HOW_TO_LOG_IN);
+	if ((r->acct = gateway_check(f->d.gw, token)) == NULL)
+		return refuse_unauthenticated(
+			r, "invalid token",
+			"the token is unknown, expired or revoked; " HOW_TO_LOG_IN);
+	account_count(r->acct, ACCOUNT_REQUESTS);
+	accounts_scopes_text(account_scopes(r->acct), scopes, sizeof(scopes));
+	switch (account_allows(r->acct, method, r->target, (size_t)path_len(r->target), admin)) {
+	case ACCOUNTS_ALLOWED:
+		break;
+	case ACCOUNTS_NEEDS_WRITE:
+		account_count(r->acct, ACCOUNT_DENIED);
+		return answered(r, respond_error(r, MHD_HTTP_FORBIDDEN, "forbidden",
+						 "account '%s' has scope %s: %s needs scope write",
+						 account_name(r->acct), scopes, method));
+	case ACCOUNTS_NEEDS_ADMIN:
+		account_count(r->acct, ACCOUNT_DENIED);
+		return answered(r, respond_error(r, MHD_HTTP_FORBIDDEN, "forbidden",
+						 "account '%s' has scope %s: kaleidod's own "
+						 "endpoints need scope admin",
+						 account_name(r->acct), scopes));
+	case ACCOUNTS_OUTSIDE:
+		account_count(r->acct, ACCOUNT_DENIED);
+		return answered(r, respond_error(r, MHD_HTTP_FORBIDDEN, "forbidden",
+						 "account '%s' may use only its own paths; %.*s is "
+						 "not among them",
+						 account_name(r->acct), path_len(r->target),
+						 r->target));
+	}
+	if ((wait = account_take(r->acct, (double)r->started.tv_sec +
+						  (double)r->started.tv_nsec / 1e9)) > 0) {
+		struct MHD_Response *resp;
+		char detail[256];
+
+		account_count(r->acct, ACCOUNT_RATE_LIMITED);
+		snprintf(detail, sizeof(detail),
+			 "account '%s' is limited to %g requests a second; retry after the "
+			 "Retry-After seconds",
+			 account_name(r->acct), account_rate(r->acct));
+		/* Whole seconds, rounded up: a client that waits them gets in. */
+		snprintf(num, sizeof(num), "%lld",
+			 (long long)wait + ((double)(long long)wait < wait));
+		if ((resp = json_response(error_json(r, "rate limited", detail))) != NULL)
+			MHD_add_response_header(resp, "Retry-After", num);
+		return answered(r, queue_and_drop(r, MHD_HTTP_TOO_MANY_REQUESTS, resp));
+	}
+	return go(r, STEP_ROUTE);
+}
+
+static int step_auth(struct req *r, const char *method)
+{
+	int ret = auth_check(r, method);
+
+	/* A request let through is counted in ROUTE, by family. */
+	if (r->step == STEP_DONE)
+		stats_inc(r->f->d.stats, -1, STATS_REQUESTS);
+	return ret;
+}
+
 /* The cache decisions for a GET or HEAD of a family's list: its key,
  * whether the answer may be kept, and what the client asks of it.
  * -1 on ENOMEM. */
@@ -1359,8 +1578,9 @@ static int route_cacheable(struct req *r, int fam)
 	if (pc.no_cache || pc.no_store ||
 	    (pragma != NULL && strcasestr(pragma, "no-cache") != NULL))
 		r->xc = XC_BYPASS;
-	/* A slice, or a GET with a body, is not the answer others get. */
-	if (range != NULL || r->body_len != NO_BODY) {
+	/* A slice, or a GET with a body, is not the answer others get; a URL
+	 * that carries a credential is not written to the cache file. */
+	if (range != NULL || r->body_len != NO_BODY || audit_has_credential(r->target)) {
 		r->xc = XC_BYPASS;
 		r->may_store = 0;
 	}
@@ -1420,6 +1640,7 @@ static void append_body(struct req *r, const char *data, size_t len, size_t limi
 static int step_body(struct req *r, const char *data, size_t *size)
 {
 	if (*size > 0) {
+		r->bytes_in += *size;
 		if (r->streaming) {
 			size_t used = 0;
 
@@ -1467,6 +1688,9 @@ static enum MHD_Result run(struct req *r, const char *method, const char *versio
 		case STEP_RECV:
 			ret = step_recv(r, method, version);
 			break;
+		case STEP_AUTH:
+			ret = step_auth(r, method);
+			break;
 		case STEP_ROUTE:
 			ret = step_route(r, method);
 			break;
@@ -1480,7 +1704,12 @@ static enum MHD_Result run(struct req *r, const char *method, const char *versio
 			ret = step_purged(r);
 			break;
 		case STEP_TOKEN:
-			ret = answered(r, local_token(r, method));
+			ret = local_token(r, method);
+			if (r->step == STEP_TOKEN)
+				ret = answered(r, (enum MHD_Result)ret);
+			break;
+		case STEP_LOGIN:
+			ret = step_login(r);
 			break;
 		case STEP_LOOKUP:
 			ret = step_lookup(r);
@@ -1531,12 +1760,45 @@ static void *on_uri(void *cls, const char *uri, struct MHD_Connection *conn)
 	r->family = -1;
 	clock_gettime(CLOCK_MONOTONIC, &r->started);
 	atomic_init(&r->suspended, 0);
+	r->up_ms = -1;
+	if (r->f->d.audit != NULL)
+		snprintf(r->id, sizeof(r->id), "%08x%012llx", r->f->id_prefix,
+			 atomic_fetch_add(&r->f->next_id, 1) & 0xffffffffffffULL);
 	if ((r->target = strdup(uri != NULL ? uri : "/")) == NULL) {
 		FINI_OBJ(r);
 		free(r);
 		return NULL;
 	}
 	return r;
+}
+
+/* The request's line in the audit trail. */
+static void audit_request(struct req *r)
+{
+	struct audit_record rec = { 0 };
+	char ip[INET6_ADDRSTRLEN] = "unknown";
+	struct timespec wall;
+
+	clock_gettime(CLOCK_REALTIME, &wall);
+	client_ip(r->conn, ip, sizeof(ip));
+	if (r->up_at.tv_sec != 0 && r->up_ms < 0)
+		r->up_ms = ms_since(&r->up_at);
+	rec.time_ms = (int64_t)wall.tv_sec * 1000 + wall.tv_nsec / 1000000;
+	rec.id = r->id;
+	rec.account = r->acct != NULL          ? account_name(r->acct) :
+		      r->login_name[0] != '\0' ? r->login_name :
+						 NULL;
+	rec.ip = ip;
+	rec.method = r->method;
+	rec.target = r->target;
+	rec.status = r->status;
+	rec.cache = r->xc != XC_NONE ? xcache_names[r->xc] : NULL;
+	rec.upstream_ms = r->up_ms;
+	rec.bytes_in = r->bytes_in;
+	rec.bytes_out = r->bytes_out;
+	if (audit_write(r->f->d.audit, &rec) < 0 && audit_errors(r->f->d.audit) % 1000 == 1)
+		log_warn("audit trail: a record could not be written (%llu so far)",
+			 audit_errors(r->f->d.audit));
 }
 
 static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
@@ -1550,13 +1812,25 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
 	*con_cls = NULL;
 	if (log_getlevel() >= LOG_LVL_DEBUG && r->step != STEP_RECV) {
 		struct timespec end;
+		char *target = audit_mask_target(r->target);
 
 		clock_gettime(CLOCK_MONOTONIC, &end);
-		log_debug("%s %s -> %u%s%s %.1f ms%s", r->method, r->target, r->status,
+		log_debug("%s %s -> %u%s%s %.1f ms%s", r->method, target ? target : "?", r->status,
 			  r->xc != XC_NONE ? " " : "", r->xc != XC_NONE ? xcache_names[r->xc] : "",
 			  (double)(end.tv_sec - r->started.tv_sec) * 1e3 +
 				  (double)(end.tv_nsec - r->started.tv_nsec) / 1e6,
 			  toe == MHD_REQUEST_TERMINATED_COMPLETED_OK ? "" : " (cut short)");
+		free(target);
+	}
+	if (r->f->d.audit != NULL && r->step != STEP_RECV)
+		audit_request(r);
+	account_unref(&r->acct);
+	if (r->login != NULL) {
+		/* Resumed by its login thread, then closed before it ran on. */
+		char *answer = NULL;
+
+		gateway_login_result(&r->login, &answer, r->login_name, sizeof(r->login_name));
+		free(answer);
 	}
 	upstream_xfer_release(&r->x);
 	if (r->fetch != NULL)
@@ -1641,6 +1915,9 @@ struct front *front_new(const struct front_deps *deps, int listen_fd, char *err,
 	}
 	f->d = *deps;
 	atomic_init(&f->conns, 0);
+	atomic_init(&f->next_id, 0);
+	if (getrandom(&f->id_prefix, sizeof(f->id_prefix), 0) != sizeof(f->id_prefix))
+		f->id_prefix = (unsigned)time(NULL);
 	if (threads == 0) {
 		long n = sysconf(_SC_NPROCESSORS_ONLN);
 

@@ -17,6 +17,8 @@ struct objtab;
 struct keeper;
 struct flights;
 struct warm;
+struct gateway;
+struct audit;
 struct front;
 
 struct front_deps {
@@ -29,6 +31,8 @@ struct front_deps {
 	struct keeper *keeper;
 	struct flights *flights;
 	struct warm *warm;
+	struct gateway *gw;  /* NULL: no accounts, the personal daemon */
+	struct audit *audit; /* NULL: no audit trail */
 };
 
 /*

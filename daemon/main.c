@@ -23,6 +23,9 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "accountcmd.h"
+#include "accounts.h"
+#include "audit.h"
 #include "auth.h"
 #include "cache.h"
 #include "config.h"
@@ -31,6 +34,7 @@
 #include "log.h"
 #include "entry.h"
 #include "flight.h"
+#include "gateway.h"
 #include "keeper.h"
 #include "objtab.h"
 #include "policy.h"
@@ -43,14 +47,17 @@
 
 static void usage(FILE *out)
 {
-	fprintf(out, "usage: kaleidod [--config FILE] [--listen ADDR:PORT] [--cache FILE]\n"
-		     "                [--log-level error|warn|info|debug] [--check-config]\n"
-		     "                [--purge all|FAMILY|/PREFIX] [--version] [--help]\n"
-		     "\n"
-		     "A caching proxy for the Kaleidoscope API.  Credentials come from the\n"
-		     "environment (KALEIDOSCOPE_API_URL, KALEIDOSCOPE_API_CLIENT_ID,\n"
-		     "KALEIDOSCOPE_API_CLIENT_SECRET), a systemd credential, or the config\n"
-		     "file; never from the command line.  See kaleidod(8), kaleidod.conf(5).\n");
+	fprintf(out,
+		"usage: kaleidod [--config FILE] [--listen ADDR:PORT] [--cache FILE]\n"
+		"                [--log-level error|warn|info|debug] [--check-config]\n"
+		"                [--purge all|FAMILY|/PREFIX] [--version] [--help]\n"
+		"       kaleidod account [--config FILE | --accounts FILE] add|list|remove ...\n"
+		"       kaleidod --hash-secret < SECRET\n"
+		"\n"
+		"A caching proxy for the Kaleidoscope API.  Credentials come from the\n"
+		"environment (KALEIDOSCOPE_API_URL, KALEIDOSCOPE_API_CLIENT_ID,\n"
+		"KALEIDOSCOPE_API_CLIENT_SECRET), a systemd credential, or the config\n"
+		"file; never from the command line.  See kaleidod(8), kaleidod.conf(5).\n");
 }
 
 struct flags {
@@ -68,6 +75,7 @@ static int parse_flags(int argc, char **argv, struct flags *fl)
 		{ "check-config", no_argument, NULL, 'n' },
 		{ "purge", required_argument, NULL, 'P' },
 		{ "version", no_argument, NULL, 'V' },
+		{ "hash-secret", no_argument, NULL, 'H' },
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 },
 	};
@@ -96,6 +104,8 @@ static int parse_flags(int argc, char **argv, struct flags *fl)
 		case 'V':
 			printf("kaleidod %s\n", PACKAGE_VERSION);
 			exit(0);
+		case 'H':
+			exit(accountcmd_hash_secret());
 		case 'h':
 			usage(stdout);
 			exit(0);
@@ -158,8 +168,17 @@ static int is_loopback(const struct sockaddr_storage *ss)
 
 #define NOT_LOOPBACK                                                                  \
 	"refusing to listen on %s: it is not a loopback address, and anyone who can " \
-	"connect would use the workspace's credentials. Listen on 127.0.0.1 (the "    \
-	"shared-gateway mode with local accounts is not available yet)"
+	"connect would use the workspace's credentials. Listen on 127.0.0.1, or "     \
+	"make this a lab gateway with local accounts ([gateway] accounts; see "       \
+	"kaleidod account add), or set [gateway] allow_anonymous = yes if everyone "  \
+	"who can reach the address may act as the workspace"
+
+/* Whether a non-loopback address may be served: accounts guard it, or
+ * its operator said anyone may use it. */
+static int open_to_network(const struct config *cfg)
+{
+	return cfg->accounts_file != NULL || cfg->allow_anonymous;
+}
 
 /* Resolves [server] listen (numeric or "localhost"), refusing what is not
  * loopback.  *out comes from getaddrinfo().  0 or -1. */
@@ -182,7 +201,8 @@ static int resolve_listen(const struct config *cfg, struct addrinfo **out, char 
 		snprintf(err, errlen, "listen %s: %s", cfg->listen, gai_strerror(rc));
 		return -1;
 	}
-	if (!is_loopback((const struct sockaddr_storage *)(void *)(*out)->ai_addr)) {
+	if (!open_to_network(cfg) &&
+	    !is_loopback((const struct sockaddr_storage *)(void *)(*out)->ai_addr)) {
 		snprintf(err, errlen, NOT_LOOPBACK, cfg->listen);
 		freeaddrinfo(*out);
 		*out = NULL;
@@ -193,8 +213,8 @@ static int resolve_listen(const struct config *cfg, struct addrinfo **out, char 
 
 /*
  * The listening socket: handed over by systemd (socket activation), or
- * bound here.  Only loopback is served until local accounts exist: anyone
- * who can connect uses the workspace's credentials.
+ * bound here.  Only loopback is served unless local accounts guard the
+ * address (or allow_anonymous says anyone may act as the workspace).
  */
 static int open_listener(const struct config *cfg, char *err, size_t errlen)
 {
@@ -214,7 +234,8 @@ static int open_listener(const struct config *cfg, char *err, size_t errlen)
 				 "the socket systemd passed is not a listening stream socket");
 			return -1;
 		}
-		if (getsockname(fd, (struct sockaddr *)&ss, &sl) < 0 || !is_loopback(&ss)) {
+		if (getsockname(fd, (struct sockaddr *)&ss, &sl) < 0 ||
+		    (!open_to_network(cfg) && !is_loopback(&ss))) {
 			snprintf(err, errlen, NOT_LOOPBACK, "the socket systemd passed");
 			return -1;
 		}
@@ -303,6 +324,26 @@ static void wipe_free(char **p)
 	*p = NULL;
 }
 
+/* SIGHUP, for the gateway: the accounts file again (revoking the tokens
+ * of removed accounts and changed secrets), and the audit file reopened
+ * (logrotate moved it). */
+static void reload_gateway(const struct front_deps *d)
+{
+	char err[1024];
+	size_t n, revoked;
+
+	if (d->gw != NULL) {
+		if (gateway_reload(d->gw, &n, &revoked, err, sizeof(err)) < 0)
+			log_error("SIGHUP: [gateway] accounts: %s; keeping the accounts in force",
+				  err);
+		else
+			log_info("SIGHUP: %zu account%s; %zu token%s revoked", n, n == 1 ? "" : "s",
+				 revoked, revoked == 1 ? "" : "s");
+	}
+	if (d->audit != NULL && audit_reopen(d->audit, err, sizeof(err)) < 0)
+		log_error("SIGHUP: [log] audit: %s; writing on to the old file", err);
+}
+
 /*
  * SIGHUP: read the configuration again and take a new client secret (a
  * rotated or corrected one) and log level without a restart; the cache and
@@ -347,7 +388,12 @@ static void reload(const struct flags *fl, const struct config *cur, struct upst
 
 static void on_trace(void *arg, char dir, const char *line, size_t len)
 {
-	log_debug("upstream %c %.*s", dir, (int)len, line);
+	char *copy = strndup(line, len), *masked = copy ? audit_mask_target(copy) : NULL;
+
+	/* The request line may carry a client's token in its query. */
+	log_debug("upstream %c %s", dir, masked != NULL ? masked : "(no memory)");
+	free(masked);
+	free(copy);
 }
 
 /*
@@ -539,6 +585,8 @@ int main(int argc, char **argv)
 	int fd, sig, rc = 1;
 
 	log_init("kaleidod", LOG_LVL_INFO);
+	if (argc >= 2 && strcmp(argv[1], "account") == 0)
+		return accountcmd_main(argc - 1, argv + 1);
 	if (parse_flags(argc, argv, &fl) < 0)
 		return 1;
 	if ((cfg = load_config(&fl)) == NULL)
@@ -553,6 +601,16 @@ int main(int argc, char **argv)
 			return 1;
 		}
 		freeaddrinfo(ai);
+		if (cfg->accounts_file != NULL) {
+			struct accounts *as = NULL;
+
+			if (accounts_load(cfg->accounts_file, &as, err, sizeof(err)) < 0) {
+				fprintf(stderr, "kaleidod: [gateway] accounts: %s\n", err);
+				config_free(&cfg);
+				return 1;
+			}
+			accounts_free(&as);
+		}
 		config_print(cfg, stdout);
 		config_free(&cfg);
 		return 0;
@@ -645,6 +703,23 @@ int main(int argc, char **argv)
 	}
 	keeper_backend(deps.keeper, &backend);
 	objtab_set_backend(deps.tab, &backend);
+	if (cfg->accounts_file != NULL) {
+		if ((deps.gw = gateway_new(cfg, err, sizeof(err))) == NULL) {
+			log_error("[gateway] accounts: %s", err);
+			goto out;
+		}
+	} else if (cfg->allow_anonymous) {
+		sock_name(fd, where, sizeof(where));
+		log_warnx("allow_anonymous: anyone who can reach %s acts as the workspace, "
+			  "unnamed and unaudited by account; add local accounts "
+			  "([gateway] accounts) to know who does what",
+			  where);
+	}
+	deps.audit = audit_open(cfg->audit, err, sizeof(err));
+	if (deps.audit == NULL && err[0] != '\0') {
+		log_error("[log] audit: %s", err);
+		goto out;
+	}
 	if ((front = front_new(&deps, fd, err, sizeof(err))) == NULL) {
 		log_error("%s", err);
 		goto out;
@@ -659,12 +734,15 @@ int main(int argc, char **argv)
 
 		if ((sig = sigtimedwait(&set, NULL, &tick)) < 0) {
 			warm_tick(deps.warm);
+			if (deps.gw != NULL)
+				gateway_tick(deps.gw);
 			keeper_expire_waits(deps.keeper);
 			objtab_sweep(deps.tab);
 			continue;
 		}
 		if (sig == SIGHUP) {
 			reload(&fl, cfg, deps.up, &secret);
+			reload_gateway(&deps);
 			continue;
 		}
 		log_info("signal %d: stopping", sig);
@@ -676,6 +754,8 @@ out:
 	/* Stop taking connections, give what is in flight a moment, fail the
 	 * rest (which resumes every parked connection), then stop the server. */
 	front_quiesce(front);
+	/* Logins still queued are answered (no one stays parked on them). */
+	gateway_stop(deps.gw);
 	if (deps.up != NULL && rc == 0)
 		drain(deps.up, DRAIN_SECONDS);
 	if (deps.up != NULL)
@@ -693,6 +773,8 @@ out:
 		return rc;
 	}
 	front_free(&front);
+	gateway_free(&deps.gw);
+	audit_close(&deps.audit);
 	warm_free(&deps.warm);
 	keeper_free(&deps.keeper); /* writes what is queued; calls into the table */
 	flights_free(&deps.flights);
