@@ -90,11 +90,11 @@ static char *form_field(const char *p, size_t len)
 	/* curl reads a length of 0 as "up to the NUL": not what we mean. */
 	if (len == 0)
 		return strdup("");
-	if ((plus = strndup(p, len)) == NULL)
+	/* Exactly len bytes (a NUL among them included): curl reads len. */
+	if ((plus = malloc(len)) == NULL)
 		return NULL;
-	for (char *c = plus; *c != '\0'; c++)
-		if (*c == '+')
-			*c = ' ';
+	for (size_t i = 0; i < len; i++)
+		plus[i] = p[i] == '+' ? ' ' : p[i];
 	d = curl_easy_unescape(NULL, plus, (int)len, &outlen);
 	explicit_bzero(plus, len);
 	free(plus);

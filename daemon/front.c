@@ -269,35 +269,44 @@ static enum MHD_Result respond_too_many(struct req *r)
 	return queue_and_drop(r, MHD_HTTP_SERVICE_UNAVAILABLE, resp);
 }
 
+/* status with Retry-After: the seconds in wait, rounded up (a client that
+ * waits them gets in), at least 1. */
+static enum MHD_Result respond_retry_later(struct req *r, unsigned status, const char *error,
+					   const char *detail, double wait)
+{
+	struct MHD_Response *resp;
+	long long secs = (long long)wait;
+	char num[24];
+
+	if ((double)secs < wait || secs < 1)
+		secs++;
+	snprintf(num, sizeof(num), "%lld", secs);
+	if ((resp = json_response(error_json(r, error, detail))) != NULL)
+		MHD_add_response_header(resp, "Retry-After", num);
+	return queue_and_drop(r, status, resp);
+}
+
 /* Every connection to the API busy and the queue full (or too slow): 503
  * with Retry-After, so a client that honours it comes back later. */
 static enum MHD_Result respond_busy(struct req *r, const char *detail)
 {
 	char text[1024];
-	struct MHD_Response *resp;
 
 	snprintf(text, sizeof(text), "%s. Retry in a moment.", detail);
-	if ((resp = json_response(error_json(r, "upstream busy", text))) != NULL)
-		MHD_add_response_header(resp, "Retry-After", "1");
-	return queue_and_drop(r, MHD_HTTP_SERVICE_UNAVAILABLE, resp);
+	return respond_retry_later(r, MHD_HTTP_SERVICE_UNAVAILABLE, "upstream busy", text, 1);
 }
 
 /* Inside a pause the API asked for: its 429, passed on in kaleidod's words,
  * with the seconds the pause has left. */
 static enum MHD_Result respond_throttled(struct req *r, const char *detail)
 {
-	char text[1024], secs[24];
-	struct MHD_Response *resp;
-	double left = upstream_throttle_left(r->f->d.up, r->family);
+	char text[1024];
 
 	snprintf(text, sizeof(text), "%s; retry after the pause.", detail);
-	snprintf(secs, sizeof(secs), "%.0f", left < 1 ? 1 : left + 0.999);
-	if ((resp = json_response(error_json(r, "rate limited", text))) != NULL)
-		MHD_add_response_header(resp, "Retry-After", secs);
-	return queue_and_drop(r, MHD_HTTP_TOO_MANY_REQUESTS, resp);
+	return respond_retry_later(r, MHD_HTTP_TOO_MANY_REQUESTS, "rate limited", text,
+				   upstream_throttle_left(r->f->d.up, r->family));
 }
 
-/* This serve thread's own hit cache, or NULL off the serve threads. */
 static struct hitcache *thread_hitcache(struct front *f)
 {
 	int t = serve_thread();
@@ -973,9 +982,11 @@ static int step_stream(struct req *r, const char *method)
  * while a login thread checks the secret. */
 static int gateway_token(struct req *r, struct localtoken_request *req)
 {
+	char ip[INET6_ADDRSTRLEN] = "unknown";
 	int parked;
 
-	r->login = gateway_login(r->f->d.gw, req, req_park, req_unpark, r, &parked);
+	client_ip(r->conn, ip, sizeof(ip));
+	r->login = gateway_login(r->f->d.gw, req, ip, req_park, req_unpark, r, &parked);
 	if (r->login == NULL)
 		return respond_error(r, MHD_HTTP_INTERNAL_SERVER_ERROR, "internal error",
 				     "out of memory for a login");
@@ -987,8 +998,9 @@ static int gateway_token(struct req *r, struct localtoken_request *req)
 static int step_login(struct req *r)
 {
 	char *answer = NULL;
-	enum gw_login_result res =
-		gateway_login_result(&r->login, &answer, r->login_name, sizeof(r->login_name));
+	double wait;
+	enum gw_login_result res = gateway_login_result(&r->login, &answer, r->login_name,
+							sizeof(r->login_name), &wait);
 
 	switch (res) {
 	case GW_LOGIN_OK:
@@ -1001,6 +1013,13 @@ static int step_login(struct req *r)
 				      "the client id and secret (or the refresh token) are not "
 				      "those of an account of this gateway; ask its administrator "
 				      "for an account (kaleidod account add)"));
+	case GW_LOGIN_GUESSING:
+		return answered(r, respond_retry_later(
+					   r, MHD_HTTP_TOO_MANY_REQUESTS, "too many failed logins",
+					   "this address sent too many wrong secrets; the "
+					   "login was not checked. Retry after the "
+					   "Retry-After seconds, with the right secret",
+					   wait));
 	case GW_LOGIN_FULL:
 		return answered(r, respond_busy(r, "the gateway holds as many tokens as it can"));
 	case GW_LOGIN_STOPPING:
@@ -1488,7 +1507,7 @@ static int auth_check(struct req *r, const char *method)
 	struct front *f = r->f;
 	int admin = strncmp(r->target, ADMIN_PREFIX, strlen(ADMIN_PREFIX)) == 0;
 	const char *token;
-	char scopes[32], num[24];
+	char scopes[32];
 	double wait;
 
 	if (f->d.gw == NULL || path_is(r, UPSTREAM_TOKEN_PATH) ||
@@ -1530,20 +1549,15 @@ static int auth_check(struct req *r, const char *method)
 	}
 	if ((wait = account_take(r->acct, (double)r->started.tv_sec +
 						  (double)r->started.tv_nsec / 1e9)) > 0) {
-		struct MHD_Response *resp;
 		char detail[256];
 
 		account_count(r->acct, ACCOUNT_RATE_LIMITED);
 		snprintf(detail, sizeof(detail),
-			 "account '%s' is limited to %g requests a second; retry after the "
-			 "Retry-After seconds",
-			 account_name(r->acct), account_rate(r->acct));
-		/* Whole seconds, rounded up: a client that waits them gets in. */
-		snprintf(num, sizeof(num), "%lld",
-			 (long long)wait + ((double)(long long)wait < wait));
-		if ((resp = json_response(error_json(r, "rate limited", detail))) != NULL)
-			MHD_add_response_header(resp, "Retry-After", num);
-		return answered(r, queue_and_drop(r, MHD_HTTP_TOO_MANY_REQUESTS, resp));
+			 "account '%s' may make %s requests; retry after the Retry-After "
+			 "seconds",
+			 account_name(r->acct), account_rate_text(r->acct));
+		return answered(r, respond_retry_later(r, MHD_HTTP_TOO_MANY_REQUESTS,
+						       "rate limited", detail, wait));
 	}
 	return go(r, STEP_ROUTE);
 }
@@ -1828,8 +1842,10 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
 	if (r->login != NULL) {
 		/* Resumed by its login thread, then closed before it ran on. */
 		char *answer = NULL;
+		double wait;
 
-		gateway_login_result(&r->login, &answer, r->login_name, sizeof(r->login_name));
+		gateway_login_result(&r->login, &answer, r->login_name, sizeof(r->login_name),
+				     &wait);
 		free(answer);
 	}
 	upstream_xfer_release(&r->x);

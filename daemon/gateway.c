@@ -21,6 +21,7 @@
 #include "gateway.h"
 #include "localtoken.h"
 #include "log.h"
+#include "loginguard.h"
 #include "tokens.h"
 
 #define LOGIN_THREADS 2
@@ -36,6 +37,8 @@ struct gw_login {
 	void *arg;
 	enum gw_login_result result;
 	char *answer;
+	char ip[48];
+	double retry_after;
 	char name[ACCOUNTS_NAME_MAX + 1];
 	STAILQ_ENTRY(gw_login) q;
 };
@@ -45,6 +48,7 @@ struct gateway {
 #define GATEWAY_MAGIC 0x3e7b0a91u
 	const struct config *cfg;
 	struct tokens *tokens;
+	struct loginguard *guard;
 	pthread_mutex_t lock;
 	pthread_cond_t work;
 	struct accounts *accounts; /* in force */
@@ -52,8 +56,9 @@ struct gateway {
 	int stopping;
 	pthread_t threads[LOGIN_THREADS];
 	int nthreads;
-	/* Failed logins since the last report (under lock). */
-	unsigned long failures;
+	/* Failed logins since the last report, and those refused unhashed
+	 * (under lock). */
+	unsigned long failures, guessing;
 	double last_report;
 	char last_failed[ACCOUNTS_NAME_MAX + 1];
 };
@@ -84,8 +89,9 @@ static enum gw_login_result grant(struct gateway *g, struct account *a, struct g
 	return r;
 }
 
-static void note_failure(struct gateway *g, const char *name)
+static void note_failure(struct gateway *g, const char *name, const char *ip)
 {
+	loginguard_failed(g->guard, ip, now_mono());
 	pthread_mutex_lock(&g->lock);
 	g->failures++;
 	snprintf(g->last_failed, sizeof(g->last_failed), "%s", name);
@@ -112,7 +118,7 @@ static void check_login(struct gateway *g, struct gw_login *l)
 		if (a != NULL)
 			account_count(a, ACCOUNT_LOGIN_FAILURES);
 		/* A name is not a secret, but a typo may be one: only known names. */
-		note_failure(g, a != NULL ? account_name(a) : "(unknown account)");
+		note_failure(g, a != NULL ? account_name(a) : "(unknown account)", l->ip);
 	} else {
 		l->result = GW_LOGIN_ERROR;
 	}
@@ -163,7 +169,7 @@ struct gateway *gateway_new(const struct config *cfg, char *err, size_t errlen)
 	STAILQ_INIT(&g->queue);
 	if (accounts_load(cfg->accounts_file, &g->accounts, err, errlen) < 0)
 		goto fail;
-	if ((g->tokens = tokens_new(MAX_TOKENS)) == NULL) {
+	if ((g->tokens = tokens_new(MAX_TOKENS)) == NULL || (g->guard = loginguard_new()) == NULL) {
 		snprintf(err, errlen, "out of memory");
 		goto fail;
 	}
@@ -204,6 +210,7 @@ void gateway_free(struct gateway **gp)
 	CHECK_OBJ(g, GATEWAY_MAGIC);
 	ASSERT(g->nthreads == 0 && STAILQ_EMPTY(&g->queue));
 	tokens_free(&g->tokens);
+	loginguard_free(&g->guard);
 	accounts_free(&g->accounts);
 	pthread_cond_destroy(&g->work);
 	pthread_mutex_destroy(&g->lock);
@@ -234,23 +241,29 @@ int gateway_reload(struct gateway *g, size_t *naccounts, size_t *revoked, char *
 void gateway_tick(struct gateway *g)
 {
 	double now = now_mono();
-	unsigned long n = 0;
+	unsigned long n = 0, guessing = 0;
+	int swept = 0;
 	char last[ACCOUNTS_NAME_MAX + 1] = "";
 
 	CHECK_OBJ(g, GATEWAY_MAGIC);
 	pthread_mutex_lock(&g->lock);
 	if (now - g->last_report >= FAILURE_REPORT) {
 		n = g->failures;
+		guessing = g->guessing;
 		memcpy(last, g->last_failed, sizeof(last));
 		g->failures = 0;
+		g->guessing = 0;
+		swept = 1;
 		g->last_report = now;
 	}
 	pthread_mutex_unlock(&g->lock);
-	if (n > 0) {
-		log_warnx("%lu failed login%s in the last minute (the last for %s)", n,
-			  n == 1 ? "" : "s", last);
-		tokens_sweep(g->tokens, now);
-	}
+	if (!swept)
+		return;
+	tokens_sweep(g->tokens, now);
+	if (n > 0 || guessing > 0)
+		log_warnx("%lu failed login%s in the last minute (the last for %s), and %lu "
+			  "more refused unchecked from addresses that failed too often",
+			  n, n == 1 ? "" : "s", n > 0 ? last : "none", guessing);
 }
 
 /* "Bearer TOKEN" (the scheme in any case), the token; else NULL. */
@@ -279,7 +292,7 @@ struct account *gateway_check(struct gateway *g, const char *token)
 	return tokens_check(g->tokens, token, now_mono());
 }
 
-struct gw_login *gateway_login(struct gateway *g, struct localtoken_request *req,
+struct gw_login *gateway_login(struct gateway *g, struct localtoken_request *req, const char *ip,
 			       void (*park)(void *), void (*unpark)(void *), void *arg, int *parked)
 {
 	struct gw_login *l = calloc(1, sizeof(*l));
@@ -296,6 +309,7 @@ struct gw_login *gateway_login(struct gateway *g, struct localtoken_request *req
 	memset(req, 0, sizeof(*req));
 	l->unpark = unpark;
 	l->arg = arg;
+	snprintf(l->ip, sizeof(l->ip), "%s", ip);
 	if (l->req.grant == LOCALTOKEN_REFRESH) {
 		char access[LOCALTOKEN_LEN + 1], refresh[LOCALTOKEN_LEN + 1];
 		int full = 0;
@@ -316,6 +330,15 @@ struct gw_login *gateway_login(struct gateway *g, struct localtoken_request *req
 		localtoken_request_clear(&l->req);
 		return l;
 	}
+	/* Before any hash: an address that failed too often waits. */
+	if ((l->retry_after = loginguard_check(g->guard, ip, now_mono())) > 0) {
+		pthread_mutex_lock(&g->lock);
+		g->guessing++;
+		pthread_mutex_unlock(&g->lock);
+		l->result = GW_LOGIN_GUESSING;
+		localtoken_request_clear(&l->req);
+		return l;
+	}
 	pthread_mutex_lock(&g->lock);
 	if (g->stopping) {
 		pthread_mutex_unlock(&g->lock);
@@ -333,7 +356,7 @@ struct gw_login *gateway_login(struct gateway *g, struct localtoken_request *req
 }
 
 enum gw_login_result gateway_login_result(struct gw_login **lp, char **answer, char *name,
-					  size_t namelen)
+					  size_t namelen, double *retry_after)
 {
 	struct gw_login *l = *lp;
 	enum gw_login_result r;
@@ -342,6 +365,7 @@ enum gw_login_result gateway_login_result(struct gw_login **lp, char **answer, c
 	CHECK_OBJ(l, LOGIN_MAGIC);
 	r = l->result;
 	*answer = l->answer;
+	*retry_after = l->retry_after;
 	snprintf(name, namelen, "%s", l->name);
 	localtoken_request_clear(&l->req);
 	FINI_OBJ(l);

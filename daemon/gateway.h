@@ -43,24 +43,27 @@ struct account *gateway_check(struct gateway *g, const char *token);
 enum gw_login_result {
 	GW_LOGIN_OK,       /* *answer: the token answer (JSON) */
 	GW_LOGIN_DENIED,   /* unknown account, wrong secret, or a refresh token not valid */
+	GW_LOGIN_GUESSING, /* too many failures from the address: refused unhashed */
 	GW_LOGIN_FULL,     /* too many live tokens */
 	GW_LOGIN_STOPPING, /* the daemon is stopping */
 	GW_LOGIN_ERROR,    /* no memory or randomness */
 };
 
 /*
- * Starts a token request: a refresh is answered at once (*parked 0); a
- * client_credentials grant parks the caller (park(arg)) and a login
- * thread unparks it (unpark(arg)) once done.  Takes the request's fields
- * (req is cleared).  NULL on ENOMEM.
+ * Starts a token request from client address ip: a refresh is answered at
+ * once (*parked 0), and so is a login from an address that failed too
+ * often (loginguard.c); a client_credentials grant parks the caller
+ * (park(arg)) and a login thread unparks it (unpark(arg)) once done.
+ * Takes the request's fields (req is cleared).  NULL on ENOMEM.
  */
-struct gw_login *gateway_login(struct gateway *g, struct localtoken_request *req,
+struct gw_login *gateway_login(struct gateway *g, struct localtoken_request *req, const char *ip,
 			       void (*park)(void *), void (*unpark)(void *), void *arg,
 			       int *parked);
-/* Once unparked (or not parked): the result, the answer (malloc'd) and the
- * account's name (for the audit trail; "" when none); frees the login. */
+/* Once unparked (or not parked): the result, the answer (malloc'd), the
+ * account's name (for the audit trail; "" when none) and, for GUESSING,
+ * the seconds until the address may try again; frees the login. */
 enum gw_login_result gateway_login_result(struct gw_login **l, char **answer, char *name,
-					  size_t namelen);
+					  size_t namelen, double *retry_after);
 
 /* Adds {"tokens": N, "accounts": {"NAME": {"requests": N, ...}, ...}} to
  * into (a cJSON object; nothing when NULL), for /_kaleidod/stats. */

@@ -84,13 +84,15 @@ class Response:
 
 
 def open_request(port, method, target, headers=(), body=None, timeout=HTTP_TIMEOUT,
-                 host="127.0.0.1", chunked=False):
+                 host="127.0.0.1", chunked=False, source=None):
     """Sends one request with exactly the given headers (plus Host and
     Content-Length/Transfer-Encoding when not given) and returns
     (connection, http.client.HTTPResponse) with the body unread.  body may be
     bytes or an iterable of bytes; with an iterable and no Content-Length in
-    headers, or chunked=True, it is sent chunked."""
-    conn = http.client.HTTPConnection(host, port, timeout=timeout)
+    headers, or chunked=True, it is sent chunked.  source: the client's own
+    address (another loopback address is another client)."""
+    conn = http.client.HTTPConnection(host, port, timeout=timeout,
+                                      source_address=(source, 0) if source else None)
     conn.putrequest(method, target, skip_host=True, skip_accept_encoding=True)
     names = {k.lower() for k, _ in headers}
     if "host" not in names:

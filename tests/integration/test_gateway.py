@@ -26,15 +26,16 @@ def account_add(path, name, *args):
     return m.group(1)
 
 
-def login(port, client_id, secret, body_type="form"):
+def login(port, client_id, secret, body_type="form", source=None):
     fields = {"grant_type": "client_credentials", "client_id": client_id,
               "client_secret": secret}
     if body_type == "json":
         return request(port, "POST", "/auth/oauth/token",
-                       [("Content-Type", "application/json")], json.dumps(fields).encode())
+                       [("Content-Type", "application/json")], json.dumps(fields).encode(),
+                       source=source)
     return request(port, "POST", "/auth/oauth/token",
                    [("Content-Type", "application/x-www-form-urlencoded")],
-                   urllib.parse.urlencode(fields).encode())
+                   urllib.parse.urlencode(fields).encode(), source=source)
 
 
 def bearer(token, header="Authorization"):
@@ -456,3 +457,23 @@ def test_many_logins_at_once_all_get_their_own_token(lab):
     assert r.status == 403  # tokens[1] is reader's
     st = admin_stats(d, secrets)["gateway"]["accounts"]
     assert [st[n]["logins"] for n in ("alice", "reader")] == [10, 10], st
+
+
+def test_guessing_from_one_address_is_refused_unhashed(lab):
+    """After a burst of wrong secrets an address is refused at once, without
+    a hash (login_failures stops growing), with Retry-After; another address
+    logs in meanwhile; the log sums it up (at most once a minute)."""
+    d, secrets, _ = lab
+    statuses = [login(d.port, "alice", "guess-%d" % i, source="127.0.0.3").status
+                for i in range(60)]
+    assert statuses[:10] == [401] * 10, statuses
+    assert set(statuses[10:]) == {429}, statuses
+    r = login(d.port, "alice", secrets["alice"], source="127.0.0.3")
+    assert r.status == 429 and r.json()["error"] == "too many failed logins", r
+    assert 1 <= int(r.header("Retry-After")) <= 6, r
+    assert secrets["alice"] not in r.body.decode()
+    # Only the burst was hashed; another address is not held up.
+    ok = login(d.port, "alice", secrets["alice"], source="127.0.0.4")
+    assert ok.status == 200, ok
+    st = admin_stats(d, secrets)["gateway"]["accounts"]["alice"]
+    assert st["login_failures"] == 10 and st["logins"] == 1, st
