@@ -134,6 +134,17 @@ static const struct ckey ckeys[] = {
 	  "Host names, space-separated, accepted besides loopback and localhost (default none)" },
 	{ "server", "allowed_origins", CT_STRING, NULL, M(allowed_origins), 0, 0, 0, check_origins,
 	  "Web page origins, space-separated, whose pages may use this daemon (default none)" },
+	{ "server", "tls_cert", CT_STRING, NULL, M(tls_cert), 0, 0, 0, NULL,
+	  "PEM certificate chain, the server's first; set, the listener speaks TLS (default none)" },
+	{ "server", "tls_key", CT_STRING, NULL, M(tls_key), 0, 0, 0, NULL,
+	  "PEM private key of tls_cert, unencrypted; required with it (default none)" },
+	{ "server", "tls_priorities", CT_STRING, "NORMAL:-VERS-ALL:+VERS-TLS1.3:+VERS-TLS1.2",
+	  M(tls_priorities), 0, 0, 0, NULL,
+	  "GnuTLS priority string (default NORMAL:-VERS-ALL:+VERS-TLS1.3:+VERS-TLS1.2)" },
+	{ "server", "tls_client_ca", CT_STRING, NULL, M(tls_client_ca), 0, 0, 0, NULL,
+	  "PEM CA certificates that sign client certificates; set, clients are asked (default none)" },
+	{ "server", "tls_client_required", CT_BOOL, "no", M(tls_client_required), 0, 0, 0, NULL,
+	  "Refuse requests without a client certificate the CA signed (boolean, default no)" },
 
 	{ "cache", "file", CT_STRING, NULL, M(cache_file), 0, 0, 0, NULL,
 	  "The SQLite cache file (default: cache.db in the state directory)" },
@@ -821,6 +832,10 @@ void config_free(struct config **cfgp)
 	free(cfg->cache_file);
 	free(cfg->log_level);
 	free(cfg->audit);
+	free(cfg->tls_cert);
+	free(cfg->tls_key);
+	free(cfg->tls_priorities);
+	free(cfg->tls_client_ca);
 	free(cfg->accounts_file);
 	for (i = 0; i < cfg->nfamilies; i++)
 		family_clear(&cfg->families[i]);
@@ -1313,6 +1328,20 @@ int config_finish(struct config *cfg, char *err, size_t errlen)
 
 	if (config_parse_listen(cfg->listen, host, sizeof(host), &port) < 0) {
 		set_error(err, errlen, "[server] listen: %s", check_listen(cfg->listen));
+		goto fail;
+	}
+	if ((cfg->tls_cert == NULL) != (cfg->tls_key == NULL)) {
+		set_error(err, errlen, "[server] tls_cert and tls_key: set both, or neither");
+		goto fail;
+	}
+	if (cfg->tls_cert == NULL && (cfg->tls_client_ca != NULL || cfg->tls_client_required)) {
+		set_error(
+			err, errlen,
+			"[server] tls_client_ca and tls_client_required need tls_cert and tls_key");
+		goto fail;
+	}
+	if (cfg->tls_client_required && cfg->tls_client_ca == NULL) {
+		set_error(err, errlen, "[server] tls_client_required needs tls_client_ca");
 		goto fail;
 	}
 	if (cfg->auth_retry_min == 0 || cfg->auth_retry_min > cfg->auth_retry_max) {

@@ -69,6 +69,11 @@ struct config {
 	size_t max_buffered_body; /* bytes; request bodies up to this are buffered (replayable) */
 	char *server_names;       /* Host names accepted besides loopback; space-separated */
 	char *allowed_origins;    /* browser Origins let through; space-separated; none default */
+	char *tls_cert;           /* PEM chain; set: the listener speaks TLS */
+	char *tls_key;            /* PEM key of tls_cert */
+	char *tls_priorities;     /* GnuTLS priority string */
+	char *tls_client_ca;      /* PEM CAs of client certificates, or NULL */
+	int tls_client_required;  /* no client certificate: refused */
 
 	/* [cache] */
 	char *cache_file;

@@ -51,6 +51,7 @@
 #include "reqcheck.h"
 #include "serve.h"
 #include "stats.h"
+#include "tls.h"
 #include "upstream.h"
 
 #define ADMIN_PREFIX "/_kaleidod/"
@@ -561,7 +562,8 @@ static struct hdr *forward_headers(struct req *r, int accept_identity)
 	snprintf(via, sizeof(via), "%s%s1.1 %s", prev != NULL ? prev : "", prev != NULL ? ", " : "",
 		 upstream_via_name(r->f->d.up));
 	if (hdr_add(c.h, "X-Forwarded-For", 15, xff, strlen(xff)) < 0 ||
-	    hdr_add(c.h, "X-Forwarded-Proto", 17, "http", 4) < 0 ||
+	    hdr_add(c.h, "X-Forwarded-Proto", 17, r->f->d.tls ? "https" : "http",
+		    r->f->d.tls ? 5 : 4) < 0 ||
 	    hdr_add(c.h, "Via", 3, via, strlen(via)) < 0 ||
 	    (c.own_id && hdr_add(c.h, "X-Request-Id", 12, r->id, strlen(r->id)) < 0))
 		hdr_free(&c.h);
@@ -1174,6 +1176,7 @@ enum {
 	CHECK_REJECT_TARGET,
 	CHECK_REJECT_HOST_NAME,
 	CHECK_REJECT_CROSS_SITE,
+	CHECK_REJECT_CLIENT_CERT,    /* 403: mTLS without a good certificate */
 	CHECK_REJECT_LOOP,           /* 508: the request came back to us */
 	CHECK_REJECT_MALFORMED,      /* 400, reason in r->reject */
 	CHECK_REJECT_UNSUPPORTED_TE, /* 501 */
@@ -1393,6 +1396,23 @@ static int check_message(struct req *r, const char *method, const char *version)
 		return CHECK_REJECT_HOST_NAME;
 	if (cross_site(f, r->conn))
 		return CHECK_REJECT_CROSS_SITE;
+	if (f->d.tls != NULL) {
+		char subject[256];
+
+		switch (tls_check_client(f->d.tls, r->conn, subject, sizeof(subject))) {
+		case TLS_CLIENT_NONE:
+		case TLS_CLIENT_VERIFIED:
+			break;
+		case TLS_CLIENT_MISSING:
+			r->reject = "this gateway takes only clients with a certificate its "
+				    "[server] tls_client_ca signed; present one";
+			return CHECK_REJECT_CLIENT_CERT;
+		case TLS_CLIENT_INVALID:
+			r->reject = "the client certificate is not one [server] tls_client_ca "
+				    "signed, or it expired";
+			return CHECK_REJECT_CLIENT_CERT;
+		}
+	}
 	return CHECK_OK;
 }
 
@@ -1446,6 +1466,9 @@ static int step_recv(struct req *r, const char *method, const char *version)
 						 "kaleidod answers requests for a loopback "
 						 "address, localhost or a name in [server] "
 						 "server_names; this Host is none of them"));
+	case CHECK_REJECT_CLIENT_CERT:
+		return answered(r, respond_error(r, MHD_HTTP_FORBIDDEN,
+						 "client certificate refused", "%s", r->reject));
 	case CHECK_REJECT_CROSS_SITE:
 		return answered(r,
 				respond_error(r, MHD_HTTP_FORBIDDEN, "cross-site request refused",
@@ -1896,12 +1919,28 @@ static struct MHD_Daemon *start_daemon(void *arg, unsigned thread, int listen_fd
 {
 	struct front *f = arg;
 	const struct config *cfg = f->d.cfg;
+	/* TLS, when configured: the certificate through tls.c's callback (so a
+	 * reload swaps it), the priorities, and the CA of client certificates. */
+	struct MHD_OptionItem tls[4] = { { MHD_OPTION_END, 0, NULL } };
+	unsigned flags = MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ERROR_LOG;
+	int n = 0;
 
 	(void)thread;
+	if (f->d.tls != NULL) {
+		flags |= MHD_USE_TLS;
+		tls[n++] = (struct MHD_OptionItem){ MHD_OPTION_HTTPS_CERT_CALLBACK, 0,
+						    tls_cert_callback(f->d.tls) };
+		tls[n++] = (struct MHD_OptionItem){ MHD_OPTION_HTTPS_PRIORITIES, 0,
+						    (void *)tls_priorities(f->d.tls) };
+		if (tls_client_ca(f->d.tls) != NULL)
+			tls[n++] = (struct MHD_OptionItem){ MHD_OPTION_HTTPS_MEM_TRUST, 0,
+							    (void *)tls_client_ca(f->d.tls) };
+		tls[n] = (struct MHD_OptionItem){ MHD_OPTION_END, 0, NULL };
+	}
 	return MHD_start_daemon(
-		MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ERROR_LOG, 0, NULL, NULL,
-		on_request, f, MHD_OPTION_EXTERNAL_LOGGER, on_mhd_log, f, MHD_OPTION_LISTEN_SOCKET,
-		listen_fd, MHD_OPTION_CONNECTION_LIMIT, conn_limit, MHD_OPTION_CONNECTION_TIMEOUT,
+		flags, 0, NULL, NULL, on_request, f, MHD_OPTION_ARRAY, tls,
+		MHD_OPTION_EXTERNAL_LOGGER, on_mhd_log, f, MHD_OPTION_LISTEN_SOCKET, listen_fd,
+		MHD_OPTION_CONNECTION_LIMIT, conn_limit, MHD_OPTION_CONNECTION_TIMEOUT,
 		cfg->connection_timeout, MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)CONN_POOL,
 		MHD_OPTION_URI_LOG_CALLBACK, on_uri, f, MHD_OPTION_NOTIFY_COMPLETED, on_completed,
 		f, MHD_OPTION_NOTIFY_CONNECTION, on_connection, f, MHD_OPTION_END);

@@ -19,6 +19,7 @@ struct flights;
 struct warm;
 struct gateway;
 struct audit;
+struct tls;
 struct front;
 
 struct front_deps {
@@ -33,6 +34,7 @@ struct front_deps {
 	struct warm *warm;
 	struct gateway *gw;  /* NULL: no accounts, the personal daemon */
 	struct audit *audit; /* NULL: no audit trail */
+	struct tls *tls;     /* NULL: plain HTTP */
 };
 
 /*

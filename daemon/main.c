@@ -39,6 +39,7 @@
 #include "objtab.h"
 #include "policy.h"
 #include "stats.h"
+#include "tls.h"
 #include "upstream.h"
 #include "warm.h"
 
@@ -325,8 +326,8 @@ static void wipe_free(char **p)
 }
 
 /* SIGHUP, for the gateway: the accounts file again (revoking the tokens
- * of removed accounts and changed secrets), and the audit file reopened
- * (logrotate moved it). */
+ * of removed accounts and changed secrets), the audit file reopened
+ * (logrotate moved it), and the TLS certificate and key read again. */
 static void reload_gateway(const struct front_deps *d)
 {
 	char err[1024];
@@ -342,6 +343,13 @@ static void reload_gateway(const struct front_deps *d)
 	}
 	if (d->audit != NULL && audit_reopen(d->audit, err, sizeof(err)) < 0)
 		log_error("SIGHUP: [log] audit: %s; writing on to the old file", err);
+	if (d->tls != NULL) {
+		if (tls_reload(d->tls, err, sizeof(err)) < 0)
+			log_error("SIGHUP: [server] %s; serving on with the certificate in use",
+				  err);
+		else
+			log_info("SIGHUP: TLS certificate and key read again");
+	}
 }
 
 /*
@@ -611,6 +619,16 @@ int main(int argc, char **argv)
 			}
 			accounts_free(&as);
 		}
+		if (cfg->tls_cert != NULL) {
+			struct tls *t = tls_new(cfg, err, sizeof(err));
+
+			if (t == NULL) {
+				fprintf(stderr, "kaleidod: [server] %s\n", err);
+				config_free(&cfg);
+				return 1;
+			}
+			tls_free(&t);
+		}
 		config_print(cfg, stdout);
 		config_free(&cfg);
 		return 0;
@@ -715,6 +733,10 @@ int main(int argc, char **argv)
 			  "([gateway] accounts) to know who does what",
 			  where);
 	}
+	if (cfg->tls_cert != NULL && (deps.tls = tls_new(cfg, err, sizeof(err))) == NULL) {
+		log_error("[server] %s", err);
+		goto out;
+	}
 	deps.audit = audit_open(cfg->audit, err, sizeof(err));
 	if (deps.audit == NULL && err[0] != '\0') {
 		log_error("[log] audit: %s", err);
@@ -725,8 +747,9 @@ int main(int argc, char **argv)
 		goto out;
 	}
 	sock_name(fd, where, sizeof(where));
-	log_info("kaleidod %s serving on %s for %s, cache %s", PACKAGE_VERSION, where,
-		 cfg->upstream_url, deps.cache ? cache_path(deps.cache) : "(none)");
+	log_info("kaleidod %s serving %s on %s for %s, cache %s", PACKAGE_VERSION,
+		 deps.tls != NULL ? "https" : "http", where, cfg->upstream_url,
+		 deps.cache ? cache_path(deps.cache) : "(none)");
 	sd_notify(0, "READY=1\nSTATUS=serving");
 
 	for (;;) {
@@ -773,6 +796,7 @@ out:
 		return rc;
 	}
 	front_free(&front);
+	tls_free(&deps.tls); /* after the daemons that use it */
 	gateway_free(&deps.gw);
 	audit_close(&deps.audit);
 	warm_free(&deps.warm);
