@@ -122,6 +122,9 @@ static const struct ckey ckeys[] = {
 	  "Loopback ADDR:PORT or [IPv6]:PORT that clients connect to (default 127.0.0.1:8765)" },
 	{ "server", "max_connections", CT_UINT, "4096", M(max_connections), 0, 1, U_MAX, NULL,
 	  "Client connections served at once, idle keep-alive ones too (count, default 4096)" },
+	{ "server", "max_connections_per_ip", CT_UINT, "0", M(max_connections_per_ip), 0, 0,
+	  1000000, NULL,
+	  "Connections one client address may hold open; 0 means no cap (count, default 0)" },
 	{ "server", "connection_timeout", CT_DURATION, "60", M(connection_timeout), 0, 1, U_MAX,
 	  NULL, "A client connection with no traffic this long is closed (duration, default 60)" },
 	{ "server", "threads", CT_UINT, "0", M(threads), 0, 0, 1024, NULL,
@@ -176,6 +179,8 @@ static const struct ckey ckeys[] = {
 	  "The local accounts file; set, every request needs an account's token (default none)" },
 	{ "gateway", "allow_anonymous", CT_BOOL, "no", M(allow_anonymous), 0, 0, 0, NULL,
 	  "Serve a non-loopback address without accounts, anyone as the workspace (default no)" },
+	{ "gateway", "max_body", CT_SIZE, "1G", M(max_body), 0, 0, SIZE_MAX, NULL,
+	  "The largest request body an account may declare; beyond, 413 (size, default 1G)" },
 	{ "gateway", "admin_from_loopback", CT_BOOL, "yes", M(admin_from_loopback), 0, 0, 0, NULL,
 	  "Admin endpoints open to loopback clients without a token (boolean, default yes)" },
 

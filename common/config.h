@@ -63,9 +63,10 @@ struct config {
 	/* [server] */
 	char *listen; /* "ADDR:PORT", "[v6]:PORT" */
 	unsigned max_connections;
-	unsigned connection_timeout; /* s idle before a client is dropped */
-	unsigned threads;            /* 0: one per core but one, at least one */
-	unsigned token_lifetime;     /* s, local tokens' expires_in */
+	unsigned max_connections_per_ip; /* 0: no cap */
+	unsigned connection_timeout;     /* s idle before a client is dropped */
+	unsigned threads;                /* 0: one per core but one, at least one */
+	unsigned token_lifetime;         /* s, local tokens' expires_in */
 	size_t max_buffered_body; /* bytes; request bodies up to this are buffered (replayable) */
 	char *server_names;       /* Host names accepted besides loopback; space-separated */
 	char *allowed_origins;    /* browser Origins let through; space-separated; none default */
@@ -94,6 +95,7 @@ struct config {
 	char *accounts_file;     /* NULL: no accounts, the personal daemon */
 	int allow_anonymous;     /* a non-loopback listener without accounts */
 	int admin_from_loopback; /* admin endpoints open to loopback without a token */
+	size_t max_body;         /* bytes an account's request may declare */
 
 	/* [family.NAME] sections, the defaults first */
 	struct config_family families[CONFIG_MAX_FAMILIES];

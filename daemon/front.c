@@ -42,6 +42,7 @@
 #include "objtab.h"
 #include "hdr.h"
 #include "hitcache.h"
+#include "ipcount.h"
 #include "entry.h"
 #include "keeper.h"
 #include "localtoken.h"
@@ -61,21 +62,26 @@
  * it zeroes the whole pool for every request, so a large one costs every
  * hit (64 KiB measured at about 60% of 32 KiB's hit rate). */
 #define CONN_POOL (32 * 1024)
-#define NO_BODY (-2LL) /* req.body_len: no Content-Length, no Transfer-Encoding */
+#define HEADERS_MAX (16 * 1024) /* request header fields, answered 431 in JSON beyond */
+#define NO_BODY (-2LL)          /* req.body_len: no Content-Length, no Transfer-Encoding */
 
 struct front {
 	struct front_deps d;
 	struct serve *serve;
 	unsigned threads;
-	struct hitcache **hc; /* one per serve thread, used by that thread alone */
-	atomic_uint conns;    /* open client connections */
-	unsigned id_prefix;   /* random, so ids differ across restarts */
+	struct hitcache **hc;   /* one per serve thread, used by that thread alone */
+	atomic_uint conns;      /* open client connections */
+	struct ipcount *per_ip; /* open connections by address; NULL: no cap */
+	unsigned id_prefix;     /* random, so ids differ across restarts */
 	atomic_ullong next_id;
 };
 
-/* The socket context of a connection accepted past max_connections: its
- * first request is answered 503 and the connection closed. */
-static char over_limit;
+/* A connection's socket context points into marks, at the sum of what
+ * on_connection() found: counted by address, past max_connections (its
+ * first request is answered 503 and the connection closed), past
+ * max_connections_per_ip (429, closed). */
+enum { MARK_IP_COUNTED = 1, MARK_OVER_TOTAL = 2, MARK_OVER_IP = 4 };
+static char marks[8];
 
 enum step {
 	STEP_RECV,   /* first call: strict checks, Host, Origin, loops */
@@ -254,20 +260,28 @@ static enum MHD_Result respond_error(struct req *r, unsigned status, const char 
 
 /* A connection past [server] max_connections: told so, and closed (an
  * answer queued on the first call closes the connection anyway). */
-static enum MHD_Result respond_too_many(struct req *r)
+static enum MHD_Result respond_too_many(struct req *r, int per_ip)
 {
 	char detail[256];
 	struct MHD_Response *resp;
 
-	snprintf(detail, sizeof(detail),
-		 "kaleidod already serves %u connections ([server] max_connections); retry in a "
-		 "moment, reuse one keep-alive connection per client, or raise the limit",
-		 r->f->d.cfg->max_connections);
+	if (per_ip)
+		snprintf(detail, sizeof(detail),
+			 "this address already has %u connections open to kaleidod ([server] "
+			 "max_connections_per_ip); reuse keep-alive connections, or close some",
+			 r->f->d.cfg->max_connections_per_ip);
+	else
+		snprintf(detail, sizeof(detail),
+			 "kaleidod already serves %u connections ([server] max_connections); "
+			 "retry in a moment, reuse one keep-alive connection per client, or raise "
+			 "the limit",
+			 r->f->d.cfg->max_connections);
 	if ((resp = json_response(error_json(r, "too many connections", detail))) != NULL) {
 		MHD_add_response_header(resp, "Retry-After", "1");
 		MHD_add_response_header(resp, "Connection", "close");
 	}
-	return queue_and_drop(r, MHD_HTTP_SERVICE_UNAVAILABLE, resp);
+	return queue_and_drop(r, per_ip ? MHD_HTTP_TOO_MANY_REQUESTS : MHD_HTTP_SERVICE_UNAVAILABLE,
+			      resp);
 }
 
 /* status with Retry-After: the seconds in wait, rounded up (a client that
@@ -1177,6 +1191,7 @@ enum {
 	CHECK_REJECT_HOST_NAME,
 	CHECK_REJECT_CROSS_SITE,
 	CHECK_REJECT_CLIENT_CERT,    /* 403: mTLS without a good certificate */
+	CHECK_REJECT_HEADERS_SIZE,   /* 431 */
 	CHECK_REJECT_LOOP,           /* 508: the request came back to us */
 	CHECK_REJECT_MALFORMED,      /* 400, reason in r->reject */
 	CHECK_REJECT_UNSUPPORTED_TE, /* 501 */
@@ -1191,7 +1206,8 @@ struct fields {
 	size_t ncl;
 	char te[256]; /* Transfer-Encoding field lines joined */
 	int te_overflow;
-	int nte; /* Transfer-Encoding field lines */
+	int nte;      /* Transfer-Encoding field lines */
+	size_t bytes; /* of all the fields, names and values */
 };
 
 /*
@@ -1222,6 +1238,7 @@ static enum MHD_Result check_field(void *cls, enum MHD_ValueKind kind, const cha
 	struct fields *fl = cls;
 	const char *why = reqcheck_field(key, key_size, value, value_size);
 
+	fl->bytes += key_size + value_size + 4; /* ": " and CRLF */
 	if (why == NULL && folded(key, key_size, value))
 		why = "a header field is continued on the next line (obs-fold); send it on one "
 		      "line";
@@ -1264,6 +1281,10 @@ static int check_request(struct req *r)
 	if ((r->reject = reqcheck_target(r->target)) != NULL)
 		return CHECK_REJECT_MALFORMED;
 	MHD_get_connection_values_n(r->conn, MHD_HEADER_KIND, check_field, &fl);
+	/* Beyond CONN_POOL libmicrohttpd answers 431 itself, in HTML; below it
+	 * this one says so in JSON. */
+	if (fl.bytes > HEADERS_MAX)
+		return CHECK_REJECT_HEADERS_SIZE;
 	if (fl.why == NULL && fl.ncl > 0)
 		fl.why = reqcheck_content_length(fl.cl, fl.ncl);
 	if (fl.why != NULL) {
@@ -1424,13 +1445,18 @@ static int step_recv(struct req *r, const char *method, const char *version)
 		MHD_get_connection_info(r->conn, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
 	/* Kept for the access line; a longer method is cut, not an error. */
 	size_t mlen = strnlen(method, sizeof(r->method) - 1);
-	int verdict;
+	int verdict, mark;
 
 	memcpy(r->method, method, mlen);
 	r->method[mlen] = '\0';
 	r->family = -1;
-	if (ci != NULL && ci->socket_context == &over_limit)
-		return answered(r, respond_too_many(r));
+	mark = ci != NULL && ci->socket_context != NULL ?
+		       (int)((const char *)ci->socket_context - marks) :
+		       0;
+	if (mark & MARK_OVER_TOTAL)
+		return answered(r, respond_too_many(r, 0));
+	if (mark & MARK_OVER_IP)
+		return answered(r, respond_too_many(r, 1));
 	verdict = check_message(r, method, version);
 	if (verdict == CHECK_OK)
 		return go(r, STEP_AUTH);
@@ -1466,6 +1492,13 @@ static int step_recv(struct req *r, const char *method, const char *version)
 						 "kaleidod answers requests for a loopback "
 						 "address, localhost or a name in [server] "
 						 "server_names; this Host is none of them"));
+	case CHECK_REJECT_HEADERS_SIZE:
+		return answered(
+			r, respond_error(r, MHD_HTTP_REQUEST_HEADER_FIELDS_TOO_LARGE,
+					 "request header fields too large",
+					 "the request's header fields take more than %d KiB; "
+					 "send less (a cookie jar or a long token in a header?)",
+					 HEADERS_MAX / 1024));
 	case CHECK_REJECT_CLIENT_CERT:
 		return answered(r, respond_error(r, MHD_HTTP_FORBIDDEN,
 						 "client certificate refused", "%s", r->reject));
@@ -1570,6 +1603,12 @@ static int auth_check(struct req *r, const char *method)
 						 account_name(r->acct), path_len(r->target),
 						 r->target));
 	}
+	/* Before any byte of it is read, or sent on. */
+	if (r->body_len > 0 && (unsigned long long)r->body_len > f->d.cfg->max_body)
+		return answered(r, respond_error(r, MHD_HTTP_CONTENT_TOO_LARGE, "request too large",
+						 "the body declares %lld bytes; this gateway takes "
+						 "at most %zu ([gateway] max_body)",
+						 r->body_len, f->d.cfg->max_body));
 	if ((wait = account_take(r->acct, (double)r->started.tv_sec +
 						  (double)r->started.tv_nsec / 1e9)) > 0) {
 		char detail[256];
@@ -1898,18 +1937,36 @@ __attribute__((format(printf, 2, 0))) static void on_mhd_log(void *cls, const ch
 	log_debug("libmicrohttpd: %s", line);
 }
 
-/* Counts connections; marks those past max_connections (see over_limit). */
+/* Counts connections, in all and by address; marks those past a limit
+ * (see marks). */
 static void on_connection(void *cls, struct MHD_Connection *conn, void **socket_context,
 			  enum MHD_ConnectionNotificationCode code)
 {
 	struct front *f = cls;
+	const union MHD_ConnectionInfo *ci;
+	int mark = 0;
 
-	(void)conn;
 	if (code == MHD_CONNECTION_NOTIFY_STARTED) {
 		if (atomic_fetch_add(&f->conns, 1) >= f->d.cfg->max_connections)
-			*socket_context = &over_limit;
+			mark |= MARK_OVER_TOTAL;
+		if (f->per_ip != NULL &&
+		    (ci = MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CLIENT_ADDRESS)) !=
+			    NULL) {
+			unsigned n = ipcount_open(f->per_ip, ci->client_addr);
+
+			if (n > 0)
+				mark |= MARK_IP_COUNTED;
+			if (n > f->d.cfg->max_connections_per_ip)
+				mark |= MARK_OVER_IP;
+		}
+		*socket_context = mark != 0 ? &marks[mark] : NULL;
 	} else if (code == MHD_CONNECTION_NOTIFY_CLOSED) {
 		atomic_fetch_sub(&f->conns, 1);
+		mark = *socket_context != NULL ? (int)((char *)*socket_context - marks) : 0;
+		if ((mark & MARK_IP_COUNTED) &&
+		    (ci = MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CLIENT_ADDRESS)) !=
+			    NULL)
+			ipcount_close(f->per_ip, ci->client_addr);
 	}
 }
 
@@ -1983,7 +2040,8 @@ struct front *front_new(const struct front_deps *deps, int listen_fd, char *err,
 		threads = n > 2 ? (unsigned)n - 1 : 1;
 	}
 	f->threads = threads;
-	if ((f->hc = calloc(threads, sizeof(*f->hc))) == NULL)
+	if ((f->hc = calloc(threads, sizeof(*f->hc))) == NULL ||
+	    (deps->cfg->max_connections_per_ip > 0 && (f->per_ip = ipcount_new()) == NULL))
 		goto nomem;
 	for (unsigned i = 0; i < threads; i++)
 		if ((f->hc[i] = hitcache_new()) == NULL)
@@ -2022,6 +2080,7 @@ void front_free(struct front **fp)
 	for (unsigned i = 0; f->hc != NULL && i < f->threads; i++)
 		hitcache_free(&f->hc[i]);
 	free(f->hc);
+	ipcount_free(&f->per_ip); /* after the daemons: they count into it */
 	free(f);
 	*fp = NULL;
 }

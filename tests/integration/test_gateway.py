@@ -477,3 +477,57 @@ def test_guessing_from_one_address_is_refused_unhashed(lab):
     assert ok.status == 200, ok
     st = admin_stats(d, secrets)["gateway"]["accounts"]["alice"]
     assert st["login_failures"] == 10 and st["logins"] == 1, st
+
+
+# ---------------------------------------------------------------- limits
+
+def keepalive(port, source):
+    """A keep-alive connection from source that has made one request."""
+    import http.client
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=10, source_address=(source, 0))
+    c.request("GET", "/_kaleidod/health", headers={"Host": "127.0.0.1:%d" % port})
+    r = c.getresponse()
+    r.read()
+    return c, r.status
+
+
+def test_connections_per_address_are_capped(mock, daemon_factory):
+    d = daemon_factory(mock, config={"server": {"max_connections_per_ip": "3"}}).start()
+    held = [keepalive(d.port, "127.0.0.5") for _ in range(3)]
+    assert [st for _, st in held] == [200] * 3
+    extra, st = keepalive(d.port, "127.0.0.5")
+    extra.close()
+    assert st == 429
+    r = request(d.port, "GET", "/programs", source="127.0.0.5")
+    assert r.status == 429 and r.json()["error"] == "too many connections", r
+    assert "max_connections_per_ip" in r.json()["detail"]
+    assert r.header("Retry-After") == "1"
+    # Another address is not affected; a closed connection frees a place.
+    assert request(d.port, "GET", "/programs", source="127.0.0.6").status == 200
+    held[0][0].close()
+    wait_for(lambda: request(d.port, "GET", "/_kaleidod/health", source="127.0.0.5").status
+             == 200, timeout=10, what="the closed connection to be counted out")
+    for c, _ in held[1:]:
+        c.close()
+
+
+def test_oversized_header_fields_get_431_in_json(daemon):
+    r = request(daemon.port, "GET", "/programs", [("X-Big", "b" * (20 * 1024))])
+    assert r.status == 431, r
+    assert r.json()["error"] == "request header fields too large"
+    # Just under the limit is fine.
+    r = request(daemon.port, "GET", "/_kaleidod/health", [("X-Big", "b" * (12 * 1024))])
+    assert r.status == 200, r
+
+
+def test_a_declared_body_over_max_body_gets_413(tmp_path, mock, daemon_factory):
+    acc = str(tmp_path / "accounts")
+    secret = account_add(acc, "writer", "--scope", "read,write")
+    d = daemon_factory(mock, config={"gateway": {"accounts": acc, "max_body": "1K"}}).start()
+    tok = login(d.port, "writer", secret).json()["access_token"]
+    hdrs = bearer(tok) + [("Content-Type", "application/json")]
+    big = b'{"field_name": "' + b"x" * 2000 + b'"}'
+    r = request(d.port, "POST", "/key_fields", hdrs, big)
+    assert r.status == 413 and "max_body" in r.json()["detail"], r
+    assert mock.count("POST /key_fields") == 0
+    assert request(d.port, "POST", "/key_fields", hdrs, b'{"field_name": "x"}').status == 200
