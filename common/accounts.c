@@ -42,6 +42,7 @@ struct account {
 	char *name;
 	char *hash;
 	char *comment;
+	char *cert; /* the client certificate subject required, or NULL */
 	unsigned scopes;
 	char *paths[MAX_PATHS]; /* no trailing '/' */
 	int npaths;
@@ -106,6 +107,7 @@ static void account_free(struct account *a)
 		explicit_bzero(a->hash, strlen(a->hash));
 	free(a->hash);
 	free(a->comment);
+	free(a->cert);
 	free(a->paths_text);
 	free(a->rate_text);
 	for (int i = 0; i < a->npaths; i++)
@@ -143,6 +145,12 @@ const char *account_comment(const struct account *a)
 {
 	CHECK_OBJ(a, ACCOUNT_MAGIC);
 	return a->comment != NULL ? a->comment : "";
+}
+
+const char *account_cert(const struct account *a)
+{
+	CHECK_OBJ(a, ACCOUNT_MAGIC);
+	return a->cert != NULL ? a->cert : "";
 }
 
 const char *account_paths_text(const struct account *a)
@@ -239,6 +247,14 @@ static int name_ok(const char *s, size_t n)
 	for (size_t i = 0; i < n; i++)
 		if (!((s[i] >= 'a' && s[i] <= 'z') || (s[i] >= 'A' && s[i] <= 'Z') ||
 		      (s[i] >= '0' && s[i] <= '9') || strchr("._-@+", s[i]) != NULL))
+			return 0;
+	return 1;
+}
+
+static int printable(const char *s)
+{
+	for (; *s != '\0'; s++)
+		if ((unsigned char)*s < 0x20 || *s == 0x7f)
 			return 0;
 	return 1;
 }
@@ -353,17 +369,17 @@ static int hash_ok(const char *hash)
  * the first five ':', the comment keeps any further ones. */
 static const char *parse_line(char *line, struct account **out)
 {
-	char *f[6];
+	char *f[7];
 	struct account *a;
 	const char *why = NULL;
 	int i;
 
 	f[0] = line;
-	for (i = 1; i < 6; i++) {
+	for (i = 1; i < 7; i++) {
 		char *c = strchr(f[i - 1], ':');
 
 		if (c == NULL)
-			return "expected NAME:HASH:SCOPES:PATHS:RATE:COMMENT (six fields)";
+			return "expected NAME:HASH:SCOPES:PATHS:RATE:CERT:COMMENT (seven fields)";
 		*c = '\0';
 		f[i] = c + 1;
 	}
@@ -384,9 +400,12 @@ static const char *parse_line(char *line, struct account **out)
 		;
 	else if ((a->rate = parse_rate(f[4], &a->burst)) < 0)
 		why = "the rate must be empty or N/s, N/m or N/h";
+	else if (!printable(f[5]))
+		why = "the certificate subject must be printable text";
 	else if ((a->name = strdup(f[0])) == NULL || (a->hash = strdup(f[1])) == NULL ||
 		 (a->paths_text = strdup(f[3])) == NULL || (a->rate_text = strdup(f[4])) == NULL ||
-		 (f[5][0] != '\0' && (a->comment = strdup(f[5])) == NULL))
+		 (f[5][0] != '\0' && (a->cert = strdup(f[5])) == NULL) ||
+		 (f[6][0] != '\0' && (a->comment = strdup(f[6])) == NULL))
 		why = "out of memory";
 	if (why != NULL) {
 		account_free(a);
@@ -764,8 +783,8 @@ static char *read_locked(int fd, const char *path, struct accounts **as, size_t 
 }
 
 int accounts_file_add(const char *path, const char *name, const char *hash, const char *scopes,
-		      const char *paths, const char *rate, const char *comment, char *err,
-		      size_t errlen)
+		      const char *paths, const char *rate, const char *cert, const char *comment,
+		      char *err, size_t errlen)
 {
 	struct accounts *as = NULL, *one = NULL;
 	char *text, *line = NULL, *all = NULL;
@@ -776,8 +795,12 @@ int accounts_file_add(const char *path, const char *name, const char *hash, cons
 		set_err(err, errlen, "a comment is one line");
 		return -1;
 	}
-	n = asprintf(&line, "%s:%s:%s:%s:%s:%s\n", name, hash, scopes, paths ? paths : "",
-		     rate ? rate : "", comment ? comment : "");
+	if (cert != NULL && strchr(cert, ':') != NULL) {
+		set_err(err, errlen, "a certificate subject holds no ':'");
+		return -1;
+	}
+	n = asprintf(&line, "%s:%s:%s:%s:%s:%s:%s\n", name, hash, scopes, paths ? paths : "",
+		     rate ? rate : "", cert ? cert : "", comment ? comment : "");
 	if (n < 0) {
 		set_err(err, errlen, "out of memory");
 		return -1;

@@ -3,14 +3,15 @@
  *
  * One account a line, like passwd(5):
  *
- *     NAME:HASH:SCOPES:PATHS:RATE:COMMENT
+ *     NAME:HASH:SCOPES:PATHS:RATE:CERT:COMMENT
  *
  * NAME is the client id (letters, digits, . _ - @ +; at most 64); HASH a
  * crypt(5) hash that libxcrypt verifies (yescrypt "$y$" for new ones);
  * SCOPES a comma list of read, write and admin; PATHS an optional comma
  * list of path prefixes that narrow the scopes; RATE an optional request
- * rate (N/s, N/m or N/h); COMMENT the rest of the line (a person, an
- * e-mail), shown in the audit trail.  Blank lines and lines starting
+ * rate (N/s, N/m or N/h); CERT an optional client certificate subject DN
+ * the account must present (over TLS with tls_client_ca; no ':' in it);
+ * COMMENT the rest of the line (a person, an e-mail).  Blank lines and lines starting
  * with '#' are ignored.
  *
  * A loaded file is an immutable set; the daemon swaps in a new set on
@@ -49,6 +50,8 @@ struct account *account_ref(struct account *a);
 void account_unref(struct account **a);
 const char *account_name(const struct account *a);
 const char *account_comment(const struct account *a); /* "" when none */
+/* The client certificate subject the account must present, "" when none. */
+const char *account_cert(const struct account *a);
 unsigned account_scopes(const struct account *a);
 /* The PATHS and RATE fields as the file has them ("" when none). */
 const char *account_paths_text(const struct account *a);
@@ -111,11 +114,11 @@ void accounts_scopes_text(unsigned scopes, char *out, size_t outlen);
 char *accounts_hash_secret(const char *secret, char *err, size_t errlen);
 
 /* Appends an account (the file is made, mode 0600, if missing); scopes,
- * paths and rate are checked as the loader would, an existing name is
- * refused.  paths and rate may be NULL or "".  0, or -1 with why in err. */
+ * paths, rate and cert are checked as the loader would, an existing name
+ * is refused.  paths, rate, cert and comment may be NULL or "".  0, or -1 with why in err. */
 int accounts_file_add(const char *path, const char *name, const char *hash, const char *scopes,
-		      const char *paths, const char *rate, const char *comment, char *err,
-		      size_t errlen);
+		      const char *paths, const char *rate, const char *cert, const char *comment,
+		      char *err, size_t errlen);
 /* Removes the account's line.  0, or -1 with why (no such account). */
 int accounts_file_remove(const char *path, const char *name, char *err, size_t errlen);
 

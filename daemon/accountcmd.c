@@ -15,8 +15,8 @@ static void usage(FILE *out)
 {
 	fprintf(out, "usage: kaleidod account [--config FILE | --accounts FILE] add NAME --scope "
 		     "read[,write][,admin]\n"
-		     "                        [--path /PREFIX]... [--rate N/s|N/m|N/h] [--comment "
-		     "TEXT]\n"
+		     "                        [--path /PREFIX]... [--rate N/s|N/m|N/h]\n"
+		     "                        [--cert-subject DN] [--comment TEXT]\n"
 		     "       kaleidod account [--config FILE | --accounts FILE] list\n"
 		     "       kaleidod account [--config FILE | --accounts FILE] remove NAME\n"
 		     "\n"
@@ -64,14 +64,15 @@ static int add(const char *path, int argc, char **argv)
 		{ "path", required_argument, NULL, 'p' },
 		{ "rate", required_argument, NULL, 'r' },
 		{ "comment", required_argument, NULL, 'm' },
+		{ "cert-subject", required_argument, NULL, 'S' },
 		{ NULL, 0, NULL, 0 },
 	};
-	const char *scope = NULL, *rate = NULL, *comment = NULL, *name;
+	const char *scope = NULL, *rate = NULL, *comment = NULL, *cert = NULL, *name;
 	char paths[1024] = "", secret[LOCALTOKEN_LEN + 1], err[1024], *hash;
 	int ch, rc;
 
 	optind = 0; /* 0: glibc starts its scan afresh (the first one stopped early) */
-	while ((ch = getopt_long(argc, argv, "s:p:r:m:", opts, NULL)) != -1) {
+	while ((ch = getopt_long(argc, argv, "s:p:r:m:S:", opts, NULL)) != -1) {
 		switch (ch) {
 		case 's':
 			scope = optarg;
@@ -91,6 +92,9 @@ static int add(const char *path, int argc, char **argv)
 		case 'm':
 			comment = optarg;
 			break;
+		case 'S':
+			cert = optarg;
+			break;
 		default:
 			usage(stderr);
 			return 2;
@@ -107,7 +111,8 @@ static int add(const char *path, int argc, char **argv)
 		fprintf(stderr, "kaleidod: cannot make a secret: %s\n", err);
 		return 1;
 	}
-	rc = accounts_file_add(path, name, hash, scope, paths, rate, comment, err, sizeof(err));
+	rc = accounts_file_add(path, name, hash, scope, paths, rate, cert, comment, err,
+			       sizeof(err));
 	free(hash);
 	if (rc < 0) {
 		fprintf(stderr, "kaleidod: %s\n", err);

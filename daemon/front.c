@@ -153,11 +153,12 @@ struct req {
 	char method[16];
 	unsigned status;
 	struct timespec started;
-	char id[24];           /* X-Request-Id, with an audit trail */
-	uint64_t bytes_in;     /* request body */
-	uint64_t bytes_out;    /* response body */
-	struct timespec up_at; /* when the API was asked (tv_sec 0: never) */
-	double up_ms;          /* until its answer's headers; < 0 none */
+	char id[24];            /* X-Request-Id, with an audit trail */
+	char cert_subject[256]; /* a verified client certificate's subject DN, or "" */
+	uint64_t bytes_in;      /* request body */
+	uint64_t bytes_out;     /* response body */
+	struct timespec up_at;  /* when the API was asked (tv_sec 0: never) */
+	double up_ms;           /* until its answer's headers; < 0 none */
 };
 
 /* ---- small helpers ---- */
@@ -1418,9 +1419,8 @@ static int check_message(struct req *r, const char *method, const char *version)
 	if (cross_site(f, r->conn))
 		return CHECK_REJECT_CROSS_SITE;
 	if (f->d.tls != NULL) {
-		char subject[256];
-
-		switch (tls_check_client(f->d.tls, r->conn, subject, sizeof(subject))) {
+		switch (tls_check_client(f->d.tls, r->conn, r->cert_subject,
+					 sizeof(r->cert_subject))) {
 		case TLS_CLIENT_NONE:
 		case TLS_CLIENT_VERIFIED:
 			break;
@@ -1563,6 +1563,7 @@ static int auth_check(struct req *r, const char *method)
 	struct front *f = r->f;
 	int admin = strncmp(r->target, ADMIN_PREFIX, strlen(ADMIN_PREFIX)) == 0;
 	const char *token;
+	enum accounts_verdict verdict;
 	char scopes[32];
 	double wait;
 
@@ -1580,8 +1581,22 @@ static int auth_check(struct req *r, const char *method)
 			r, "invalid token",
 			"the token is unknown, expired or revoked; " HOW_TO_LOG_IN);
 	account_count(r->acct, ACCOUNT_REQUESTS);
-	accounts_scopes_text(account_scopes(r->acct), scopes, sizeof(scopes));
-	switch (account_allows(r->acct, method, r->target, (size_t)path_len(r->target), admin)) {
+	/* An account bound to a client certificate: that one, or nothing. */
+	if (account_cert(r->acct)[0] != '\0' &&
+	    strcmp(account_cert(r->acct), r->cert_subject) != 0) {
+		account_count(r->acct, ACCOUNT_DENIED);
+		return answered(
+			r,
+			respond_error(r, MHD_HTTP_FORBIDDEN, "client certificate refused",
+				      "account '%s' is used only with its own client "
+				      "certificate (subject %s); this connection %s",
+				      account_name(r->acct), account_cert(r->acct),
+				      r->cert_subject[0] ? "presented another" : "presented none"));
+	}
+	verdict = account_allows(r->acct, method, r->target, (size_t)path_len(r->target), admin);
+	if (verdict != ACCOUNTS_ALLOWED) /* the words for the refusal, only then */
+		accounts_scopes_text(account_scopes(r->acct), scopes, sizeof(scopes));
+	switch (verdict) {
 	case ACCOUNTS_ALLOWED:
 		break;
 	case ACCOUNTS_NEEDS_WRITE:

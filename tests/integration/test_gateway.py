@@ -15,6 +15,12 @@ from harness import (CLIENT_SECRET, KALEIDOD, Sdk, clean_env, request, run_kalei
                      wait_for)
 
 
+def slurp(path, mode="r", **kw):
+    """A file's whole content, the file closed."""
+    with open(path, mode, **kw) as f:
+        return f.read()
+
+
 # ---------------------------------------------------------------- helpers
 
 def account_add(path, name, *args):
@@ -44,9 +50,9 @@ def bearer(token, header="Authorization"):
 
 def reload_and_wait(d):
     """SIGHUP, and wait for the gateway's line about it."""
-    before = open(d.log_path, errors="replace").read().count("SIGHUP: ")
+    before = slurp(d.log_path, errors="replace").count("SIGHUP: ")
     os.kill(d.proc.pid, signal.SIGHUP)
-    wait_for(lambda: open(d.log_path, errors="replace").read().count("SIGHUP: ") >= before + 2,
+    wait_for(lambda: slurp(d.log_path, errors="replace").count("SIGHUP: ") >= before + 2,
              timeout=10, what="the reload's log lines")
 
 
@@ -88,12 +94,12 @@ def test_account_commands_store_only_a_yescrypt_hash(tmp_path):
     acc = str(tmp_path / "accounts")
     secret = account_add(acc, "robot-1", "--scope", "read", "--path", "/push/imports",
                          "--rate", "10/m", "--comment", "nightly importer")
-    text = open(acc).read()
+    text = slurp(acc)
     assert secret not in text
     line = text.strip().split("\n")[-1]
-    name, h, scopes, paths, rate, comment = line.split(":", 5)
-    assert (name, scopes, paths, rate, comment) == \
-        ("robot-1", "read", "/push/imports", "10/m", "nightly importer")
+    name, h, scopes, paths, rate, cert, comment = line.split(":", 6)
+    assert (name, scopes, paths, rate, cert, comment) == \
+        ("robot-1", "read", "/push/imports", "10/m", "", "nightly importer")
     assert h.startswith("$y$")
     assert oct(os.stat(acc).st_mode & 0o777) == "0o600"
     listed = run_kaleidod(["account", "--accounts", acc, "list"])
@@ -107,10 +113,10 @@ def test_account_commands_store_only_a_yescrypt_hash(tmp_path):
         p = run_kaleidod(["account", "--accounts", acc, "add"] + args)
         assert p.returncode == 1, p
         assert p.stderr.decode().startswith("kaleidod: ")
-    assert open(acc).read() == text
+    assert slurp(acc) == text
     p = run_kaleidod(["account", "--accounts", acc, "remove", "robot-1"])
     assert p.returncode == 0
-    assert "robot-1" not in open(acc).read()
+    assert "robot-1" not in slurp(acc)
     p = run_kaleidod(["account", "--accounts", acc, "remove", "robot-1"])
     assert p.returncode == 1 and b"no account 'robot-1'" in p.stderr
 
@@ -123,7 +129,7 @@ def test_hash_secret_makes_a_hash_the_gateway_accepts(tmp_path, mock, daemon_fac
     h = p.stdout.decode().strip()
     assert h.startswith("$y$") and "correct horse" not in h
     acc = tmp_path / "accounts"
-    acc.write_text("# a comment line\n\nbob:%s:read::::Bob\n" % h)
+    acc.write_text("# a comment line\n\nbob:%s:read:::::Bob\n" % h)
     d = daemon_factory(mock, config={"gateway": {"accounts": str(acc)}}).start()
     assert login(d.port, "bob", "correct horse battery").status == 200
     assert login(d.port, "bob", "correct horse").status == 401
@@ -132,7 +138,7 @@ def test_hash_secret_makes_a_hash_the_gateway_accepts(tmp_path, mock, daemon_fac
 def test_a_bad_accounts_file_stops_the_start_with_its_line(tmp_path, mock, daemon_factory):
     acc = tmp_path / "accounts"
     acc.write_text("ok:$y$j9T$AhNRN5zr3BAzcOf6N6jKd0$s0qGE.3y7AJkgAkRJCubJUz1UtuW0wsL6xetpR9acr2"
-                   ":read:::\nbroken line\n")
+                   ":read::::\nbroken line\n")
     d = daemon_factory(mock, config={"gateway": {"accounts": str(acc)}})
     d.write_config()
     p = run_kaleidod(["--config", d.config_path, "--check-config"])
@@ -398,7 +404,7 @@ def test_audit_file_is_reopened_on_sighup(lab):
     wait_for(lambda: os.path.exists(d.audit_path) and len(audit_lines(d)) >= 1, timeout=10,
              what="the new audit file")
     assert [e["id"] for e in audit_lines(d)] == [r.header("X-Request-Id")]
-    rotated = open(d.audit_path + ".1").read()
+    rotated = slurp(d.audit_path + ".1")
     assert "/programs" in rotated and "/entity_slices" not in rotated
 
 
@@ -420,10 +426,10 @@ def test_no_secret_or_token_reaches_a_log_the_audit_the_cache_or_an_error(lab, m
     # The workspace's own: never anywhere either (the mock echoes what it
     # receives for an unknown path, so its bodies are not kaleidod's).
     wanted = local + [CLIENT_SECRET] + mock.tokens()["access"] + mock.tokens()["refresh"]
-    files = {"log": open(d.log_path, "rb").read(), "audit": open(d.audit_path, "rb").read(),
-             "cache": open(d.cache_file, "rb").read()}
+    files = {"log": slurp(d.log_path, "rb"), "audit": slurp(d.audit_path, "rb"),
+             "cache": slurp(d.cache_file, "rb")}
     if os.path.exists(d.cache_file + "-wal"):
-        files["cache-wal"] = open(d.cache_file + "-wal", "rb").read()
+        files["cache-wal"] = slurp(d.cache_file + "-wal", "rb")
     assert len(files["audit"]) > 0 and b"token=***" in files["audit"]
     for secret in wanted:
         for name, blob in files.items():
@@ -531,3 +537,49 @@ def test_a_declared_body_over_max_body_gets_413(tmp_path, mock, daemon_factory):
     assert r.status == 413 and "max_body" in r.json()["detail"], r
     assert mock.count("POST /key_fields") == 0
     assert request(d.port, "POST", "/key_fields", hdrs, b'{"field_name": "x"}').status == 200
+
+
+def network_address():
+    """A non-loopback IPv4 address of this machine, or None."""
+    import socket
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        s.connect(("192.0.2.1", 9))  # no packet is sent: it only picks a route
+        addr = s.getsockname()[0]
+    except OSError:
+        return None
+    finally:
+        s.close()
+    return None if addr.startswith("127.") else addr
+
+
+def test_admin_endpoints_from_the_network_need_the_admin_scope(tmp_path, mock, daemon_factory):
+    """A client on a real network address, with the default
+    admin_from_loopback = yes: the admin endpoints want an admin token from
+    it, while the loopback operator gets in without one."""
+    addr = network_address()
+    if addr is None:
+        pytest.skip("no non-loopback address on this machine")
+    acc = str(tmp_path / "accounts")
+    admin = account_add(acc, "ops", "--scope", "read,admin")
+    reader = account_add(acc, "viewer", "--scope", "read")
+    d = daemon_factory(mock, bind_addr="0.0.0.0",
+                       config={"gateway": {"accounts": acc},
+                               "server": {"server_names": addr}}).start()
+
+    def stats(token=None):
+        hdrs = bearer(token) if token else []
+        return request(d.port, "GET", "/_kaleidod/stats", hdrs, host=addr, source=addr)
+
+    def tok(name, secret):
+        r = login(d.port, name, secret, source=addr)
+        assert r.status == 200, r
+        return r.json()["access_token"]
+
+    r = stats()
+    assert r.status == 401, r
+    assert stats(tok("viewer", reader)).status == 403
+    r = stats(tok("ops", admin))
+    assert r.status == 200 and "gateway" in r.json(), r
+    assert request(d.port, "GET", "/_kaleidod/stats").status == 200  # loopback
+    assert request(d.port, "GET", "/_kaleidod/health", host=addr, source=addr).status == 200

@@ -20,6 +20,12 @@ GNUTLS_CLI = shutil.which("gnutls-cli")
 pytestmark = pytest.mark.skipif(CERTTOOL is None, reason="certtool (gnutls-bin) is not installed")
 
 
+def slurp(path, mode="r", **kw):
+    """A file's whole content, the file closed."""
+    with open(path, mode, **kw) as f:
+        return f.read()
+
+
 def certtool(*args):
     subprocess.run([CERTTOOL] + list(args), check=True, stdout=subprocess.DEVNULL,
                    stderr=subprocess.DEVNULL, timeout=60)
@@ -215,3 +221,55 @@ def test_tls_settings_are_checked(daemon_factory, mock, pki, tmp_path):
         p = run_kaleidod(["--config", d.config_path, "--check-config"])
         assert p.returncode == 1, (server, p)
         assert want in p.stderr.decode(), (server, p.stderr)
+
+
+def test_an_account_bound_to_a_client_certificate(daemon_factory, mock, pki, tmp_path):
+    """tls_client_ca without tls_client_required: certificates are optional,
+    but an account with a CERT subject is usable only over a connection that
+    presented that certificate."""
+    import re
+    import urllib.parse
+    good = pki.issue("robot-9", client=True)
+    other = pki.issue("robot-10", client=True)
+    acc = str(tmp_path / "accounts")
+    secrets = {}
+    for name, extra in (("robot", ["--cert-subject", "CN=robot-9"]), ("person", [])):
+        p = run_kaleidod(["account", "--accounts", acc, "add", name, "--scope", "read"] + extra)
+        assert p.returncode == 0, p.stderr
+        secrets[name] = re.search(r"client secret: (\S+)", p.stdout.decode()).group(1)
+    assert ":CN=robot-9:" in slurp(acc)
+    cert, key = pki.issue("server-bound")
+    d = daemon_factory(mock, config={"server": {"tls_cert": cert, "tls_key": key,
+                                                "tls_client_ca": pki.ca},
+                                     "gateway": {"accounts": acc}}).start()
+
+    def call(method, path, client, body=None, token=None):
+        c = http.client.HTTPSConnection("localhost", d.port, timeout=10,
+                                        context=context(pki, client))
+        hdrs = {"Host": "localhost:%d" % d.port}
+        if token:
+            hdrs["Authorization"] = "Bearer " + token
+        if body:
+            hdrs["Content-Type"] = "application/x-www-form-urlencoded"
+        c.request(method, path, body=body, headers=hdrs)
+        r = c.getresponse()
+        data = r.read()
+        c.close()
+        return r.status, data
+
+    def token(name, client):
+        st, data = call("POST", "/auth/oauth/token", client, urllib.parse.urlencode(
+            {"grant_type": "client_credentials", "client_id": name,
+             "client_secret": secrets[name]}))
+        assert st == 200, data
+        return __import__("json").loads(data)["access_token"]
+
+    robot = token("robot", good)
+    person = token("person", None)
+    assert call("GET", "/programs", good, token=robot)[0] == 200
+    st, body = call("GET", "/programs", None, token=robot)
+    assert st == 403 and b"client certificate" in body and b"presented none" in body, body
+    st, body = call("GET", "/programs", other, token=robot)
+    assert st == 403 and b"presented another" in body, body
+    assert call("GET", "/programs", None, token=person)[0] == 200
+    assert call("GET", "/programs", other, token=person)[0] == 200

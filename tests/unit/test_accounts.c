@@ -69,8 +69,8 @@ static void test_fields_and_verify(void **state)
 
 	(void)state;
 	snprintf(text, sizeof(text),
-		 "# the lab\n\nzed:%s:read:/programs,/push/imports/:10/m:Zed: a robot\n"
-		 "amy:%s:read,write,admin::::\n",
+		 "# the lab\n\nzed:%s:read:/programs,/push/imports/:10/m:CN=zed,O=Lab:Zed: a robot\n"
+		 "amy:%s:read,write,admin:::::\n",
 		 h1, h2);
 	assert_int_equal(accounts_load(file_with(text), &as, err, sizeof(err)), 0);
 	assert_int_equal(accounts_count(as), 2);
@@ -79,6 +79,7 @@ static void test_fields_and_verify(void **state)
 	assert_non_null(a);
 	assert_null(accounts_find(as, "ze"));
 	assert_string_equal(account_comment(a), "Zed: a robot"); /* ':' kept */
+	assert_string_equal(account_cert(a), "CN=zed,O=Lab");
 	assert_int_equal(account_scopes(a), ACCOUNTS_READ);
 	assert_true(account_rate(a) > 0.166 && account_rate(a) < 0.167);
 	assert_int_equal(account_verify(a, "s3cret"), 1);
@@ -86,6 +87,7 @@ static void test_fields_and_verify(void **state)
 	assert_int_equal(account_verify(a, "other"), 0);
 	assert_int_equal(account_verify(NULL, "s3cret"), 0); /* no such name */
 	assert_string_equal(account_comment(accounts_find(as, "amy")), ":");
+	assert_string_equal(account_cert(accounts_find(as, "amy")), "");
 	accounts_free(&as);
 	free(h1);
 	free(h2);
@@ -96,21 +98,21 @@ static void test_errors_name_the_line(void **state)
 	static const struct {
 		const char *text, *want;
 	} cases[] = {
-		{ "a:$y$j9T$AhNRN5zr3BAzcOf6N6jKd0$s0qGE.3y7AJkgAkRJCubJUz1UtuW0wsL6xetpR9acr2:read:::\n"
-		  "b:nohash:read:::\n",
+		{ "a:$y$j9T$AhNRN5zr3BAzcOf6N6jKd0$s0qGE.3y7AJkgAkRJCubJUz1UtuW0wsL6xetpR9acr2:read::::\n"
+		  "b:nohash:read::::\n",
 		  ":2: the secret hash" },
 		{ "bad name:$y$j9T$AhNRN5zr3BAzcOf6N6jKd0$s0qGE.3y7AJkgAkRJCubJUz1UtuW0wsL6xetpR9acr2:"
-		  "read:::\n",
+		  "read::::\n",
 		  ":1: the name" },
-		{ "a:$y$j9T$AhNRN5zr3BAzcOf6N6jKd0$s0qGE.3y7AJkgAkRJCubJUz1UtuW0wsL6xetpR9acr2:fly:::\n",
+		{ "a:$y$j9T$AhNRN5zr3BAzcOf6N6jKd0$s0qGE.3y7AJkgAkRJCubJUz1UtuW0wsL6xetpR9acr2:fly::::\n",
 		  ":1: scopes" },
-		{ "a:$y$j9T$AhNRN5zr3BAzcOf6N6jKd0$s0qGE.3y7AJkgAkRJCubJUz1UtuW0wsL6xetpR9acr2:read:x::\n",
+		{ "a:$y$j9T$AhNRN5zr3BAzcOf6N6jKd0$s0qGE.3y7AJkgAkRJCubJUz1UtuW0wsL6xetpR9acr2:read:x:::\n",
 		  ":1: each path" },
-		{ "a:$y$j9T$AhNRN5zr3BAzcOf6N6jKd0$s0qGE.3y7AJkgAkRJCubJUz1UtuW0wsL6xetpR9acr2:read::9/d:\n",
+		{ "a:$y$j9T$AhNRN5zr3BAzcOf6N6jKd0$s0qGE.3y7AJkgAkRJCubJUz1UtuW0wsL6xetpR9acr2:read::9/d::\n",
 		  ":1: the rate" },
 		{ "a:b:c\n", ":1: expected NAME:HASH" },
-		{ "a:$y$j9T$AhNRN5zr3BAzcOf6N6jKd0$s0qGE.3y7AJkgAkRJCubJUz1UtuW0wsL6xetpR9acr2:read:::\n"
-		  "a:$y$j9T$AhNRN5zr3BAzcOf6N6jKd0$s0qGE.3y7AJkgAkRJCubJUz1UtuW0wsL6xetpR9acr2:read:::\n",
+		{ "a:$y$j9T$AhNRN5zr3BAzcOf6N6jKd0$s0qGE.3y7AJkgAkRJCubJUz1UtuW0wsL6xetpR9acr2:read::::\n"
+		  "a:$y$j9T$AhNRN5zr3BAzcOf6N6jKd0$s0qGE.3y7AJkgAkRJCubJUz1UtuW0wsL6xetpR9acr2:read::::\n",
 		  "account 'a' appears twice" },
 	};
 	char err[256];
@@ -135,7 +137,8 @@ static void test_scopes_and_paths(void **state)
 
 	(void)state;
 	snprintf(text, sizeof(text),
-		 "r:%s:read:::\nw:%s:write,admin:::\np:%s:read,write:/push/imports::\n", h, h, h);
+		 "r:%s:read::::\nw:%s:write,admin::::\np:%s:read,write:/push/imports:::\n", h, h,
+		 h);
 	assert_int_equal(accounts_load(file_with(text), &as, err, sizeof(err)), 0);
 	r = accounts_find(as, "r");
 	w = accounts_find(as, "w");
@@ -168,7 +171,7 @@ static void test_rate_bucket_and_carried_counters(void **state)
 	struct account *a, *b;
 
 	(void)state;
-	snprintf(text, sizeof(text), "a:%s:read::3/s:\nb:%s:read:::\n", h, h);
+	snprintf(text, sizeof(text), "a:%s:read::3/s::\nb:%s:read::::\n", h, h);
 	assert_int_equal(accounts_load(file_with(text), &as, err, sizeof(err)), 0);
 	a = accounts_find(as, "a");
 	b = accounts_find(as, "b");
@@ -211,24 +214,27 @@ static void test_file_edits(void **state)
 	snprintf(path, sizeof(path), "%s/edited", dir);
 	unlink(path);
 	assert_int_equal(
-		accounts_file_add(path, "one", h, "read", "", "", "first", err, sizeof(err)), 0);
+		accounts_file_add(path, "one", h, "read", "", "", NULL, "first", err, sizeof(err)),
+		0);
 	assert_int_equal(stat(path, &st), 0);
 	assert_int_equal(st.st_mode & 0777, 0600);
-	assert_int_equal(accounts_file_add(path, "two", h, "read,write", "/a,/b", "5/s", NULL, err,
-					   sizeof(err)),
+	assert_int_equal(accounts_file_add(path, "two", h, "read,write", "/a,/b", "5/s", NULL, NULL,
+					   err, sizeof(err)),
 			 0);
 	f = fopen(path, "r");
 	n = fread(before, 1, sizeof(before) - 1, f);
 	before[n] = '\0';
 	fclose(f);
 	/* A twin, a bad field, a comment with a newline: refused, file unchanged. */
-	assert_int_equal(accounts_file_add(path, "one", h, "read", "", "", "", err, sizeof(err)),
-			 -1);
-	assert_non_null(strstr(err, "exists already"));
-	assert_int_equal(accounts_file_add(path, "three", h, "nope", "", "", "", err, sizeof(err)),
-			 -1);
 	assert_int_equal(
-		accounts_file_add(path, "four", h, "read", "", "", "a\nb", err, sizeof(err)), -1);
+		accounts_file_add(path, "one", h, "read", "", "", NULL, "", err, sizeof(err)), -1);
+	assert_non_null(strstr(err, "exists already"));
+	assert_int_equal(
+		accounts_file_add(path, "three", h, "nope", "", "", NULL, "", err, sizeof(err)),
+		-1);
+	assert_int_equal(
+		accounts_file_add(path, "four", h, "read", "", "", NULL, "a\nb", err, sizeof(err)),
+		-1);
 	f = fopen(path, "r");
 	n = fread(before + 2048, 1, 2047, f);
 	before[2048 + n] = '\0';

@@ -59,7 +59,7 @@ static int teardown(void **state)
 
 static void test_issue_check_expire(void **state)
 {
-	struct accounts *as = set_of("amy:" H1 ":read:::\n");
+	struct accounts *as = set_of("amy:" H1 ":read::::\n");
 	struct tokens *t = tokens_new(100);
 	char access[LOCALTOKEN_LEN + 1], refresh[LOCALTOKEN_LEN + 1], wrong[LOCALTOKEN_LEN + 2];
 	struct account *a;
@@ -94,7 +94,7 @@ static void test_issue_check_expire(void **state)
 
 static void test_refresh_once(void **state)
 {
-	struct accounts *as = set_of("amy:" H1 ":read:::\n");
+	struct accounts *as = set_of("amy:" H1 ":read::::\n");
 	struct tokens *t = tokens_new(100);
 	char access[LOCALTOKEN_LEN + 1], refresh[LOCALTOKEN_LEN + 1];
 	char access2[LOCALTOKEN_LEN + 1], refresh2[LOCALTOKEN_LEN + 1];
@@ -124,7 +124,7 @@ static void test_refresh_once(void **state)
 static void test_rebind_on_reload(void **state)
 {
 	struct accounts *as =
-		set_of("amy:" H1 ":read:::\nbob:" H1 ":read:::\ncat:" H1 ":read:::\n");
+		set_of("amy:" H1 ":read::::\nbob:" H1 ":read::::\ncat:" H1 ":read::::\n");
 	struct accounts *next;
 	struct tokens *t = tokens_new(100);
 	char amy[LOCALTOKEN_LEN + 1], bob[LOCALTOKEN_LEN + 1], cat[LOCALTOKEN_LEN + 1];
@@ -136,7 +136,7 @@ static void test_rebind_on_reload(void **state)
 	assert_int_equal(tokens_issue(t, accounts_find(as, "bob"), 0, 60, bob, r), 0);
 	assert_int_equal(tokens_issue(t, accounts_find(as, "cat"), 0, 60, cat, r), 0);
 	/* amy gains write, bob's secret changes, cat is removed. */
-	next = set_of("amy:" H1 ":read,write:::\nbob:" H2 ":read:::\n");
+	next = set_of("amy:" H1 ":read,write::::\nbob:" H2 ":read::::\n");
 	assert_int_equal(tokens_rebind(t, next), 4); /* bob's and cat's pairs */
 	accounts_free(&as);
 	a = tokens_check(t, amy, 1);
@@ -151,7 +151,7 @@ static void test_rebind_on_reload(void **state)
 
 static void test_full_store(void **state)
 {
-	struct accounts *as = set_of("amy:" H1 ":read:::\n");
+	struct accounts *as = set_of("amy:" H1 ":read::::\n");
 	struct tokens *t = tokens_new(4);
 	char a[LOCALTOKEN_LEN + 1], r[LOCALTOKEN_LEN + 1];
 
