@@ -180,7 +180,9 @@ static const struct ckey ckeys[] = {
 	{ "gateway", "allow_anonymous", CT_BOOL, "no", M(allow_anonymous), 0, 0, 0, NULL,
 	  "Serve a non-loopback address without accounts, anyone as the workspace (default no)" },
 	{ "gateway", "max_body", CT_SIZE, "1G", M(max_body), 0, 0, SIZE_MAX, NULL,
-	  "The largest request body an account may declare; beyond, 413 (size, default 1G)" },
+	  "The largest body a write-scoped account may declare; beyond, 413 (size, default 1G)" },
+	{ "gateway", "max_body_read", CT_SIZE, "64K", M(max_body_read), 0, 0, SIZE_MAX, NULL,
+	  "The largest body an account without write may declare (size, default 64K)" },
 	{ "gateway", "admin_from_loopback", CT_BOOL, "yes", M(admin_from_loopback), 0, 0, 0, NULL,
 	  "Admin endpoints open to loopback clients without a token (boolean, default yes)" },
 

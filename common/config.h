@@ -95,7 +95,8 @@ struct config {
 	char *accounts_file;     /* NULL: no accounts, the personal daemon */
 	int allow_anonymous;     /* a non-loopback listener without accounts */
 	int admin_from_loopback; /* admin endpoints open to loopback without a token */
-	size_t max_body;         /* bytes an account's request may declare */
+	size_t max_body;         /* bytes a write-scoped account's request may declare */
+	size_t max_body_read;    /* the same for an account without write */
 
 	/* [family.NAME] sections, the defaults first */
 	struct config_family families[CONFIG_MAX_FAMILIES];

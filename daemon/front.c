@@ -1566,6 +1566,8 @@ static int auth_check(struct req *r, const char *method)
 	enum accounts_verdict verdict;
 	char scopes[32];
 	double wait;
+	size_t limit;
+	int writer;
 
 	if (f->d.gw == NULL || path_is(r, UPSTREAM_TOKEN_PATH) ||
 	    path_is(r, ADMIN_PREFIX "health") ||
@@ -1618,12 +1620,16 @@ static int auth_check(struct req *r, const char *method)
 						 account_name(r->acct), path_len(r->target),
 						 r->target));
 	}
-	/* Before any byte of it is read, or sent on. */
-	if (r->body_len > 0 && (unsigned long long)r->body_len > f->d.cfg->max_body)
+	/* Before any byte of it is read, or sent on; by scope, since a reader's
+	 * body (a search) is small and a writer's (an import) may be large. */
+	writer = (account_scopes(r->acct) & ACCOUNTS_WRITE) != 0;
+	limit = writer ? f->d.cfg->max_body : f->d.cfg->max_body_read;
+	if (r->body_len > 0 && (unsigned long long)r->body_len > limit)
 		return answered(r, respond_error(r, MHD_HTTP_CONTENT_TOO_LARGE, "request too large",
-						 "the body declares %lld bytes; this gateway takes "
-						 "at most %zu ([gateway] max_body)",
-						 r->body_len, f->d.cfg->max_body));
+						 "the body declares %lld bytes; account '%s' may "
+						 "send at most %zu ([gateway] %s)",
+						 r->body_len, account_name(r->acct), limit,
+						 writer ? "max_body" : "max_body_read"));
 	if ((wait = account_take(r->acct, (double)r->started.tv_sec +
 						  (double)r->started.tv_nsec / 1e9)) > 0) {
 		char detail[256];

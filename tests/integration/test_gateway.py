@@ -526,10 +526,12 @@ def test_oversized_header_fields_get_431_in_json(daemon):
     assert r.status == 200, r
 
 
-def test_a_declared_body_over_max_body_gets_413(tmp_path, mock, daemon_factory):
+def test_a_declared_body_over_the_scope_s_limit_gets_413(tmp_path, mock, daemon_factory):
     acc = str(tmp_path / "accounts")
     secret = account_add(acc, "writer", "--scope", "read,write")
-    d = daemon_factory(mock, config={"gateway": {"accounts": acc, "max_body": "1K"}}).start()
+    rsecret = account_add(acc, "reader", "--scope", "read")
+    d = daemon_factory(mock, config={"gateway": {"accounts": acc, "max_body": "1K",
+                                                 "max_body_read": "100"}}).start()
     tok = login(d.port, "writer", secret).json()["access_token"]
     hdrs = bearer(tok) + [("Content-Type", "application/json")]
     big = b'{"field_name": "' + b"x" * 2000 + b'"}'
@@ -537,6 +539,13 @@ def test_a_declared_body_over_max_body_gets_413(tmp_path, mock, daemon_factory):
     assert r.status == 413 and "max_body" in r.json()["detail"], r
     assert mock.count("POST /key_fields") == 0
     assert request(d.port, "POST", "/key_fields", hdrs, b'{"field_name": "x"}').status == 200
+    # A reader's GET with a body: the reader's limit, far smaller.
+    rtok = login(d.port, "reader", rsecret).json()["access_token"]
+    rh = bearer(rtok) + [("Content-Type", "application/json")]
+    r = request(d.port, "GET", "/records/search", rh, b"q" * 500)
+    assert r.status == 413 and "max_body_read" in r.json()["detail"], r
+    assert request(d.port, "GET", "/records/search", rh, b"q" * 50).status == 200
+    assert mock.count("GET /records/search") == 1
 
 
 def network_address():

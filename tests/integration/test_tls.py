@@ -273,3 +273,52 @@ def test_an_account_bound_to_a_client_certificate(daemon_factory, mock, pki, tmp
     assert st == 403 and b"presented another" in body, body
     assert call("GET", "/programs", None, token=person)[0] == 200
     assert call("GET", "/programs", other, token=person)[0] == 200
+
+
+def test_idle_tls_connections_do_not_hold_up_a_client(daemon_factory, mock, pki, tmp_path):
+    """200 connections that never finish (or never start) a handshake, and a
+    normal client is served meanwhile, its answers whole."""
+    d = tls_daemon(daemon_factory, mock, pki, tmp_path)
+    idle = []
+    try:
+        for i in range(200):
+            s = socket.create_connection(("127.0.0.1", d.port), timeout=10)
+            if i % 2:
+                s.sendall(b"\x16\x03\x01\x00\xff\x01")  # the start of a ClientHello
+            idle.append(s)
+        for _ in range(20):
+            status, _, body = get(d, pki, "/programs")
+            assert status == 200 and len(body) > 0
+    finally:
+        for s in idle:
+            s.close()
+
+
+def test_an_sdk_s_requests_session_trusts_the_lab_ca(tmp_path, daemon_factory, mock, pki):
+    """What the SDKs do over TLS: a requests session that takes the CA from
+    REQUESTS_CA_BUNDLE, the token endpoint, then calls with the token."""
+    requests = pytest.importorskip("requests")
+    import re
+    acc = str(tmp_path / "accounts")
+    p = run_kaleidod(["account", "--accounts", acc, "add", "lab-user", "--scope", "read"])
+    secret = re.search(r"client secret: (\S+)", p.stdout.decode()).group(1)
+    cert, key = pki.issue("server-sdk")
+    d = daemon_factory(mock, config={"server": {"tls_cert": cert, "tls_key": key},
+                                     "gateway": {"accounts": acc}}).start()
+    os.environ["REQUESTS_CA_BUNDLE"] = pki.ca
+    try:
+        sess = requests.Session()
+        base = "https://localhost:%d" % d.port
+        r = sess.post(base + "/auth/oauth/token", timeout=10,
+                      data={"grant_type": "client_credentials", "client_id": "lab-user",
+                            "client_secret": secret})
+        assert r.status_code == 200, r.text
+        tok = r.json()["access_token"]
+        r = sess.get(base + "/programs", timeout=10,
+                     headers={"X-Kal-Authorization": "Bearer " + tok})
+        assert r.status_code == 200 and r.headers["X-Cache"] in ("MISS", "HIT"), r.text
+        del os.environ["REQUESTS_CA_BUNDLE"]
+        with pytest.raises(requests.exceptions.SSLError):
+            requests.Session().get(base + "/programs", timeout=10)
+    finally:
+        os.environ.pop("REQUESTS_CA_BUNDLE", None)
