@@ -21,6 +21,7 @@
 
 #include "accounts.h"
 #include "check.h"
+#include "errbuf.h"
 
 #define MAX_PATHS 16
 #define LINE_MAX_LEN 4096
@@ -57,22 +58,10 @@ struct accounts {
 	size_t n;
 };
 
-/* A hash to spend the same time on when the name is unknown (its secret
- * is unknown too: made from random bytes at first use). */
+/* A hash to spend the same time on when the name is unknown, made at
+ * first use (a match against it never counts: there is no account). */
 static char *dummy_hash;
 static pthread_once_t dummy_once = PTHREAD_ONCE_INIT;
-
-__attribute__((format(printf, 3, 4))) static void set_err(char *err, size_t errlen, const char *fmt,
-							  ...)
-{
-	va_list ap;
-
-	if (err == NULL || errlen == 0)
-		return;
-	va_start(ap, fmt);
-	vsnprintf(err, errlen, fmt, ap);
-	va_end(ap);
-}
 
 static struct usage *usage_new(void)
 {
@@ -430,7 +419,7 @@ static int parse_text(char *text, const char *path, struct accounts **out, char 
 	char *line = text, *next;
 
 	if (as == NULL) {
-		set_err(err, errlen, "out of memory");
+		errbuf_set(err, errlen, "out of memory");
 		return -1;
 	}
 	for (; line != NULL && *line != '\0'; line = next) {
@@ -445,7 +434,7 @@ static int parse_text(char *text, const char *path, struct accounts **out, char 
 			continue;
 		line[strcspn(line, "\r")] = '\0';
 		if ((why = parse_line(line, &a)) != NULL) {
-			set_err(err, errlen, "%s:%zu: %s", path, lineno, why);
+			errbuf_set(err, errlen, "%s:%zu: %s", path, lineno, why);
 			goto fail;
 		}
 		if (as->n == cap) {
@@ -453,7 +442,7 @@ static int parse_text(char *text, const char *path, struct accounts **out, char 
 
 			if (g == NULL) {
 				account_unref(&a);
-				set_err(err, errlen, "out of memory");
+				errbuf_set(err, errlen, "out of memory");
 				goto fail;
 			}
 			as->a = g;
@@ -466,7 +455,7 @@ static int parse_text(char *text, const char *path, struct accounts **out, char 
 		qsort(as->a, as->n, sizeof(*as->a), by_name);
 	for (size_t i = 1; i < as->n; i++)
 		if (strcmp(as->a[i - 1]->name, as->a[i]->name) == 0) {
-			set_err(err, errlen, "%s: account '%s' appears twice", path,
+			errbuf_set(err, errlen, "%s: account '%s' appears twice", path,
 				as->a[i]->name);
 			goto fail;
 		}
@@ -515,7 +504,7 @@ int accounts_load(const char *path, struct accounts **out, char *err, size_t err
 
 	*out = NULL;
 	if (fd < 0) {
-		set_err(err, errlen, "%s: %s", path, strerror(errno));
+		errbuf_set(err, errlen, "%s: %s", path, strerror(errno));
 		return -1;
 	}
 	/* A command editing the file holds LOCK_EX while it writes. */
@@ -524,11 +513,11 @@ int accounts_load(const char *path, struct accounts **out, char *err, size_t err
 	text = read_all(fd, &len);
 	close(fd);
 	if (text == NULL) {
-		set_err(err, errlen, "%s: cannot read: %s", path, strerror(errno));
+		errbuf_set(err, errlen, "%s: cannot read: %s", path, strerror(errno));
 		return -1;
 	}
 	if (memchr(text, '\0', len) != NULL) {
-		set_err(err, errlen, "%s: not a text file (a NUL byte)", path);
+		errbuf_set(err, errlen, "%s: not a text file (a NUL byte)", path);
 		free(text);
 		return -1;
 	}
@@ -674,15 +663,15 @@ char *accounts_hash_secret(const char *secret, char *err, size_t errlen)
 	char *out = NULL;
 
 	if (cd == NULL) {
-		set_err(err, errlen, "out of memory");
+		errbuf_set(err, errlen, "out of memory");
 		return NULL;
 	}
 	if (crypt_gensalt_rn("$y$", 0, NULL, 0, salt, sizeof(salt)) == NULL ||
 	    (h = crypt_rn(secret, salt, cd, sizeof(*cd))) == NULL || h[0] == '*')
-		set_err(err, errlen, "libxcrypt cannot make a yescrypt hash: %s",
+		errbuf_set(err, errlen, "libxcrypt cannot make a yescrypt hash: %s",
 			strerror(errno ? errno : EINVAL));
 	else if ((out = strdup(h)) == NULL)
-		set_err(err, errlen, "out of memory");
+		errbuf_set(err, errlen, "out of memory");
 	explicit_bzero(cd, sizeof(*cd));
 	free(cd);
 	return out;
@@ -700,7 +689,7 @@ static int lock_file(const char *path, int create, char *err, size_t errlen)
 		int fd = open(path, O_RDWR | O_CLOEXEC | (create ? O_CREAT : 0), 0600);
 
 		if (fd < 0) {
-			set_err(err, errlen, "%s: %s", path, strerror(errno));
+			errbuf_set(err, errlen, "%s: %s", path, strerror(errno));
 			return -1;
 		}
 		while (flock(fd, LOCK_EX) < 0 && errno == EINTR)
@@ -723,12 +712,12 @@ static int replace_file(const char *path, int oldfd, const char *text, size_t le
 	int fd;
 
 	if (snprintf(tmp, sizeof(tmp), "%s.new", path) >= (int)sizeof(tmp)) {
-		set_err(err, errlen, "%s: path too long", path);
+		errbuf_set(err, errlen, "%s: path too long", path);
 		return -1;
 	}
 	if (fstat(oldfd, &st) < 0 ||
 	    (fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, st.st_mode & 07777)) < 0) {
-		set_err(err, errlen, "%s: %s", tmp, strerror(errno));
+		errbuf_set(err, errlen, "%s: %s", tmp, strerror(errno));
 		return -1;
 	}
 	/* The owner stays (a root command editing the daemon's file). */
@@ -753,7 +742,7 @@ static int replace_file(const char *path, int oldfd, const char *text, size_t le
 	}
 	return 0;
 fail:
-	set_err(err, errlen, "%s: %s", tmp, strerror(errno));
+	errbuf_set(err, errlen, "%s: %s", tmp, strerror(errno));
 	if (fd >= 0)
 		close(fd);
 	unlink(tmp);
@@ -767,7 +756,7 @@ static char *read_locked(int fd, const char *path, struct accounts **as, size_t 
 	char *text = read_all(fd, len), *copy;
 
 	if (text == NULL || (copy = strdup(text)) == NULL) {
-		set_err(err, errlen, "%s: cannot read: %s", path, strerror(errno));
+		errbuf_set(err, errlen, "%s: cannot read: %s", path, strerror(errno));
 		free(text);
 		return NULL;
 	}
@@ -792,17 +781,17 @@ int accounts_file_add(const char *path, const char *name, const char *hash, cons
 	int fd, rc = -1, n;
 
 	if (comment != NULL && strpbrk(comment, "\n\r") != NULL) {
-		set_err(err, errlen, "a comment is one line");
+		errbuf_set(err, errlen, "a comment is one line");
 		return -1;
 	}
 	if (cert != NULL && strchr(cert, ':') != NULL) {
-		set_err(err, errlen, "a certificate subject holds no ':'");
+		errbuf_set(err, errlen, "a certificate subject holds no ':'");
 		return -1;
 	}
 	n = asprintf(&line, "%s:%s:%s:%s:%s:%s:%s\n", name, hash, scopes, paths ? paths : "",
 		     rate ? rate : "", cert ? cert : "", comment ? comment : "");
 	if (n < 0) {
-		set_err(err, errlen, "out of memory");
+		errbuf_set(err, errlen, "out of memory");
 		return -1;
 	}
 	/* The new line alone, through the loader's checks. */
@@ -811,7 +800,7 @@ int accounts_file_add(const char *path, const char *name, const char *hash, cons
 
 		if (copy == NULL || parse_text(copy, "the new account", &one, err, errlen) < 0) {
 			if (copy == NULL)
-				set_err(err, errlen, "out of memory");
+				errbuf_set(err, errlen, "out of memory");
 			free(copy);
 			goto out;
 		}
@@ -821,11 +810,11 @@ int accounts_file_add(const char *path, const char *name, const char *hash, cons
 		goto out;
 	if ((text = read_locked(fd, path, &as, &len, err, errlen)) != NULL) {
 		if (accounts_find(as, name) != NULL)
-			set_err(err, errlen, "%s: account '%s' exists already (remove it first)",
+			errbuf_set(err, errlen, "%s: account '%s' exists already (remove it first)",
 				path, name);
 		else if (asprintf(&all, "%s%s%s", text,
 				  len > 0 && text[len - 1] != '\n' ? "\n" : "", line) < 0)
-			set_err(err, errlen, "out of memory");
+			errbuf_set(err, errlen, "out of memory");
 		else
 			rc = replace_file(path, fd, all, strlen(all), err, errlen);
 		explicit_bzero(text, len);
@@ -852,7 +841,7 @@ int accounts_file_remove(const char *path, const char *name, char *err, size_t e
 	if ((text = read_locked(fd, path, &as, &len, err, errlen)) == NULL)
 		goto done;
 	if ((out = malloc(len + 1)) == NULL) {
-		set_err(err, errlen, "out of memory");
+		errbuf_set(err, errlen, "out of memory");
 		goto free_text;
 	}
 	out[0] = '\0';
@@ -867,7 +856,7 @@ int accounts_file_remove(const char *path, const char *name, char *err, size_t e
 		p += l;
 	}
 	if (!found)
-		set_err(err, errlen, "%s: no account '%s'", path, name);
+		errbuf_set(err, errlen, "%s: no account '%s'", path, name);
 	else
 		rc = replace_file(path, fd, out, strlen(out), err, errlen);
 	explicit_bzero(out, len + 1);

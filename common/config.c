@@ -40,6 +40,7 @@
 #include <ini.h>
 
 #include "config.h"
+#include "errbuf.h"
 #include "log.h"
 
 #define FAMILY_PREFIX "family."
@@ -889,19 +890,6 @@ fail:
 	return NULL;
 }
 
-static void set_error(char *err, size_t errlen, const char *fmt, ...)
-	__attribute__((format(printf, 3, 4)));
-
-static void set_error(char *err, size_t errlen, const char *fmt, ...)
-{
-	va_list ap;
-
-	if (err == NULL || errlen == 0)
-		return;
-	va_start(ap, fmt);
-	vsnprintf(err, errlen, fmt, ap);
-	va_end(ap);
-}
 
 struct parse_ctx {
 	struct config *cfg;
@@ -1030,30 +1018,30 @@ int config_load_file(struct config *cfg, const char *path, char *err, size_t err
 	ctx.cfg = cfg;
 	ctx.fp = fopen(path, "re");
 	if (ctx.fp == NULL) {
-		set_error(err, errlen, "%s: %s", path, strerror(errno));
+		errbuf_set(err, errlen, "%s: %s", path, strerror(errno));
 		goto fail;
 	}
 	ret = ini_parse_stream(cfg_reader, &ctx, cfg_handler, &ctx);
 	if (ret == -2) {
-		set_error(err, errlen, "%s: out of memory", path);
+		errbuf_set(err, errlen, "%s: out of memory", path);
 		goto fail;
 	}
 	if (ferror(ctx.fp)) {
-		set_error(err, errlen, "%s: read error", path);
+		errbuf_set(err, errlen, "%s: read error", path);
 		goto fail;
 	}
 	if (ret > 0 && (ctx.err_line == 0 || ret < ctx.err_line)) {
-		set_error(err, errlen, "%s:%d: syntax error: expected [section] or key = value",
+		errbuf_set(err, errlen, "%s:%d: syntax error: expected [section] or key = value",
 			  path, ret);
 		goto fail;
 	}
 	if (ctx.err_line != 0) {
-		set_error(err, errlen, "%s:%d: %s", path, ctx.err_line, ctx.err);
+		errbuf_set(err, errlen, "%s:%d: %s", path, ctx.err_line, ctx.err);
 		goto fail;
 	}
 	dup = strdup(path);
 	if (dup == NULL) {
-		set_error(err, errlen, "%s: out of memory", path);
+		errbuf_set(err, errlen, "%s: out of memory", path);
 		goto fail;
 	}
 	free(cfg->config_file);
@@ -1077,15 +1065,15 @@ int config_set(struct config *cfg, const char *section, const char *key, const c
 	if (r == SET_OK)
 		return 0;
 	if (origin != NULL && r == SET_NO_SECTION)
-		set_error(err, errlen, "%s: [%s]: %s", origin, section, why);
+		errbuf_set(err, errlen, "%s: [%s]: %s", origin, section, why);
 	else if (origin != NULL && r == SET_NO_KEY)
-		set_error(err, errlen, "%s: [%s] %s: %s", origin, section, key, why);
+		errbuf_set(err, errlen, "%s: [%s] %s: %s", origin, section, key, why);
 	else if (origin != NULL)
-		set_error(err, errlen, "%s: %s", origin, why);
+		errbuf_set(err, errlen, "%s: %s", origin, why);
 	else if (r == SET_NO_SECTION)
-		set_error(err, errlen, "[%s]: %s", section, why);
+		errbuf_set(err, errlen, "[%s]: %s", section, why);
 	else
-		set_error(err, errlen, "[%s] %s: %s", section, key, why);
+		errbuf_set(err, errlen, "[%s] %s: %s", section, key, why);
 	return -1;
 }
 
@@ -1203,16 +1191,16 @@ int config_apply_env(struct config *cfg, char *err, size_t errlen)
 	if ((v == NULL || *v == '\0') && dir != NULL && *dir != '\0') {
 		if (asprintf(&path, "%s/client_secret", dir) < 0) {
 			path = NULL;
-			set_error(err, errlen, "systemd credential: out of memory");
+			errbuf_set(err, errlen, "systemd credential: out of memory");
 			goto fail;
 		}
 		rc = read_secret(path, 1, &secret, &why);
 		if (rc == -1) {
-			set_error(err, errlen, "systemd credential %s: %s", path, why);
+			errbuf_set(err, errlen, "systemd credential %s: %s", path, why);
 			goto fail;
 		}
 		if (rc == 0 && adopt_secret(cfg, secret, "systemd credential") < 0) {
-			set_error(err, errlen, "systemd credential: out of memory");
+			errbuf_set(err, errlen, "systemd credential: out of memory");
 			goto fail;
 		}
 	}
@@ -1250,7 +1238,7 @@ static int default_cache_file(struct config *cfg, char *err, size_t errlen)
 	} else if (home != NULL && home[0] == '/') {
 		n = asprintf(&cfg->cache_file, "%s/.local/state/kaleidod/cache.db", home);
 	} else {
-		set_error(err, errlen,
+		errbuf_set(err, errlen,
 			  "[cache] file: no default without STATE_DIRECTORY, XDG_STATE_HOME or "
 			  "HOME; set it");
 		goto fail;
@@ -1263,7 +1251,7 @@ static int default_cache_file(struct config *cfg, char *err, size_t errlen)
 	return 0;
 
 nomem:
-	set_error(err, errlen, "[cache] file: out of memory");
+	errbuf_set(err, errlen, "[cache] file: out of memory");
 fail:
 	free(dir);
 	return -1;
@@ -1292,7 +1280,7 @@ static int drop_records_families(struct config *cfg, char *err, size_t errlen)
 			continue;
 		}
 		if (fam->set) {
-			set_error(err, errlen,
+			errbuf_set(err, errlen,
 				  "[family.%s]: records are cached only with [cache] records = yes",
 				  fam->name);
 			return -1;
@@ -1314,18 +1302,18 @@ int config_finish(struct config *cfg, char *err, size_t errlen)
 
 	if (cfg->client_secret == NULL && cfg->client_secret_file != NULL) {
 		if (read_secret(cfg->client_secret_file, 0, &secret, &why) < 0) {
-			set_error(err, errlen, "[upstream] client_secret_file: %s: %s",
+			errbuf_set(err, errlen, "[upstream] client_secret_file: %s: %s",
 				  cfg->client_secret_file, why);
 			goto fail;
 		}
 		if (asprintf(&source, "client_secret_file %s", cfg->client_secret_file) < 0) {
 			source = NULL;
 			free_secret_string(&secret);
-			set_error(err, errlen, "out of memory");
+			errbuf_set(err, errlen, "out of memory");
 			goto fail;
 		}
 		if (adopt_secret(cfg, secret, source) < 0) {
-			set_error(err, errlen, "out of memory");
+			errbuf_set(err, errlen, "out of memory");
 			goto fail;
 		}
 	}
@@ -1334,32 +1322,32 @@ int config_finish(struct config *cfg, char *err, size_t errlen)
 		goto fail;
 
 	if (config_parse_listen(cfg->listen, host, sizeof(host), &port) < 0) {
-		set_error(err, errlen, "[server] listen: %s", check_listen(cfg->listen));
+		errbuf_set(err, errlen, "[server] listen: %s", check_listen(cfg->listen));
 		goto fail;
 	}
 	if ((cfg->tls_cert == NULL) != (cfg->tls_key == NULL)) {
-		set_error(err, errlen, "[server] tls_cert and tls_key: set both, or neither");
+		errbuf_set(err, errlen, "[server] tls_cert and tls_key: set both, or neither");
 		goto fail;
 	}
 	if (cfg->tls_cert == NULL && (cfg->tls_client_ca != NULL || cfg->tls_client_required)) {
-		set_error(
+		errbuf_set(
 			err, errlen,
 			"[server] tls_client_ca and tls_client_required need tls_cert and tls_key");
 		goto fail;
 	}
 	if (cfg->tls_client_required && cfg->tls_client_ca == NULL) {
-		set_error(err, errlen, "[server] tls_client_required needs tls_client_ca");
+		errbuf_set(err, errlen, "[server] tls_client_required needs tls_client_ca");
 		goto fail;
 	}
 	if (cfg->auth_retry_min == 0 || cfg->auth_retry_min > cfg->auth_retry_max) {
-		set_error(err, errlen,
+		errbuf_set(err, errlen,
 			  "[upstream] auth_retry_min: must be greater than 0 and not above "
 			  "auth_retry_max (%u > %u)",
 			  cfg->auth_retry_min, cfg->auth_retry_max);
 		goto fail;
 	}
 	if (cfg->connect_timeout == 0 || cfg->timeout == 0 || cfg->connection_timeout == 0) {
-		set_error(err, errlen, "timeouts must be greater than 0");
+		errbuf_set(err, errlen, "timeouts must be greater than 0");
 		goto fail;
 	}
 	for (i = 0; i < cfg->nheaders; i++) {
@@ -1368,7 +1356,7 @@ int config_finish(struct config *cfg, char *err, size_t errlen)
 		     header_is(cfg->headers[i], "Authorization")) ||
 		    (cfg->auth_header != CONFIG_AUTH_AUTHORIZATION &&
 		     header_is(cfg->headers[i], "X-Kal-Authorization"))) {
-			set_error(err, errlen,
+			errbuf_set(err, errlen,
 				  "[upstream] header: kaleidod sends this header itself with "
 				  "auth_header = %s",
 				  auth_names[cfg->auth_header]);
@@ -1379,7 +1367,7 @@ int config_finish(struct config *cfg, char *err, size_t errlen)
 		goto fail;
 	for (i = 0; i < cfg->nfamilies; i++) {
 		if (cfg->families[i].npaths == 0) {
-			set_error(err, errlen, "[family.%s] paths: at least one path is required",
+			errbuf_set(err, errlen, "[family.%s] paths: at least one path is required",
 				  cfg->families[i].name);
 			goto fail;
 		}
