@@ -592,3 +592,83 @@ def test_admin_endpoints_from_the_network_need_the_admin_scope(tmp_path, mock, d
     assert r.status == 200 and "gateway" in r.json(), r
     assert request(d.port, "GET", "/_kaleidod/stats").status == 200  # loopback
     assert request(d.port, "GET", "/_kaleidod/health", host=addr, source=addr).status == 200
+
+
+# ---------------------------------------------------------------- the audit trail in the journal
+
+CLONE_NEWNS, MS_BIND, MS_REC, MS_PRIVATE = 0x00020000, 4096, 16384, 1 << 18
+
+
+def private_journal(sock_path):
+    """A preexec_fn: the daemon gets a mount namespace of its own in which
+    /run/systemd/journal/socket is the test's socket, so what it sends the
+    journal arrives here, and the machine's journal (if any) sees nothing."""
+    import ctypes
+    libc = ctypes.CDLL(None, use_errno=True)
+
+    def pre():
+        if (libc.unshare(CLONE_NEWNS) != 0 or
+                libc.mount(b"none", b"/", None, MS_REC | MS_PRIVATE, None) != 0 or
+                libc.mount(b"tmpfs", b"/run/systemd", b"tmpfs", 0, None) != 0):
+            os._exit(97)
+        os.mkdir("/run/systemd/journal")
+        open("/run/systemd/journal/socket", "w").close()
+        if libc.mount(sock_path.encode(), b"/run/systemd/journal/socket", None, MS_BIND,
+                      None) != 0:
+            os._exit(98)
+    return pre
+
+
+def journal_fields(datagram):
+    """The journal's native protocol: NAME=value lines, or NAME, a 64-bit
+    little-endian length and the bytes, for values with a newline."""
+    import struct
+    out, i = {}, 0
+    while i < len(datagram):
+        nl = datagram.index(b"\n", i)
+        line = datagram[i:nl]
+        if b"=" in line:
+            k, v = line.split(b"=", 1)
+            i = nl + 1
+        else:
+            k = line
+            n = struct.unpack("<Q", datagram[nl + 1:nl + 9])[0]
+            v = datagram[nl + 9:nl + 9 + n]
+            i = nl + 9 + n + 1
+        out[k.decode()] = v.decode("utf-8", "replace")
+    return out
+
+
+def test_audit_to_the_journal_has_the_same_fields(tmp_path, mock, daemon_factory):
+    import socket
+    import subprocess as sp
+    if os.geteuid() != 0 or not os.path.isdir("/run/systemd") or \
+            sp.run(["unshare", "-m", "true"], capture_output=True).returncode != 0:
+        pytest.skip("needs root, /run/systemd and mount namespaces")
+    sock_path = str(tmp_path / "journal.sock")
+    jsock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    jsock.bind(sock_path)
+    jsock.settimeout(10)
+    acc = str(tmp_path / "accounts")
+    secret = account_add(acc, "alice", "--scope", "read")
+    d = daemon_factory(mock, preexec_fn=private_journal(sock_path),
+                       config={"gateway": {"accounts": acc}, "log": {"audit": "journal"}}).start()
+    tok = login(d.port, "alice", secret).json()["access_token"]
+    r = request(d.port, "GET", "/programs?token=" + tok, bearer(tok))
+    assert r.status == 200, r
+    rid = r.header("X-Request-Id")
+    got = []
+    try:
+        while not any(f.get("KALEIDOD_REQUEST_ID") == rid for f in got):
+            got.append(journal_fields(jsock.recv(65536)))
+    finally:
+        jsock.close()
+    f = [f for f in got if f.get("KALEIDOD_REQUEST_ID") == rid][0]
+    assert f["SYSLOG_IDENTIFIER"] == "kaleidod-audit" and f["PRIORITY"] == "6"
+    assert (f["KALEIDOD_ACCOUNT"], f["KALEIDOD_METHOD"], f["KALEIDOD_STATUS"],
+            f["KALEIDOD_CACHE"]) == ("alice", "GET", "200", "BYPASS")
+    assert f["KALEIDOD_PATH"] == "/programs?token=***"
+    assert f["KALEIDOD_CLIENT_IP"] == "127.0.0.1" and int(f["KALEIDOD_BYTES_OUT"]) == len(r.body)
+    for fields in got:
+        for v in fields.values():
+            assert tok not in v and secret not in v
