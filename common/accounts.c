@@ -456,7 +456,7 @@ static int parse_text(char *text, const char *path, struct accounts **out, char 
 	for (size_t i = 1; i < as->n; i++)
 		if (strcmp(as->a[i - 1]->name, as->a[i]->name) == 0) {
 			errbuf_set(err, errlen, "%s: account '%s' appears twice", path,
-				as->a[i]->name);
+				   as->a[i]->name);
 			goto fail;
 		}
 	*out = as;
@@ -669,7 +669,7 @@ char *accounts_hash_secret(const char *secret, char *err, size_t errlen)
 	if (crypt_gensalt_rn("$y$", 0, NULL, 0, salt, sizeof(salt)) == NULL ||
 	    (h = crypt_rn(secret, salt, cd, sizeof(*cd))) == NULL || h[0] == '*')
 		errbuf_set(err, errlen, "libxcrypt cannot make a yescrypt hash: %s",
-			strerror(errno ? errno : EINVAL));
+			   strerror(errno ? errno : EINVAL));
 	else if ((out = strdup(h)) == NULL)
 		errbuf_set(err, errlen, "out of memory");
 	explicit_bzero(cd, sizeof(*cd));
@@ -811,7 +811,7 @@ int accounts_file_add(const char *path, const char *name, const char *hash, cons
 	if ((text = read_locked(fd, path, &as, &len, err, errlen)) != NULL) {
 		if (accounts_find(as, name) != NULL)
 			errbuf_set(err, errlen, "%s: account '%s' exists already (remove it first)",
-				path, name);
+				   path, name);
 		else if (asprintf(&all, "%s%s%s", text,
 				  len > 0 && text[len - 1] != '\n' ? "\n" : "", line) < 0)
 			errbuf_set(err, errlen, "out of memory");

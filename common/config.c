@@ -890,7 +890,6 @@ fail:
 	return NULL;
 }
 
-
 struct parse_ctx {
 	struct config *cfg;
 	FILE *fp;
@@ -1032,7 +1031,7 @@ int config_load_file(struct config *cfg, const char *path, char *err, size_t err
 	}
 	if (ret > 0 && (ctx.err_line == 0 || ret < ctx.err_line)) {
 		errbuf_set(err, errlen, "%s:%d: syntax error: expected [section] or key = value",
-			  path, ret);
+			   path, ret);
 		goto fail;
 	}
 	if (ctx.err_line != 0) {
@@ -1239,8 +1238,8 @@ static int default_cache_file(struct config *cfg, char *err, size_t errlen)
 		n = asprintf(&cfg->cache_file, "%s/.local/state/kaleidod/cache.db", home);
 	} else {
 		errbuf_set(err, errlen,
-			  "[cache] file: no default without STATE_DIRECTORY, XDG_STATE_HOME or "
-			  "HOME; set it");
+			   "[cache] file: no default without STATE_DIRECTORY, XDG_STATE_HOME or "
+			   "HOME; set it");
 		goto fail;
 	}
 	if (n < 0) {
@@ -1280,9 +1279,10 @@ static int drop_records_families(struct config *cfg, char *err, size_t errlen)
 			continue;
 		}
 		if (fam->set) {
-			errbuf_set(err, errlen,
-				  "[family.%s]: records are cached only with [cache] records = yes",
-				  fam->name);
+			errbuf_set(
+				err, errlen,
+				"[family.%s]: records are cached only with [cache] records = yes",
+				fam->name);
 			return -1;
 		}
 		family_clear(fam);
@@ -1303,7 +1303,7 @@ int config_finish(struct config *cfg, char *err, size_t errlen)
 	if (cfg->client_secret == NULL && cfg->client_secret_file != NULL) {
 		if (read_secret(cfg->client_secret_file, 0, &secret, &why) < 0) {
 			errbuf_set(err, errlen, "[upstream] client_secret_file: %s: %s",
-				  cfg->client_secret_file, why);
+				   cfg->client_secret_file, why);
 			goto fail;
 		}
 		if (asprintf(&source, "client_secret_file %s", cfg->client_secret_file) < 0) {
@@ -1341,9 +1341,9 @@ int config_finish(struct config *cfg, char *err, size_t errlen)
 	}
 	if (cfg->auth_retry_min == 0 || cfg->auth_retry_min > cfg->auth_retry_max) {
 		errbuf_set(err, errlen,
-			  "[upstream] auth_retry_min: must be greater than 0 and not above "
-			  "auth_retry_max (%u > %u)",
-			  cfg->auth_retry_min, cfg->auth_retry_max);
+			   "[upstream] auth_retry_min: must be greater than 0 and not above "
+			   "auth_retry_max (%u > %u)",
+			   cfg->auth_retry_min, cfg->auth_retry_max);
 		goto fail;
 	}
 	if (cfg->connect_timeout == 0 || cfg->timeout == 0 || cfg->connection_timeout == 0) {
@@ -1357,9 +1357,9 @@ int config_finish(struct config *cfg, char *err, size_t errlen)
 		    (cfg->auth_header != CONFIG_AUTH_AUTHORIZATION &&
 		     header_is(cfg->headers[i], "X-Kal-Authorization"))) {
 			errbuf_set(err, errlen,
-				  "[upstream] header: kaleidod sends this header itself with "
-				  "auth_header = %s",
-				  auth_names[cfg->auth_header]);
+				   "[upstream] header: kaleidod sends this header itself with "
+				   "auth_header = %s",
+				   auth_names[cfg->auth_header]);
 			goto fail;
 		}
 	}
@@ -1368,7 +1368,7 @@ int config_finish(struct config *cfg, char *err, size_t errlen)
 	for (i = 0; i < cfg->nfamilies; i++) {
 		if (cfg->families[i].npaths == 0) {
 			errbuf_set(err, errlen, "[family.%s] paths: at least one path is required",
-				  cfg->families[i].name);
+				   cfg->families[i].name);
 			goto fail;
 		}
 	}

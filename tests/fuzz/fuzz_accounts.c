@@ -59,7 +59,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	put(data, size);
 	if (accounts_load(path, &as, err, sizeof(err)) < 0) {
 		FUZZ_CHECK(as == NULL, "a failed load left a set");
-		FUZZ_CHECK(strncmp(err, path, strlen(path)) == 0, "error without the file: %s", err);
+		FUZZ_CHECK(strncmp(err, path, strlen(path)) == 0, "error without the file: %s",
+			   err);
 	} else {
 		for (size_t i = 0; i < accounts_count(as); i++) {
 			struct account *a = accounts_at(as, i);

@@ -68,10 +68,11 @@ static void test_fields_and_verify(void **state)
 	struct account *a;
 
 	(void)state;
-	snprintf(text, sizeof(text),
-		 "# the lab\n\nzed:%s:read:/programs,/push/imports/:10/m:CN=zed,O=Lab:Zed: a robot\n"
-		 "amy:%s:read,write,admin:::::\n",
-		 h1, h2);
+	snprintf(
+		text, sizeof(text),
+		"# the lab\n\nzed:%s:read:/programs,/push/imports/:10/m:CN=zed,O=Lab:Zed: a robot\n"
+		"amy:%s:read,write,admin:::::\n",
+		h1, h2);
 	assert_int_equal(accounts_load(file_with(text), &as, err, sizeof(err)), 0);
 	assert_int_equal(accounts_count(as), 2);
 	assert_string_equal(account_name(accounts_at(as, 0)), "amy"); /* sorted */
