@@ -330,6 +330,87 @@ static const char *parse_paths(struct account *a, const char *s)
 }
 
 /*
+ * The cost a hash asks of every check of a secret is in the hash itself,
+ * and yescrypt's memory or bcrypt's rounds can be set so high that one
+ * check takes gigabytes or hours (fuzz_accounts found the first).  So the
+ * costs are bounded: yescrypt and scrypt settings are those libxcrypt makes
+ * itself for counts up to MAX_COUNT (128 MiB of memory), bcrypt at most
+ * 2^14 rounds, SHA-crypt and the like at most 1,000,000.
+ */
+#define MAX_COUNT 8
+#define MAX_BCRYPT 14
+#define MAX_ROUNDS 1000000UL
+
+static char known[3][MAX_COUNT + 1][16]; /* $y$, $gy$ params; $7$ settings */
+static pthread_once_t known_once = PTHREAD_ONCE_INIT;
+
+static void make_known(void)
+{
+	static const char *const prefixes[3] = { "$y$", "$gy$", "$7$" };
+	char salt[CRYPT_GENSALT_OUTPUT_SIZE];
+
+	for (int k = 0; k < 3; k++)
+		for (int c = 1; c <= MAX_COUNT; c++) {
+			size_t n = strlen(prefixes[k]), len;
+
+			if (crypt_gensalt_rn(prefixes[k], c, NULL, 0, salt, sizeof(salt)) == NULL)
+				continue;
+			/* yescrypt: the params up to the next '$'; scrypt: N, r and p,
+			 * 11 characters. */
+			len = k < 2 ? strcspn(salt + n, "$") : 11;
+			if (len < sizeof(known[k][c]) && strlen(salt + n) >= len)
+				memcpy(known[k][c], salt + n, len);
+		}
+}
+
+static int known_params(int k, const char *p, size_t len)
+{
+	for (int c = 1; c <= MAX_COUNT; c++)
+		if (known[k][c][0] != '\0' && strlen(known[k][c]) == len &&
+		    memcmp(known[k][c], p, len) == 0)
+			return 1;
+	return 0;
+}
+
+/* The number after prefix at s (up to a '$'), or ULONG_MAX when s has
+ * prefix but no sane number after it; 0 when s does not start with prefix. */
+static unsigned long number_after(const char *s, const char *prefix)
+{
+	size_t n = strlen(prefix);
+	unsigned long v = 0;
+
+	if (strncmp(s, prefix, n) != 0)
+		return 0;
+	for (s += n; *s >= '0' && *s <= '9'; s++) {
+		if (v > MAX_ROUNDS)
+			return ULONG_MAX;
+		v = v * 10 + (unsigned long)(*s - '0');
+	}
+	return *s == '$' || *s == ',' ? v : ULONG_MAX;
+}
+
+static int cost_ok(const char *hash)
+{
+	pthread_once(&known_once, make_known);
+	if (strncmp(hash, "$y$", 3) == 0)
+		return known_params(0, hash + 3, strcspn(hash + 3, "$"));
+	if (strncmp(hash, "$gy$", 4) == 0)
+		return known_params(1, hash + 4, strcspn(hash + 4, "$"));
+	if (strncmp(hash, "$7$", 3) == 0)
+		return strlen(hash + 3) >= 11 && known_params(2, hash + 3, 11);
+	if (hash[0] == '$' && hash[1] == '2' && hash[2] != '\0' && hash[3] == '$')
+		return number_after(hash + 4, "") <= MAX_BCRYPT;
+	if (strncmp(hash, "$5$rounds=", 10) == 0 || strncmp(hash, "$6$rounds=", 10) == 0)
+		return number_after(hash, hash[1] == '5' ? "$5$rounds=" : "$6$rounds=") <=
+		       MAX_ROUNDS;
+	if (strncmp(hash, "$sha1$", 6) == 0)
+		return number_after(hash, "$sha1$") <= MAX_ROUNDS;
+	if (strncmp(hash, "$md5,rounds=", 12) == 0)
+		return number_after(hash, "$md5,rounds=") <= MAX_ROUNDS;
+	return 1; /* the rest have a fixed, small cost */
+}
+
+/*
  * Whether hash is a whole hash this libxcrypt verifies: a known, enabled
  * method (crypt_checksalt looks at the settings alone), and hashing with
  * it gives a string as long as the hash, so a cut or made-up hash is
@@ -354,8 +435,8 @@ static int hash_ok(const char *hash)
 	return ok;
 }
 
-/* One line (no newline) into an account; why on error.  fields split at
- * the first five ':', the comment keeps any further ones. */
+/* One line (no newline) into an account; why on error.  Fields split at
+ * the first six ':', the comment keeps any further ones. */
 static const char *parse_line(char *line, struct account **out)
 {
 	char *f[7];
@@ -374,6 +455,11 @@ static const char *parse_line(char *line, struct account **out)
 	}
 	if (!name_ok(f[0], strlen(f[0])))
 		return "the name (client id) must be 1-64 letters, digits or . _ - @ +";
+	/* The cost first: checking a hash means running it. */
+	if (!cost_ok(f[1]))
+		return "the secret hash asks too much of every login (yescrypt over 128 MiB, "
+		       "bcrypt over 2^14, or over 1,000,000 rounds); make one with kaleidod "
+		       "--hash-secret";
 	if (!hash_ok(f[1]))
 		return "the secret hash is not a crypt(5) hash this libxcrypt verifies "
 		       "(make one with kaleidod --hash-secret)";

@@ -17,6 +17,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <crypt.h>
+
 #include "accounts.h"
 
 static char dir[64];
@@ -112,6 +114,15 @@ static void test_errors_name_the_line(void **state)
 		{ "a:$y$j9T$AhNRN5zr3BAzcOf6N6jKd0$s0qGE.3y7AJkgAkRJCubJUz1UtuW0wsL6xetpR9acr2:read::9/d::\n",
 		  ":1: the rate" },
 		{ "a:b:c\n", ":1: expected NAME:HASH" },
+		/* Costs that would take gigabytes or hours a login (fuzz_accounts). */
+		{ "a:$y$jIT$AhNRN5zr3B0$s0qGE.3y7AJkgAkRJCubJUz1UtuW0wsL6xetpR9acr2:read::::\n",
+		  ":1: the secret hash asks too much" },
+		{ "a:$y$jFT$AhNRN5zr3BAzcOf6N6jKd0$s0qGE.3y7AJkgAkRJCubJUz1UtuW0wsL6xetpR9acr2:"
+		  "read::::\n",
+		  ":1: the secret hash asks too much" },
+		{ "a:$2b$31$abcdefghijklmnopqrstuuOlAXT1KlNtWQl4XN1ZynA9YJ0fkvxbS:read::::\n",
+		  ":1: the secret hash asks too much" },
+		{ "a:$6$rounds=999999999$salt$x:read::::\n", ":1: the secret hash asks too much" },
 		{ "a:$y$j9T$AhNRN5zr3BAzcOf6N6jKd0$s0qGE.3y7AJkgAkRJCubJUz1UtuW0wsL6xetpR9acr2:read::::\n"
 		  "a:$y$j9T$AhNRN5zr3BAzcOf6N6jKd0$s0qGE.3y7AJkgAkRJCubJUz1UtuW0wsL6xetpR9acr2:read::::\n",
 		  "account 'a' appears twice" },
@@ -127,6 +138,36 @@ static void test_errors_name_the_line(void **state)
 		assert_null(as);
 		if (strstr(err, cases[i].want) == NULL)
 			fail_msg("case %zu: '%s' lacks '%s'", i, err, cases[i].want);
+	}
+}
+
+/* Other methods libxcrypt verifies, at costs within the bounds, load and
+ * verify; the same methods over the bounds were refused above. */
+static void test_other_methods(void **state)
+{
+	static const struct {
+		const char *prefix;
+		unsigned long count;
+	} methods[] = { { "$2b$", 8 }, { "$6$", 20000 }, { "$5$", 0 }, { "$1$", 0 }, { "$y$", 8 } };
+	char salt[CRYPT_GENSALT_OUTPUT_SIZE], text[512], err[256];
+	struct crypt_data cd;
+
+	(void)state;
+	for (size_t i = 0; i < sizeof(methods) / sizeof(methods[0]); i++) {
+		struct accounts *as = NULL;
+		const char *h;
+
+		assert_non_null(crypt_gensalt_rn(methods[i].prefix, methods[i].count, NULL, 0, salt,
+						 sizeof(salt)));
+		memset(&cd, 0, sizeof(cd));
+		h = crypt_r("open sesame", salt, &cd);
+		assert_non_null(h);
+		snprintf(text, sizeof(text), "m:%s:read::::\n", h);
+		if (accounts_load(file_with(text), &as, err, sizeof(err)) < 0)
+			fail_msg("%s: %s", methods[i].prefix, err);
+		assert_int_equal(account_verify(accounts_find(as, "m"), "open sesame"), 1);
+		assert_int_equal(account_verify(accounts_find(as, "m"), "open sesam"), 0);
+		accounts_free(&as);
 	}
 }
 
@@ -257,6 +298,7 @@ int main(void)
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_fields_and_verify),
 		cmocka_unit_test(test_errors_name_the_line),
+		cmocka_unit_test(test_other_methods),
 		cmocka_unit_test(test_scopes_and_paths),
 		cmocka_unit_test(test_rate_bucket_and_carried_counters),
 		cmocka_unit_test(test_file_edits),
