@@ -7,7 +7,12 @@
  * in the foreground and logs to stderr, systemd style.
  */
 #include <arpa/inet.h>
+#include <cjson/cJSON.h>
 #include <curl/curl.h>
+#include <gnutls/gnutls.h>
+#include <microhttpd.h>
+#include <sqlite3.h>
+#include <zlib.h>
 #include <errno.h>
 #include <getopt.h>
 #include <netdb.h>
@@ -61,6 +66,21 @@ static void usage(FILE *out)
 		"file; never from the command line.  See kaleidod(8), kaleidod.conf(5).\n");
 }
 
+/* The version, and those of the libraries this process runs with (not the
+ * ones it was built against): what a bug report needs. */
+static void print_version(void)
+{
+	const curl_version_info_data *cv = curl_version_info(CURLVERSION_NOW);
+
+	printf("kaleidod %s\n", PACKAGE_VERSION);
+	printf("libmicrohttpd %s\n", MHD_get_version());
+	printf("libcurl %s (%s)\n", cv->version, cv->ssl_version ? cv->ssl_version : "no TLS");
+	printf("SQLite %s\n", sqlite3_libversion());
+	printf("cJSON %s\n", cJSON_Version());
+	printf("zlib %s\n", zlibVersion());
+	printf("GnuTLS %s\n", gnutls_check_version(NULL));
+}
+
 struct flags {
 	const char *config, *listen, *cache, *log_level, *purge;
 	int check;
@@ -103,7 +123,7 @@ static int parse_flags(int argc, char **argv, struct flags *fl)
 			fl->purge = optarg;
 			break;
 		case 'V':
-			printf("kaleidod %s\n", PACKAGE_VERSION);
+			print_version();
 			exit(0);
 		case 'H':
 			exit(accountcmd_hash_secret());

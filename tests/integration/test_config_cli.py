@@ -91,7 +91,11 @@ def test_bad_config_exits_1_naming_file_line_and_key(tmp_path, body, line, words
 def test_version(tmp_path):
     p = run_kaleidod(["--version"])
     assert p.returncode == 0, p
-    assert re.search(r"kaleidod\D*\d+\.\d+", p.stdout.decode()), p.stdout
+    out = p.stdout.decode()
+    assert re.search(r"kaleidod\D*\d+\.\d+", out), out
+    # The libraries it runs with, each with a version number.
+    for lib in ("libmicrohttpd", "libcurl", "SQLite", "cJSON", "zlib", "GnuTLS"):
+        assert re.search(r"^%s \d+\.\d+" % lib, out, re.M), (lib, out)
 
 
 def test_help(tmp_path):
