@@ -180,6 +180,14 @@ uint64_t account_counter(const struct account *a, enum account_counter c)
 	return atomic_load_explicit(&a->u->c[c], memory_order_relaxed);
 }
 
+const char *account_counter_name(enum account_counter c)
+{
+	static const char *const names[ACCOUNT_NCOUNTERS] = { "requests", "denied", "rate_limited",
+							      "logins", "login_failures" };
+
+	return (int)c >= 0 && c < ACCOUNT_NCOUNTERS ? names[c] : "unknown";
+}
+
 double account_take(struct account *a, double now)
 {
 	struct usage *u;

@@ -76,6 +76,7 @@ enum account_counter {
 };
 void account_count(struct account *a, enum account_counter c);
 uint64_t account_counter(const struct account *a, enum account_counter c);
+const char *account_counter_name(enum account_counter c); /* "requests", ... */
 /* After a reload: each account of now that before has too takes over its
  * counters and rate bucket (shared, so a request still counting on the
  * old account loses nothing). */

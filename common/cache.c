@@ -158,6 +158,7 @@ struct reader {
 	sqlite3 *db;
 	sqlite3_stmt *get;
 	sqlite3_stmt *usage;
+	sqlite3_stmt *by_family;
 	struct reader *prev, *next;
 };
 
@@ -193,6 +194,7 @@ static void reader_close(struct reader *r)
 {
 	sqlite3_finalize(r->get);
 	sqlite3_finalize(r->usage);
+	sqlite3_finalize(r->by_family);
 	sqlite3_close(r->db);
 	free(r);
 }
@@ -247,6 +249,12 @@ static struct reader *reader_get(struct cache *c)
 	/* Answered from the entries_lru index, which holds size. */
 	if ((rc = prepare(r->db, "SELECT count(*), coalesce(sum(size), 0) FROM entries",
 			  &r->usage)) != SQLITE_OK)
+		goto fail;
+	/* entries_family and the table: for the status page, not the hot path. */
+	if ((rc = prepare(r->db,
+			  "SELECT family, count(*), coalesce(sum(size), 0) FROM entries"
+			  " GROUP BY family",
+			  &r->by_family)) != SQLITE_OK)
 		goto fail;
 	if (pthread_setspecific(c->rkey, r) != 0) {
 		set_err("pthread_setspecific failed");
@@ -1253,6 +1261,25 @@ int cache_usage(struct cache *c, int64_t *entries, int64_t *bytes)
 	}
 	sqlite3_reset(r->usage);
 	return ret;
+}
+
+int cache_usage_by_family(struct cache *c, cache_usage_fn fn, void *arg)
+{
+	struct reader *r = reader_get(c);
+	int rc;
+
+	if (r == NULL)
+		return -1;
+	while ((rc = sqlite3_step(r->by_family)) == SQLITE_ROW) {
+		const char *family = (const char *)sqlite3_column_text(r->by_family, 0);
+
+		fn(arg, family != NULL ? family : "", sqlite3_column_int64(r->by_family, 1),
+		   sqlite3_column_int64(r->by_family, 2));
+	}
+	if (rc != SQLITE_DONE)
+		set_err("cache usage: %s", sqlite3_errmsg(r->db));
+	sqlite3_reset(r->by_family);
+	return rc == SQLITE_DONE ? 0 : -1;
 }
 
 const char *cache_errmsg(struct cache *c)

@@ -112,6 +112,10 @@ int cache_changed_elsewhere(struct cache *c);
 
 /* Entry count and total size (key, headers and body as stored).  0 or -1. */
 int cache_usage(struct cache *c, int64_t *entries, int64_t *bytes);
+/* fn once per family present in the file, with its entries and bytes.
+ * 0, or -1 (cache_errmsg()). */
+typedef void (*cache_usage_fn)(void *arg, const char *family, int64_t entries, int64_t bytes);
+int cache_usage_by_family(struct cache *c, cache_usage_fn fn, void *arg);
 
 /* From now on writes fail at once instead of waiting out another process's
  * lock (the daemon is stopping).  Thread-safe; also ends a wait under way. */

@@ -187,6 +187,9 @@ static const struct ckey ckeys[] = {
 	{ "gateway", "admin_from_loopback", CT_BOOL, "yes", M(admin_from_loopback), 0, 0, 0, NULL,
 	  "Admin endpoints open to loopback clients without a token (boolean, default yes)" },
 
+	{ "metrics", "per_account", CT_BOOL, "no", M(metrics_per_account), 0, 0, 0, NULL,
+	  "Label the gateway's per-account counters in /_kaleidod/metrics (boolean, default no)" },
+
 	{ "family", "paths", CT_PREFIXES, NULL, F(paths), offsetof(struct config_family, npaths), 0,
 	  0, NULL, "The path prefixes the family covers, at most 8 (required for a new family)" },
 	{ "family", "ttl", CT_DURATION, "300", F(ttl), 0, 0, U_MAX, NULL,

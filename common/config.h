@@ -95,6 +95,7 @@ struct config {
 	char *accounts_file;     /* NULL: no accounts, the personal daemon */
 	int allow_anonymous;     /* a non-loopback listener without accounts */
 	int admin_from_loopback; /* admin endpoints open to loopback without a token */
+	int metrics_per_account; /* [metrics] per_account: account names as labels */
 	size_t max_body;         /* bytes a write-scoped account's request may declare */
 	size_t max_body_read;    /* the same for an account without write */
 

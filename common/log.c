@@ -20,6 +20,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "log.h"
@@ -46,6 +47,14 @@ static int log_level = LOG_LVL_INFO;
 static pthread_mutex_t log_mtx = PTHREAD_MUTEX_INITIALIZER;
 static struct log_secret log_secrets[LOG_MAX_SECRETS];
 static int log_nsecrets;
+
+/* The last warnings and errors, redacted, for the status page. */
+static struct {
+	time_t at;
+	enum log_level level;
+	char text[LOG_RECENT_LEN];
+} log_recent_ring[LOG_RECENT];
+static unsigned long long log_recent_next; /* under log_mtx */
 
 static const char *const level_names[] = { "error", "warn", "info", "debug" };
 /* The word on the line; "warning" reads better there than the config name. */
@@ -255,6 +264,14 @@ static void log_emit(enum log_level level, int err, const char *fmt, va_list ap)
 	}
 	/* keep one byte for the newline that replaces the terminator */
 	redact_locked(line + plen, sizeof(line) - (size_t)plen - 1, msg);
+	if (level <= LOG_LVL_WARN) {
+		unsigned i = (unsigned)(log_recent_next++ % LOG_RECENT);
+
+		log_recent_ring[i].at = time(NULL);
+		log_recent_ring[i].level = level;
+		snprintf(log_recent_ring[i].text, sizeof(log_recent_ring[i].text), "%s",
+			 line + plen);
+	}
 	pthread_mutex_unlock(&log_mtx);
 
 	len = strlen(line);
@@ -264,6 +281,22 @@ static void log_emit(enum log_level level, int err, const char *fmt, va_list ap)
 	while (w < 0 && errno == EINTR);
 
 	errno = saved_errno;
+}
+
+void log_recent(log_recent_fn fn, void *arg)
+{
+	unsigned long long n, first;
+
+	pthread_mutex_lock(&log_mtx);
+	n = log_recent_next < LOG_RECENT ? log_recent_next : LOG_RECENT;
+	first = log_recent_next - n;
+	for (unsigned long long k = n; k-- > 0;) {
+		unsigned i = (unsigned)((first + k) % LOG_RECENT);
+
+		fn(arg, (double)log_recent_ring[i].at, log_recent_ring[i].level,
+		   log_recent_ring[i].text);
+	}
+	pthread_mutex_unlock(&log_mtx);
 }
 
 static int log_wanted(enum log_level level)

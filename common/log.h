@@ -44,6 +44,15 @@ void log_forget_secret(const char *secret);
  */
 void log_redact(char *out, size_t outlen, const char *in);
 
+/*
+ * The last LOG_RECENT warnings and errors logged, redacted as written: fn gets each, newest first, with its
+ * wall-clock time, under the log's lock (fn must not log).
+ */
+#define LOG_RECENT 10
+#define LOG_RECENT_LEN 256
+typedef void (*log_recent_fn)(void *arg, double at, enum log_level level, const char *text);
+void log_recent(log_recent_fn fn, void *arg);
+
 #define LOG_PRINTF(a, b) __attribute__((format(printf, a, b)))
 
 void log_warn(const char *fmt, ...) LOG_PRINTF(1, 2); /* appends strerror(errno) */

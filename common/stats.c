@@ -5,9 +5,8 @@
  * a lock: a reader wants plausible numbers, not a consistent cut across
  * counters.  Row i holds family i; the last row holds the total.
  *
- * Each thread adds into a stripe of its own (threads take stripes in turn;
- * past STRIPES they share), and a read sums the stripes: with one set of
- * counters, every hit on every core would write the same cache lines.
+ * Each thread adds into a stripe of its own (stripe.h), and a read sums
+ * the stripes.
  */
 #include <assert.h>
 #include <errno.h>
@@ -16,18 +15,13 @@
 #include <stdlib.h>
 
 #include "stats.h"
-
-#define STRIPES 16
-#define LINE 64
+#include "stripe.h"
 
 struct stats {
 	int nfamilies;
 	size_t stride;                 /* counters per stripe, a whole number of lines */
-	_Atomic unsigned long long *c; /* STRIPES * stride, line-aligned */
+	_Atomic unsigned long long *c; /* striped (stripe.h) */
 };
-
-static atomic_uint next_stripe;
-static _Thread_local int my_stripe = -1;
 
 static const char *const counter_names[STATS_COUNTERS] = {
 	[STATS_REQUESTS] = "requests",
@@ -47,23 +41,19 @@ static const char *const counter_names[STATS_COUNTERS] = {
 struct stats *stats_new(int nfamilies)
 {
 	struct stats *s;
-	size_t n, i;
 
 	if (nfamilies < 0) {
 		errno = EINVAL;
 		return NULL;
 	}
-	n = ((size_t)nfamilies + 1) * STATS_COUNTERS;
 	if ((s = malloc(sizeof(*s))) == NULL)
 		return NULL;
 	s->nfamilies = nfamilies;
-	s->stride = (n * sizeof(s->c[0]) + LINE - 1) / LINE * LINE / sizeof(s->c[0]);
-	if (posix_memalign((void **)&s->c, LINE, STRIPES * s->stride * sizeof(s->c[0])) != 0) {
+	s->c = stripe_alloc(((size_t)nfamilies + 1) * STATS_COUNTERS, &s->stride);
+	if (s->c == NULL) {
 		free(s);
 		return NULL;
 	}
-	for (i = 0; i < STRIPES * s->stride; i++)
-		atomic_init(&s->c[i], 0);
 	return s;
 }
 
@@ -73,14 +63,6 @@ void stats_free(struct stats **s)
 		free((*s)->c);
 	free(*s);
 	*s = NULL;
-}
-
-/* The calling thread's stripe. */
-static _Atomic unsigned long long *stripe(struct stats *s)
-{
-	if (my_stripe < 0)
-		my_stripe = (int)(atomic_fetch_add(&next_stripe, 1) % STRIPES);
-	return s->c + (size_t)my_stripe * s->stride;
 }
 
 /* Index of counter c in row family; -1 is the total. */
@@ -95,23 +77,14 @@ static size_t slot(const struct stats *s, int family, enum stats_counter c)
 
 void stats_inc(struct stats *s, int family, enum stats_counter c)
 {
-	_Atomic unsigned long long *mine = stripe(s);
-
 	if (family >= 0)
-		atomic_fetch_add_explicit(&mine[slot(s, family, c)], 1, memory_order_relaxed);
-	atomic_fetch_add_explicit(&mine[slot(s, -1, c)], 1, memory_order_relaxed);
+		stripe_add(s->c, s->stride, slot(s, family, c), 1);
+	stripe_add(s->c, s->stride, slot(s, -1, c), 1);
 }
 
 unsigned long long stats_get(const struct stats *s, int family, enum stats_counter c)
 {
-	size_t at = slot(s, family, c);
-	unsigned long long sum = 0;
-
-	/* C11 atomic_load takes a non-const pointer before C17's fix. */
-	for (size_t i = 0; i < STRIPES; i++)
-		sum += atomic_load_explicit((_Atomic unsigned long long *)&s->c[i * s->stride + at],
-					    memory_order_relaxed);
-	return sum;
+	return stripe_sum(s->c, s->stride, slot(s, family, c));
 }
 
 const char *stats_counter_name(enum stats_counter c)

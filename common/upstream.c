@@ -177,6 +177,7 @@ struct upstream {
 	char *logged_token; /* the token registered with the log */
 
 	pthread_mutex_t clock; /* counters */
+	struct histo *dur;     /* exchanges' durations (lock-free) */
 	struct upstream_counters counters;
 };
 
@@ -973,6 +974,7 @@ static void xfer_fail(struct upstream *u, struct up_xfer *x, enum up_error e, co
 		deliver_end(x, e, detail, 0);
 	pthread_mutex_lock(&u->clock);
 	u->counters.failed++;
+	u->counters.errors[e]++;
 	pthread_mutex_unlock(&u->clock);
 	xfer_retire(u, x);
 }
@@ -1327,9 +1329,12 @@ static void xfer_done(struct upstream *u, struct up_xfer *x, CURLcode rc, double
 	/* Answers that never carry a body are whole without framing. */
 	if (x->status == 304 || x->status == 204)
 		framed = 1;
-	if (!x->answered)
+	if (!x->answered) {
+		pthread_mutex_lock(&u->clock);
+		u->counters.errors[UP_ERR_PROTOCOL]++;
+		pthread_mutex_unlock(&u->clock);
 		deliver_end(x, UP_ERR_PROTOCOL, "the API closed without a complete answer", 0);
-	else
+	} else
 		deliver_end(x, UP_ERR_NONE, NULL, framed);
 	xfer_retire(u, x);
 }
@@ -1470,8 +1475,14 @@ static void finish_messages(struct upstream *u, double now)
 			continue;
 		}
 		curl_easy_getinfo(m->easy_handle, CURLINFO_PRIVATE, (char **)&x);
-		if (x != NULL && x->phase == PH_RUNNING)
+		if (x != NULL && x->phase == PH_RUNNING) {
+			curl_off_t us = 0;
+
+			if (curl_easy_getinfo(m->easy_handle, CURLINFO_TOTAL_TIME_T, &us) ==
+			    CURLE_OK)
+				histo_observe(u->dur, 0, (double)us / 1e6);
 			xfer_done(u, x, m->data.result, now);
+		}
 	}
 }
 
@@ -1596,14 +1607,15 @@ struct upstream *upstream_new(const struct config *cfg, const struct up_events *
 	u->url = strdup(cfg->upstream_url);
 	u->client_id = strdup(cfg->client_id ? cfg->client_id : "");
 	u->multi = curl_multi_init();
+	u->dur = histo_new(1);
 	u->auth = auth_new(cfg->client_id ? cfg->client_id : "",
 			   cfg->client_secret ? cfg->client_secret : "", cfg->auth_retry_min,
 			   cfg->auth_retry_max);
 	/* After a 429 window, a quarter of the slots a second: what waited
 	 * goes out over a few seconds, not at once. */
 	u->thr = throttle_new(cfg->nfamilies, cfg->max_concurrent / 4);
-	if (u->url == NULL || u->client_id == NULL || u->multi == NULL || u->auth == NULL ||
-	    u->thr == NULL) {
+	if (u->url == NULL || u->client_id == NULL || u->multi == NULL || u->dur == NULL ||
+	    u->auth == NULL || u->thr == NULL) {
 		snprintf(err, errlen, "out of memory");
 		goto fail;
 	}
@@ -1643,6 +1655,7 @@ void upstream_free(struct upstream **up)
 	if (u->multi != NULL)
 		curl_multi_cleanup(u->multi);
 	auth_free(&u->auth);
+	histo_free(&u->dur);
 	throttle_free(&u->thr);
 	forget_token(u);
 	free(u->url);
@@ -1707,6 +1720,24 @@ void upstream_counters(struct upstream *u, struct upstream_counters *out)
 	pthread_mutex_lock(&u->clock);
 	*out = u->counters;
 	pthread_mutex_unlock(&u->clock);
+}
+
+void upstream_durations(struct upstream *u, struct histo_snapshot *out)
+{
+	histo_read(u->dur, 0, out);
+}
+
+const char *upstream_error_kind(enum up_error e)
+{
+	static const char *const kinds[UP_ERR_KINDS] = {
+		[UP_ERR_NONE] = "none",           [UP_ERR_CONNECT] = "connect",
+		[UP_ERR_TIMEOUT] = "timeout",     [UP_ERR_AUTH] = "auth",
+		[UP_ERR_PROTOCOL] = "protocol",   [UP_ERR_SHUTDOWN] = "shutdown",
+		[UP_ERR_INTERNAL] = "internal",   [UP_ERR_BUSY] = "busy",
+		[UP_ERR_THROTTLED] = "throttled",
+	};
+
+	return (int)e >= 0 && e < UP_ERR_KINDS ? kinds[e] : "unknown";
 }
 
 /* ---- public: transfers ---- */

@@ -22,6 +22,8 @@
 #include <stddef.h>
 #include <sys/types.h>
 
+#include "histo.h"
+
 /* The API's token endpoint, which kaleidod also answers for its clients. */
 #define UPSTREAM_TOKEN_PATH "/auth/oauth/token"
 
@@ -61,7 +63,10 @@ enum up_error {
 	UP_ERR_INTERNAL,  /* out of memory and the like */
 	UP_ERR_BUSY,      /* every connection to the API busy, and the queue full or too slow */
 	UP_ERR_THROTTLED, /* inside a pause the API asked for with 429 */
+	UP_ERR_KINDS
 };
+/* "connect", "timeout", ...: a metric label; "none" for UP_ERR_NONE. */
+const char *upstream_error_kind(enum up_error e);
 
 /*
  * Where the answer goes.  The transfer owns arg from upstream_start() on.
@@ -186,8 +191,14 @@ struct upstream_counters {
 	/* 429s from the API, requests kept from it during the pauses, and
 	 * requests held back by the paced release after one. */
 	unsigned long long throttled, refused_throttled, paced;
+	/* Transfers that ended without a whole answer, by kind. */
+	unsigned long long errors[UP_ERR_KINDS];
 };
 void upstream_counters(struct upstream *u, struct upstream_counters *out);
+/* How long exchanges with the API took, from the request sent (connection
+ * included) to the answer's last byte; one histogram series.  Each attempt
+ * counts (a 401 replayed is two); the token endpoint's are not here. */
+void upstream_durations(struct upstream *u, struct histo_snapshot *out);
 /* Seconds left of the 429 pause on scope (its family's or everything's),
  * 0 when none is in force. */
 double upstream_throttle_left(struct upstream *u, int scope);

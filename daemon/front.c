@@ -50,9 +50,12 @@
 #include "membuf.h"
 #include "policy.h"
 #include "reqcheck.h"
+#include "scrape.h"
 #include "serve.h"
 #include "stats.h"
+#include "statuspage.h"
 #include "tls.h"
+#include "traffic.h"
 #include "upstream.h"
 
 #define ADMIN_PREFIX "/_kaleidod/"
@@ -103,7 +106,9 @@ enum step {
 
 /* X-Cache values, for cacheable requests only. */
 enum xcache { XC_NONE = 0, XC_HIT, XC_MISS, XC_STALE, XC_BYPASS, XC_REVALIDATED };
-static const char *const xcache_names[] = { NULL, "HIT", "MISS", "STALE", "BYPASS", "REVALIDATED" };
+const char *const front_outcome_names[FRONT_OUTCOMES] = { "none",  "HIT",    "MISS",
+							  "STALE", "BYPASS", "REVALIDATED" };
+#define xcache_names front_outcome_names
 
 struct req {
 	unsigned magic;
@@ -215,6 +220,24 @@ static struct MHD_Response *json_response(char *body)
 	}
 	MHD_add_response_header(resp, "Content-Type", "application/json");
 	MHD_add_response_header(resp, "Cache-Control", "no-store");
+	return resp;
+}
+
+/* A malloc'd body of the given type, with the admin pages' headers. */
+static struct MHD_Response *text_response(char *body, size_t len, const char *type)
+{
+	struct MHD_Response *resp;
+
+	if (body == NULL)
+		return NULL;
+	resp = MHD_create_response_from_buffer(len, body, MHD_RESPMEM_MUST_FREE);
+	if (resp == NULL) {
+		free(body);
+		return NULL;
+	}
+	MHD_add_response_header(resp, "Content-Type", type);
+	MHD_add_response_header(resp, "Cache-Control", "no-store");
+	MHD_add_response_header(resp, "X-Content-Type-Options", "nosniff");
 	return resp;
 }
 
@@ -1104,6 +1127,39 @@ static int is_json(const char *ct)
 	return n == 16 && strncasecmp(ct, "application/json", 16) == 0;
 }
 
+/* ADMIN, the pages that are not JSON: the metrics (Prometheus text), the
+ * status page and its script.  The page's policy lets it load nothing but
+ * its own script and talk to nothing but this daemon. */
+static int step_admin_page(struct req *r)
+{
+	struct MHD_Response *resp;
+	size_t len = 0;
+	char *body;
+
+	if (path_is(r, ADMIN_PREFIX "metrics")) {
+		body = scrape_metrics(&r->f->d, front_connections(r->f), &len);
+		resp = text_response(body, len, "text/plain; version=0.0.4; charset=utf-8");
+	} else if (path_is(r, ADMIN_PREFIX "status.js")) {
+		body = statuspage_script(&len);
+		resp = text_response(body, len, "text/javascript; charset=utf-8");
+	} else {
+		const char *q = strchr(r->target, '?');
+
+		body = statuspage_html(&r->f->d, q != NULL ? q + 1 : NULL, front_connections(r->f),
+				       &len);
+		resp = text_response(body, len, "text/html; charset=utf-8");
+		if (resp != NULL) {
+			MHD_add_response_header(resp, "Content-Security-Policy", STATUSPAGE_CSP);
+			MHD_add_response_header(resp, "Referrer-Policy", "no-referrer");
+		}
+	}
+	if (resp == NULL)
+		return answered(r, respond_error(r, MHD_HTTP_INTERNAL_SERVER_ERROR,
+						 "internal error", "out of memory"));
+	r->bytes_out = len;
+	return answered(r, queue_and_drop(r, MHD_HTTP_OK, resp));
+}
+
 /* ADMIN: /_kaleidod/health and /stats answer at once; a purge runs on the
  * file thread while the request is parked (PURGED answers it). */
 static int step_admin(struct req *r, const char *method)
@@ -1157,11 +1213,15 @@ static int step_admin(struct req *r, const char *method)
 		body = admin_health(&r->f->d, &status);
 	else if (path_is(r, ADMIN_PREFIX "stats"))
 		body = admin_stats(&r->f->d, &status);
+	else if (path_is(r, ADMIN_PREFIX "metrics") || path_is(r, ADMIN_PREFIX) ||
+		 path_is(r, ADMIN_PREFIX "status.js"))
+		return step_admin_page(r);
 	else
 		return answered(r, respond_error(r, MHD_HTTP_NOT_FOUND, "not found",
 						 "kaleidod's own endpoints are " ADMIN_PREFIX
-						 "health, " ADMIN_PREFIX "stats and " ADMIN_PREFIX
-						 "purge"));
+						 " (the status page), " ADMIN_PREFIX
+						 "health, " ADMIN_PREFIX "stats, " ADMIN_PREFIX
+						 "metrics and " ADMIN_PREFIX "purge"));
 	return answered(r, respond_json(r, status, body));
 }
 
@@ -1368,13 +1428,25 @@ static int host_allowed(const struct front *f, const char *host)
  * Such a page could otherwise post through the workspace token, or purge
  * the cache, from the user's own browser (scripts and SDKs send neither).
  */
+/* Origin names this daemon as the request's Host does (checked before):
+ * our own status page posting a purge. */
+static int same_origin(const struct front *f, struct MHD_Connection *conn, const char *origin)
+{
+	const char *host = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "Host");
+	const char *scheme = f->d.tls != NULL ? "https://" : "http://";
+	size_t n = strlen(scheme);
+
+	return host != NULL && strncmp(origin, scheme, n) == 0 && strcmp(origin + n, host) == 0;
+}
+
 static int cross_site(const struct front *f, struct MHD_Connection *conn)
 {
 	const char *origin = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "Origin");
 	const char *site = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "Sec-Fetch-Site");
 
 	if (origin != NULL)
-		return !word_in(f->d.cfg->allowed_origins, origin, strlen(origin));
+		return !same_origin(f, conn, origin) &&
+		       !word_in(f->d.cfg->allowed_origins, origin, strlen(origin));
 	return site != NULL &&
 	       (strcasecmp(site, "cross-site") == 0 || strcasecmp(site, "same-site") == 0);
 }
@@ -1907,6 +1979,9 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
 		return;
 	CHECK_OBJ(r, REQ_MAGIC);
 	*con_cls = NULL;
+	if (r->status != 0)
+		traffic_count(r->f->d.traffic, r->family, traffic_method(r->method), r->status,
+			      (int)r->xc, ms_since(&r->started) / 1e3);
 	if (log_getlevel() >= LOG_LVL_DEBUG && r->step != STEP_RECV) {
 		struct timespec end;
 		char *target = audit_mask_target(r->target);
@@ -2029,6 +2104,16 @@ static void on_tick(void *arg, unsigned thread)
 	struct front *f = arg;
 
 	hitcache_sweep(f->hc[thread]);
+}
+
+unsigned front_connections(struct front *f)
+{
+	return atomic_load_explicit(&f->conns, memory_order_relaxed);
+}
+
+double front_stalled(struct front *f)
+{
+	return f != NULL && f->serve != NULL ? serve_stalled(f->serve) : 0;
 }
 
 unsigned front_spare_connections(unsigned max_connections)

@@ -20,6 +20,7 @@ struct warm;
 struct gateway;
 struct audit;
 struct tls;
+struct traffic;
 struct front;
 
 struct front_deps {
@@ -32,10 +33,21 @@ struct front_deps {
 	struct keeper *keeper;
 	struct flights *flights;
 	struct warm *warm;
-	struct gateway *gw;  /* NULL: no accounts, the personal daemon */
-	struct audit *audit; /* NULL: no audit trail */
-	struct tls *tls;     /* NULL: plain HTTP */
+	struct gateway *gw;      /* NULL: no accounts, the personal daemon */
+	struct audit *audit;     /* NULL: no audit trail */
+	struct tls *tls;         /* NULL: plain HTTP */
+	struct traffic *traffic; /* requests by label, for /_kaleidod/metrics */
+	double started;          /* wall-clock unix time the daemon started */
 };
+
+/* What the front knows that the admin pages show: its cache outcomes'
+ * names (index 0 is "none": not a cacheable request) and open connections. */
+#define FRONT_OUTCOMES 6
+extern const char *const front_outcome_names[FRONT_OUTCOMES];
+unsigned front_connections(struct front *f);
+/* Seconds since the slowest thread serving clients came round its loop
+ * (serve_stalled()): what the systemd watchdog is fed on. */
+double front_stalled(struct front *f);
 
 /*
  * Starts serving on listen_fd (already bound and listening; from socket

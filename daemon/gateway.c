@@ -373,26 +373,38 @@ enum gw_login_result gateway_login_result(struct gw_login **lp, char **answer, c
 	return r;
 }
 
+void gateway_each_account(struct gateway *g, gateway_account_fn fn, void *arg)
+{
+	CHECK_OBJ(g, GATEWAY_MAGIC);
+	pthread_mutex_lock(&g->lock);
+	for (size_t i = 0; i < accounts_count(g->accounts); i++)
+		fn(arg, accounts_at(g->accounts, i));
+	pthread_mutex_unlock(&g->lock);
+}
+
+static void account_json(void *arg, const struct account *a)
+{
+	cJSON *one = cJSON_AddObjectToObject(arg, account_name(a));
+
+	for (int c = 0; one != NULL && c < ACCOUNT_NCOUNTERS; c++)
+		cJSON_AddNumberToObject(one, account_counter_name((enum account_counter)c),
+					(double)account_counter(a, (enum account_counter)c));
+}
+
+size_t gateway_tokens(struct gateway *g)
+{
+	CHECK_OBJ(g, GATEWAY_MAGIC);
+	return tokens_count(g->tokens);
+}
+
 void gateway_stats(struct gateway *g, struct cJSON *into)
 {
-	static const char *const names[ACCOUNT_NCOUNTERS] = { "requests", "denied", "rate_limited",
-							      "logins", "login_failures" };
 	cJSON *all;
 
 	CHECK_OBJ(g, GATEWAY_MAGIC);
 	if (into == NULL)
 		return;
 	cJSON_AddNumberToObject(into, "tokens", (double)tokens_count(g->tokens));
-	if ((all = cJSON_AddObjectToObject(into, "accounts")) == NULL)
-		return;
-	pthread_mutex_lock(&g->lock);
-	for (size_t i = 0; i < accounts_count(g->accounts); i++) {
-		struct account *a = accounts_at(g->accounts, i);
-		cJSON *one = cJSON_AddObjectToObject(all, account_name(a));
-
-		for (int c = 0; one != NULL && c < ACCOUNT_NCOUNTERS; c++)
-			cJSON_AddNumberToObject(
-				one, names[c], (double)account_counter(a, (enum account_counter)c));
-	}
-	pthread_mutex_unlock(&g->lock);
+	if ((all = cJSON_AddObjectToObject(into, "accounts")) != NULL)
+		gateway_each_account(g, account_json, all);
 }

@@ -69,5 +69,12 @@ enum gw_login_result gateway_login_result(struct gw_login **l, char **answer, ch
  * into (a cJSON object; nothing when NULL), for /_kaleidod/stats. */
 struct cJSON;
 void gateway_stats(struct gateway *g, struct cJSON *into);
+/* fn once per account of the current file, under the gateway's lock (fn
+ * must not call back into the gateway). */
+struct account;
+typedef void (*gateway_account_fn)(void *arg, const struct account *a);
+void gateway_each_account(struct gateway *g, gateway_account_fn fn, void *arg);
+/* Tokens (access and refresh) issued and still valid. */
+size_t gateway_tokens(struct gateway *g);
 
 #endif

@@ -7,17 +7,13 @@
  * in the foreground and logs to stderr, systemd style.
  */
 #include <arpa/inet.h>
-#include <cjson/cJSON.h>
 #include <curl/curl.h>
-#include <gnutls/gnutls.h>
-#include <microhttpd.h>
-#include <sqlite3.h>
-#include <zlib.h>
 #include <errno.h>
 #include <getopt.h>
 #include <netdb.h>
 #include <netinet/in.h>
 #include <signal.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -45,17 +41,20 @@
 #include "policy.h"
 #include "stats.h"
 #include "tls.h"
+#include "traffic.h"
 #include "upstream.h"
+#include "versions.h"
 #include "warm.h"
 
 #define DRAIN_SECONDS 5.0
 #define TICK_NS 250000000L /* the main loop's tick: warm-up and refresh-ahead */
+#define STATUS_EVERY 2.0   /* s between checks of systemd's STATUS= line */
 
 static void usage(FILE *out)
 {
 	fprintf(out,
 		"usage: kaleidod [--config FILE] [--listen ADDR:PORT] [--cache FILE]\n"
-		"                [--log-level error|warn|info|debug] [--check-config]\n"
+		"                [--log-level error|warn|info|debug] [--check-config [--quiet]]\n"
 		"                [--purge all|FAMILY|/PREFIX] [--version] [--help]\n"
 		"       kaleidod account [--config FILE | --accounts FILE] add|list|remove ...\n"
 		"       kaleidod --hash-secret < SECRET\n"
@@ -70,20 +69,22 @@ static void usage(FILE *out)
  * ones it was built against): what a bug report needs. */
 static void print_version(void)
 {
-	const curl_version_info_data *cv = curl_version_info(CURLVERSION_NOW);
+	struct versions v;
 
-	printf("kaleidod %s\n", PACKAGE_VERSION);
-	printf("libmicrohttpd %s\n", MHD_get_version());
-	printf("libcurl %s (%s)\n", cv->version, cv->ssl_version ? cv->ssl_version : "no TLS");
-	printf("SQLite %s\n", sqlite3_libversion());
-	printf("cJSON %s\n", cJSON_Version());
-	printf("zlib %s\n", zlibVersion());
-	printf("GnuTLS %s\n", gnutls_check_version(NULL));
+	versions_get(&v);
+	printf("kaleidod %s\n", v.kaleidod);
+	printf("libmicrohttpd %s\n", v.libmicrohttpd);
+	printf("libcurl %s (%s)\n", v.libcurl,
+	       strcmp(v.libcurl_tls, "none") != 0 ? v.libcurl_tls : "no TLS");
+	printf("SQLite %s\n", v.sqlite);
+	printf("cJSON %s\n", v.cjson);
+	printf("zlib %s\n", v.zlib);
+	printf("GnuTLS %s\n", v.gnutls);
 }
 
 struct flags {
 	const char *config, *listen, *cache, *log_level, *purge;
-	int check;
+	int check, quiet;
 };
 
 static int parse_flags(int argc, char **argv, struct flags *fl)
@@ -94,6 +95,7 @@ static int parse_flags(int argc, char **argv, struct flags *fl)
 		{ "cache", required_argument, NULL, 'C' },
 		{ "log-level", required_argument, NULL, 'L' },
 		{ "check-config", no_argument, NULL, 'n' },
+		{ "quiet", no_argument, NULL, 'q' },
 		{ "purge", required_argument, NULL, 'P' },
 		{ "version", no_argument, NULL, 'V' },
 		{ "hash-secret", no_argument, NULL, 'H' },
@@ -102,7 +104,7 @@ static int parse_flags(int argc, char **argv, struct flags *fl)
 	};
 	int ch;
 
-	while ((ch = getopt_long(argc, argv, "c:l:C:L:nP:Vh", opts, NULL)) != -1) {
+	while ((ch = getopt_long(argc, argv, "c:l:C:L:nqP:Vh", opts, NULL)) != -1) {
 		switch (ch) {
 		case 'c':
 			fl->config = optarg;
@@ -119,6 +121,9 @@ static int parse_flags(int argc, char **argv, struct flags *fl)
 		case 'n':
 			fl->check = 1;
 			break;
+		case 'q':
+			fl->quiet = 1;
+			break;
 		case 'P':
 			fl->purge = optarg;
 			break;
@@ -134,6 +139,11 @@ static int parse_flags(int argc, char **argv, struct flags *fl)
 			usage(stderr);
 			return -1;
 		}
+	}
+	if (fl->quiet && !fl->check) {
+		fprintf(stderr, "kaleidod: --quiet goes with --check-config\n");
+		usage(stderr);
+		return -1;
 	}
 	if (optind < argc) {
 		fprintf(stderr, "kaleidod: unexpected argument '%s'\n", argv[optind]);
@@ -598,6 +608,80 @@ static unsigned stale_window(const struct entry *e, void *arg)
 	return swr;
 }
 
+/*
+ * systemd: WATCHDOG=1 while every thread serving clients comes round its
+ * loop (a wedged one stops the pings, and systemd restarts the service),
+ * and a STATUS= line that `systemctl status` shows, sent when it changes.
+ */
+struct watchdog {
+	uint64_t usec; /* WatchdogSec=, 0 without */
+	struct timespec pinged, status_at;
+	int withheld; /* pings stopped: said once */
+	char status[160];
+};
+
+static void watchdog_init(struct watchdog *w)
+{
+	memset(w, 0, sizeof(*w));
+	if (sd_watchdog_enabled(0, &w->usec) <= 0)
+		w->usec = 0;
+	else
+		log_info("systemd watchdog every %.1f s", (double)w->usec / 1e6);
+}
+
+static double since(const struct timespec *t, const struct timespec *now)
+{
+	return (double)(now->tv_sec - t->tv_sec) + (double)(now->tv_nsec - t->tv_nsec) / 1e9;
+}
+
+static void watchdog_tick(struct watchdog *w, struct front *front, const struct front_deps *d)
+{
+	struct timespec now;
+	struct auth_status st;
+	unsigned long long hits, looked;
+	int64_t entries = 0, bytes = 0;
+	char line[sizeof(w->status)], ratio[16] = "-";
+	double period = (double)w->usec / 1e6, stalled;
+
+	clock_gettime(CLOCK_MONOTONIC, &now);
+	if (w->usec > 0 && since(&w->pinged, &now) >= period / 4) {
+		/* Pings come four times a period; a front stalled for half of
+		 * one gets none, so systemd acts within about WatchdogSec. */
+		if ((stalled = front_stalled(front)) < period / 2) {
+			sd_notify(0, "WATCHDOG=1");
+			w->pinged = now;
+			if (w->withheld)
+				log_info("the front answers again; watchdog pings resumed");
+			w->withheld = 0;
+		} else if (!w->withheld) {
+			log_error(
+				"a thread serving clients has not come round its loop for %.1f s; "
+				"no watchdog pings until it does",
+				stalled);
+			w->withheld = 1;
+		}
+	}
+	if (since(&w->status_at, &now) < STATUS_EVERY)
+		return;
+	w->status_at = now;
+	upstream_auth_status(d->up, &st);
+	objtab_usage(d->tab, &entries, &bytes);
+	if (d->cache != NULL)
+		cache_usage(d->cache, &entries, &bytes);
+	hits = stats_get(d->stats, -1, STATS_HITS);
+	looked = hits + stats_get(d->stats, -1, STATS_MISSES) +
+		 stats_get(d->stats, -1, STATS_STALE) + stats_get(d->stats, -1, STATS_REVALIDATED);
+	if (looked > 0)
+		snprintf(ratio, sizeof(ratio), "%.1f%%", 100.0 * (double)hits / (double)looked);
+	snprintf(line, sizeof(line), "auth %s, hit ratio %s of %llu, %lld entries, %u connections",
+		 auth_state_name(st.state), ratio, looked, (long long)entries,
+		 front_connections(front));
+	if (strcmp(line, w->status) != 0) {
+		sd_notifyf(0, "STATUS=%s", line);
+		memcpy(w->status, line, sizeof(line));
+	}
+}
+
 int main(int argc, char **argv)
 {
 	struct flags fl = { 0 };
@@ -607,6 +691,7 @@ int main(int argc, char **argv)
 	struct objtab_backend backend;
 	struct front *front = NULL;
 	struct up_events ev = { 0 };
+	struct watchdog wd;
 	enum log_level lvl = LOG_LVL_INFO;
 	sigset_t set;
 	char err[1024], where[INET6_ADDRSTRLEN + 16], *secret = NULL;
@@ -649,7 +734,10 @@ int main(int argc, char **argv)
 			}
 			tls_free(&t);
 		}
-		config_print(cfg, stdout);
+		/* --quiet: ExecStartPre= wants the verdict, not the whole
+		 * configuration in the journal at every start. */
+		if (!fl.quiet)
+			config_print(cfg, stdout);
 		config_free(&cfg);
 		return 0;
 	}
@@ -711,7 +799,10 @@ int main(int argc, char **argv)
 	deps.cache = open_cache(cfg->cache_file);
 	deps.policy = policy_new(cfg);
 	deps.stats = stats_new(deps.policy ? policy_family_count(deps.policy) : 0);
-	if (deps.policy == NULL || deps.stats == NULL) {
+	deps.traffic =
+		traffic_new(deps.policy ? policy_family_count(deps.policy) : 0, FRONT_OUTCOMES);
+	deps.started = (double)time(NULL);
+	if (deps.policy == NULL || deps.stats == NULL || deps.traffic == NULL) {
 		log_error("out of memory");
 		goto out;
 	}
@@ -770,12 +861,17 @@ int main(int argc, char **argv)
 	log_info("kaleidod %s serving %s on %s for %s, cache %s", PACKAGE_VERSION,
 		 deps.tls != NULL ? "https" : "http", where, cfg->upstream_url,
 		 deps.cache ? cache_path(deps.cache) : "(none)");
-	sd_notify(0, "READY=1\nSTATUS=serving");
+	/* The first STATUS= line before READY=1; it also opens this thread's
+	 * reader of the cache file now, not at some later tick. */
+	watchdog_init(&wd);
+	watchdog_tick(&wd, front, &deps);
+	sd_notify(0, "READY=1");
 
 	for (;;) {
 		const struct timespec tick = { 0, TICK_NS };
 
 		if ((sig = sigtimedwait(&set, NULL, &tick)) < 0) {
+			watchdog_tick(&wd, front, &deps);
 			warm_tick(deps.warm);
 			if (deps.gw != NULL)
 				gateway_tick(deps.gw);
@@ -827,6 +923,7 @@ out:
 	cache_close(&deps.cache);
 	policy_free(&deps.policy);
 	stats_free(&deps.stats);
+	traffic_free(&deps.traffic);
 	config_free(&cfg);
 	wipe_free(&secret);
 	curl_global_cleanup();

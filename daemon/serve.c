@@ -49,6 +49,7 @@ struct sthread {
 	int quiesced_fd; /* ours once quiesced; closed after the daemon */
 	int started;     /* the pthread exists */
 	pthread_t tid;
+	_Atomic int64_t beat_ms; /* when the loop last came round (serve_stalled()) */
 };
 
 struct serve {
@@ -101,8 +102,14 @@ static void *loop(void *arg)
 	struct serve *s = t->s;
 	int64_t next_tick = now_ms() + TICK_MS;
 	int quiesced = 0;
+	char name[16];
+
+	snprintf(name, sizeof(name), "kd-serve-%u", t->idx);
+	/* Named for top -H, gdb and the watchdog test: which thread is which. */
+	pthread_setname_np(pthread_self(), name);
 
 	my_thread = (int)t->idx;
+	atomic_store(&t->beat_ms, next_tick - TICK_MS);
 	while (!atomic_load(&s->stop)) {
 		struct pollfd pfd[2] = { { .fd = t->epfd, .events = POLLIN },
 					 { .fd = t->wake, .events = POLLIN } };
@@ -123,12 +130,28 @@ static void *loop(void *arg)
 		}
 		/* Accepts, reads, answers, times out: never waits. */
 		MHD_run(t->d);
-		if (s->p.tick != NULL && (now = now_ms()) >= next_tick) {
-			s->p.tick(s->p.arg, t->idx);
+		if ((now = now_ms()) >= next_tick) {
+			atomic_store_explicit(&t->beat_ms, now, memory_order_relaxed);
+			if (s->p.tick != NULL)
+				s->p.tick(s->p.arg, t->idx);
 			next_tick = now + TICK_MS;
 		}
 	}
 	return NULL;
+}
+
+double serve_stalled(struct serve *s)
+{
+	int64_t now = now_ms(), worst = 0;
+
+	for (unsigned i = 0; i < s->p.threads; i++) {
+		int64_t beat = atomic_load_explicit(&s->t[i].beat_ms, memory_order_relaxed);
+
+		/* A thread not started yet has beat 0: not stalled, absent. */
+		if (s->t[i].started && beat > 0 && now - beat > worst)
+			worst = now - beat;
+	}
+	return (double)worst / 1e3;
 }
 
 static void teardown(struct serve *s)

@@ -48,6 +48,10 @@ int serve_thread(void);
  * only marks the connection.  Safe from any thread, and from a signal
  * handler. */
 void serve_wake(struct serve *s, int thread);
+/* Seconds since the slowest serve thread last came round its loop (each
+ * does about once a second, busy or idle): a wedged thread's grows without
+ * bound.  Any thread. */
+double serve_stalled(struct serve *s);
 /* Stops accepting new connections (every thread has stopped when this
  * returns); requests in progress go on. */
 void serve_quiesce(struct serve *s);

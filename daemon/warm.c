@@ -142,6 +142,31 @@ void warm_tick(struct warm *w)
 		atomic_store(&w->done, 1);
 }
 
+int64_t warm_base_stored_at(struct warm *w, int family)
+{
+	int64_t at = -1;
+
+	for (int i = 0; w != NULL && i < w->nbases; i++) {
+		struct base *b = &w->bases[i];
+		struct objtab_ask ask = { .key = b->key,
+					  .hash = objtab_hash(b->key),
+					  .family = b->family,
+					  .now = (int64_t)time(NULL),
+					  .flags = OBJTAB_CACHED_ONLY };
+		struct objtab_answer ans;
+		struct entry *e;
+
+		if (b->family != family)
+			continue;
+		objtab_lookup(w->tab, &ask, &ans);
+		e = ans.entry;
+		if (e != NULL)
+			at = entry_stored_at(e);
+		entry_unref(&e);
+	}
+	return at;
+}
+
 int warm_done(struct warm *w)
 {
 	return w != NULL && atomic_load(&w->done);

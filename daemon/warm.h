@@ -8,6 +8,8 @@
 #ifndef KD_WARM_H
 #define KD_WARM_H
 
+#include <stdint.h>
+
 struct config;
 struct upstream;
 struct objtab;
@@ -25,5 +27,9 @@ void warm_tick(struct warm *w);
 
 /* 1 once every base list has been fresh in the cache (stays 1). */
 int warm_done(struct warm *w);
+/* When the family's base list now held (memory or file, fresh or not) was
+ * stored, unix seconds; -1 when none is, or the family has no base list
+ * kept warm. */
+int64_t warm_base_stored_at(struct warm *w, int family);
 
 #endif

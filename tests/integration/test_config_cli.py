@@ -176,3 +176,39 @@ def test_startup_log_names_the_socket_actually_served(daemon):
     # Under socket activation the address comes from the socket, not from
     # [server] listen; the log must not send an operator to the wrong port.
     assert "127.0.0.1:%d" % daemon.port in daemon.log(), daemon.log_tail()
+
+
+def test_the_packaged_conffile_names_every_setting():
+    """debian/kaleidod.conf (installed as /etc/kaleidod/kaleidod.conf) shows
+    every key of every main section, commented out, under its section, so
+    an administrator finds each one there (tests/package/run checks that it
+    changes nothing)."""
+    import os
+    from harness import SRCDIR
+    p = run_kaleidod(["--check-config"])
+    assert p.returncode == 0, p.stderr
+    want, section = [], None
+    for line in p.stdout.decode().splitlines():
+        m = re.match(r"^;? ?\[([a-z0-9_.]+)\]$", line)
+        if m:
+            section = m.group(1)
+            continue
+        m = re.match(r"^;? ?([a-z_]+) = ", line)
+        if m and section is not None and not section.startswith("family."):
+            want.append((section, m.group(1)))
+    assert len(want) > 30, want
+    with open(os.path.join(SRCDIR, "debian", "kaleidod.conf")) as f:
+        shipped, section = set(), None
+        for line in f:
+            line = line.rstrip("\n")
+            assert line == "" or line.startswith(";"), "not commented out: %r" % line
+            m = re.match(r"^;\[([a-z_.]+)\]$", line)
+            if m:
+                section = m.group(1)
+                continue
+            m = re.match(r"^;([a-z_]+) =", line)
+            if m:
+                shipped.add((section, m.group(1)))
+    # client_secret has no place in a file that every admin reads.
+    missing = [k for k in want if k not in shipped and k != ("upstream", "client_secret")]
+    assert not missing, missing

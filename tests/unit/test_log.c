@@ -359,6 +359,55 @@ static void test_log_redacts(void **state)
 	free(got);
 }
 
+struct seen {
+	int n;
+	char text[LOG_RECENT + 2][LOG_RECENT_LEN];
+	enum log_level level[LOG_RECENT + 2];
+};
+
+static void collect(void *arg, double at, enum log_level level, const char *text)
+{
+	struct seen *s = arg;
+
+	assert_true(at > 1e9); /* a wall-clock time */
+	assert_true(s->n < LOG_RECENT + 2);
+	s->level[s->n] = level;
+	snprintf(s->text[s->n++], LOG_RECENT_LEN, "%s", text);
+}
+
+/* The status page's last errors: warnings and errors only, newest first,
+ * redacted, at most LOG_RECENT of them. */
+static void test_recent(void **state)
+{
+	struct seen s = { 0 };
+	char *got;
+
+	(void)state;
+	log_add_secret("sekrit-token");
+	capture_start();
+	log_info("not kept");
+	log_error("first sekrit-token");
+	log_warnx("second");
+	got = capture_end();
+	free(got);
+	log_recent(collect, &s);
+	assert_true(s.n >= 2);
+	assert_string_equal(s.text[0], "second");
+	assert_int_equal(s.level[0], LOG_LVL_WARN);
+	assert_string_equal(s.text[1], "first ***");
+	assert_int_equal(s.level[1], LOG_LVL_ERROR);
+	capture_start();
+	for (int i = 0; i < LOG_RECENT + 3; i++)
+		log_warnx("w%d", i);
+	got = capture_end();
+	free(got);
+	s.n = 0;
+	log_recent(collect, &s);
+	assert_int_equal(s.n, LOG_RECENT);
+	assert_string_equal(s.text[0], "w12");
+	assert_string_equal(s.text[LOG_RECENT - 1], "w3");
+}
+
 static void test_long_line(void **state)
 {
 	char *big, *got, *p;
@@ -495,6 +544,7 @@ int main(void)
 		cmocka_unit_test_setup(test_warn_errno, reset),
 		cmocka_unit_test_setup(test_journal_prefix, reset),
 		cmocka_unit_test_setup(test_log_redacts, reset),
+		cmocka_unit_test_setup(test_recent, reset),
 		cmocka_unit_test_setup(test_long_line, reset),
 		cmocka_unit_test_setup(test_fatal_exits, reset),
 		cmocka_unit_test_setup(test_threads_whole_lines, reset),
