@@ -43,15 +43,28 @@ static void put(struct page *p, const char *s, size_t n)
 static void out(struct page *p, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 static void out(struct page *p, const char *fmt, ...)
 {
-	char buf[512];
+	char buf[512], *big = NULL;
 	va_list ap;
 	int n;
 
 	va_start(ap, fmt);
 	n = vsnprintf(buf, sizeof(buf), fmt, ap);
 	va_end(ap);
-	if (n > 0)
-		put(p, buf, (size_t)n < sizeof(buf) ? (size_t)n : sizeof(buf) - 1);
+	if (n < 0)
+		return;
+	if ((size_t)n < sizeof(buf)) {
+		put(p, buf, (size_t)n);
+		return;
+	}
+	/* Longer than the buffer: never cut a page in the middle of a tag. */
+	va_start(ap, fmt);
+	n = vasprintf(&big, fmt, ap);
+	va_end(ap);
+	if (n < 0)
+		p->oom = 1;
+	else
+		put(p, big, (size_t)n);
+	free(big);
 }
 
 /* Text for an element's content or a quoted attribute. */
