@@ -970,12 +970,14 @@ static void xfer_fail(struct upstream *u, struct up_xfer *x, enum up_error e, co
 	va_start(ap, fmt);
 	vsnprintf(detail, sizeof(detail), fmt, ap);
 	va_end(ap);
-	if (!x->ended)
-		deliver_end(x, e, detail, 0);
+	/* Counted before the end reaches the client, so that a client
+	 * that reads the counters after its answer finds this failure. */
 	pthread_mutex_lock(&u->clock);
 	u->counters.failed++;
 	u->counters.errors[e]++;
 	pthread_mutex_unlock(&u->clock);
+	if (!x->ended)
+		deliver_end(x, e, detail, 0);
 	xfer_retire(u, x);
 }
 

@@ -49,6 +49,7 @@
 #define DRAIN_SECONDS 5.0
 #define TICK_NS 250000000L /* the main loop's tick: warm-up and refresh-ahead */
 #define STATUS_EVERY 2.0   /* s between checks of systemd's STATUS= line */
+#define STALL_MIN 2.5      /* s: the least stall that withholds the watchdog's ping */
 
 static void usage(FILE *out)
 {
@@ -646,8 +647,13 @@ static void watchdog_tick(struct watchdog *w, struct front *front, const struct 
 	clock_gettime(CLOCK_MONOTONIC, &now);
 	if (w->usec > 0 && since(&w->pinged, &now) >= period / 4) {
 		/* Pings come four times a period; a front stalled for half of
-		 * one gets none, so systemd acts within about WatchdogSec. */
-		if ((stalled = front_stalled(front)) < period / 2) {
+		 * one gets none, so systemd acts within about WatchdogSec.  An
+		 * idle serve thread comes round about once a second, so less
+		 * than STALL_MIN proves nothing (WatchdogSec= under 5 s then
+		 * acts later than its period says). */
+		double limit = period / 2 > STALL_MIN ? period / 2 : STALL_MIN;
+
+		if ((stalled = front_stalled(front)) < limit) {
 			sd_notify(0, "WATCHDOG=1");
 			w->pinged = now;
 			if (w->withheld)

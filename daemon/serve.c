@@ -130,8 +130,9 @@ static void *loop(void *arg)
 		}
 		/* Accepts, reads, answers, times out: never waits. */
 		MHD_run(t->d);
-		if ((now = now_ms()) >= next_tick) {
-			atomic_store_explicit(&t->beat_ms, now, memory_order_relaxed);
+		now = now_ms();
+		atomic_store_explicit(&t->beat_ms, now, memory_order_relaxed);
+		if (now >= next_tick) {
 			if (s->p.tick != NULL)
 				s->p.tick(s->p.arg, t->idx);
 			next_tick = now + TICK_MS;

@@ -49,8 +49,8 @@ int serve_thread(void);
  * handler. */
 void serve_wake(struct serve *s, int thread);
 /* Seconds since the slowest serve thread last came round its loop (each
- * does about once a second, busy or idle): a wedged thread's grows without
- * bound.  Any thread. */
+ * does at least once a second, busy or idle): a wedged thread's grows
+ * without bound.  Any thread. */
 double serve_stalled(struct serve *s);
 /* Stops accepting new connections (every thread has stopped when this
  * returns); requests in progress go on. */

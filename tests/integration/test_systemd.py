@@ -87,7 +87,7 @@ def start_notified(daemon_factory, mock, notify, watchdog_usec=None, config=None
 
 
 def test_ready_status_and_watchdog(daemon_factory, mock, notify):
-    d = start_notified(daemon_factory, mock, notify, watchdog_usec=1000000)
+    d = start_notified(daemon_factory, mock, notify, watchdog_usec=2000000)
     # Pings come about four times a WatchdogSec.
     for _ in range(3):
         notify.wait(lambda m: fields(m).get("WATCHDOG") == "1", what="WATCHDOG=1")
@@ -122,7 +122,9 @@ def serve_threads(pid):
 
 
 def test_a_wedged_front_stops_the_pings(daemon_factory, mock, notify):
-    d = start_notified(daemon_factory, mock, notify, watchdog_usec=1000000,
+    # WatchdogSec=4: pings every second; a thread stalled for 2.5 s (the
+    # least kaleidod takes for a stall) withholds them.
+    d = start_notified(daemon_factory, mock, notify, watchdog_usec=4000000,
                        config={"server": {"threads": "2"}})
     notify.wait(lambda m: "WATCHDOG=1" in m, what="WATCHDOG=1")
     tids = serve_threads(d.pid)
