@@ -453,7 +453,7 @@ class Handler(BaseHTTPRequestHandler):
             q = urllib.parse.parse_qs(self.query)
             pre = q.get("path", [""])[0]
             with st.lock:
-                out = [{k: e[k] for k in ("method", "target", "headers", "body_len")}
+                out = [{k: e[k] for k in ("method", "target", "headers", "body_len", "time")}
                        for e in st.log if e["target"].split("?", 1)[0].startswith(pre)]
             return self.send(200, out)
         if p == "/_mock/tokens" and method == "GET":
