@@ -93,16 +93,24 @@ def test_every_base_list_is_fetched_at_start_and_refreshed_ahead(daemon_factory,
         return all(mock.count("GET " + t) >= 1 for t in BASE_LISTS)
 
     wait_for(all_fetched, timeout=20, what="every base list fetched at start")
+    # Asked of the API is not yet stored: "warm" is every base list held.
+    wait_for(lambda: d.stats()["cache"]["warm"] is True, timeout=20, what="warm-up")
     s = Sdk(d.port)
     for t in BASE_LISTS:
-        r = s.get(t)
-        assert (r.status, xc(r)) == (200, "HIT"), (t, r)
-    # A 3 s list is fetched again before it expires, with no client asking.
+        if t != "/activity_labels":   # the 3 s list is checked below
+            r = s.get(t)
+            assert (r.status, xc(r)) == (200, "HIT"), (t, r)
+    # The 3 s list is fetched again, with no client ever asking for it:
+    # only refresh-ahead does that.
     wait_for(lambda: mock.count("GET /activity_labels") >= 2, timeout=15,
              what="the 3 s list refreshed ahead")
+    wait_for(lambda: d.stats()["families"]["activity_labels"]["refreshes"] >= 2,
+             timeout=15, what="the refresh counted")
+    # A client is answered from the copy: a HIT, or a STALE answer if a
+    # refresh had not ended before the copy expired (a loaded machine may
+    # do that).  Never a MISS.
     r = s.get("/activity_labels")
-    assert (r.status, xc(r)) == (200, "HIT"), r
-    assert d.stats()["families"]["activity_labels"]["refreshes"] >= 2
+    assert r.status == 200 and xc(r) in ("HIT", "STALE"), r
     # The paged event log and the records are never fetched unasked.
     assert mock.count("GET /workspaces/events") == 0
     assert mock.count("GET /records") == 0
