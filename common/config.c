@@ -86,6 +86,8 @@ static const char *check_level(char *value);
 static const char *check_names(char *value);
 static const char *check_origins(char *value);
 static const char *check_audit(char *value);
+static const char *check_redis(char *value);
+static const char *check_prefix(char *value);
 
 #define M(f) SC_MAIN, offsetof(struct config, f)
 #define F(f) SC_FAMILY, offsetof(struct config_family, f)
@@ -187,6 +189,11 @@ static const struct ckey ckeys[] = {
 	{ "gateway", "admin_from_loopback", CT_BOOL, "yes", M(admin_from_loopback), 0, 0, 0, NULL,
 	  "Admin endpoints open to loopback clients without a token (boolean, default yes)" },
 
+	{ "cluster", "redis", CT_STRING, NULL, M(cluster_redis), 0, 0, 0, check_redis,
+	  "The Redis that keeps gateways coherent: unix:/PATH or redis://HOST:PORT (default none)" },
+	{ "cluster", "prefix", CT_STRING, NULL, M(cluster_prefix), 0, 0, 0, check_prefix,
+	  "Namespace of this workspace's keys in Redis, kaleidod:HASH of url and client_id (default derived)" },
+
 	{ "metrics", "per_account", CT_BOOL, "no", M(metrics_per_account), 0, 0, 0, NULL,
 	  "Label the gateway's per-account counters in /_kaleidod/metrics (boolean, default no)" },
 
@@ -282,6 +289,71 @@ static int has_control(const char *s)
 }
 
 /* --- validators and parsers; each returns NULL or why the value is bad --- */
+
+int config_parse_redis(const char *spec, char *host, size_t hostlen, unsigned *port)
+{
+	const char *p, *colon;
+	size_t hl;
+	unsigned long v = 0;
+
+	if (spec == NULL)
+		return -1;
+	if (strncmp(spec, "unix:", 5) == 0) {
+		/* 107: what fits in sockaddr_un, which hiredis would cut short */
+		if (spec[5] != '/' || strlen(spec + 5) >= hostlen || strlen(spec + 5) > 107)
+			return -1;
+		snprintf(host, hostlen, "%s", spec + 5);
+		*port = 0;
+		return 0;
+	}
+	if (strncmp(spec, "redis://", 8) != 0)
+		return -1;
+	p = spec + 8;
+	if ((colon = strrchr(p, ':')) == NULL || strchr(p, '@') != NULL || strchr(p, '/') != NULL)
+		return -1;
+	hl = (size_t)(colon - p);
+	if (p[0] == '[' && hl > 2 && p[hl - 1] == ']') {
+		p++;
+		hl -= 2;
+	}
+	if (hl == 0 || hl >= hostlen || memchr(p, ' ', hl) != NULL)
+		return -1;
+	for (const char *d = colon + 1; *d != '\0'; d++) {
+		if (*d < '0' || *d > '9' || (v = v * 10 + (unsigned long)(*d - '0')) > 65535)
+			return -1;
+	}
+	if (colon[1] == '\0' || v == 0)
+		return -1;
+	memcpy(host, p, hl);
+	host[hl] = '\0';
+	*port = (unsigned)v;
+	return 0;
+}
+
+static const char *check_redis(char *value)
+{
+	char host[256];
+	unsigned port;
+
+	if (strchr(value, '@') != NULL)
+		return "must not carry a password; set KALEIDOD_REDIS_PASSWORD or the "
+		       "systemd credential redis_password";
+	if (config_parse_redis(value, host, sizeof(host), &port) < 0)
+		return "must be unix:/ABSOLUTE/PATH or redis://HOST:PORT";
+	return NULL;
+}
+
+static const char *check_prefix(char *value)
+{
+	size_t n = strlen(value);
+
+	if (n == 0 || n > 64)
+		return "must be 1 to 64 bytes";
+	for (const char *c = value; *c != '\0'; c++)
+		if (*c <= ' ' || *c > '~')
+			return "must be printable ASCII without spaces";
+	return NULL;
+}
 
 static const char *check_url(char *value)
 {
@@ -843,6 +915,9 @@ void config_free(struct config **cfgp)
 	free(cfg->cache_file);
 	free(cfg->log_level);
 	free(cfg->audit);
+	free(cfg->cluster_redis);
+	free(cfg->cluster_prefix);
+	free_secret_string(&cfg->cluster_password);
 	free(cfg->tls_cert);
 	free(cfg->tls_key);
 	free(cfg->tls_priorities);
@@ -1164,6 +1239,8 @@ static const struct {
 	{ "KALEIDOSCOPE_API_CLIENT_SECRET", "upstream", "client_secret" },
 };
 
+static int redis_password(struct config *cfg, const char *dir, char *err, size_t errlen);
+
 int config_apply_env(struct config *cfg, char *err, size_t errlen)
 {
 	const char *v, *dir, *why = NULL;
@@ -1207,10 +1284,44 @@ int config_apply_env(struct config *cfg, char *err, size_t errlen)
 		}
 	}
 	free(path);
-	return 0;
+	path = NULL;
+	return redis_password(cfg, dir, err, errlen);
 
 fail:
 	free(path);
+	return -1;
+}
+
+/* The Redis password: KALEIDOD_REDIS_PASSWORD, else the systemd credential
+ * redis_password; never a key of the file or the command line. */
+static int redis_password(struct config *cfg, const char *dir, char *err, size_t errlen)
+{
+	const char *v = getenv("KALEIDOD_REDIS_PASSWORD"), *why = NULL;
+	char *path = NULL, *secret = NULL;
+	int rc;
+
+	free_secret_string(&cfg->cluster_password);
+	if (v != NULL && *v != '\0') {
+		if ((cfg->cluster_password = strdup(v)) == NULL)
+			goto nomem;
+		return 0;
+	}
+	if (dir == NULL || *dir == '\0')
+		return 0;
+	if (asprintf(&path, "%s/redis_password", dir) < 0)
+		goto nomem;
+	rc = read_secret(path, 1, &secret, &why);
+	if (rc == -1) {
+		errbuf_set(err, errlen, "systemd credential %s: %s", path, why);
+		free(path);
+		return -1;
+	}
+	free(path);
+	if (rc == 0)
+		cfg->cluster_password = secret;
+	return 0;
+nomem:
+	errbuf_set(err, errlen, "[cluster] password: out of memory");
 	return -1;
 }
 

@@ -99,6 +99,11 @@ struct config {
 	size_t max_body;         /* bytes a write-scoped account's request may declare */
 	size_t max_body_read;    /* the same for an account without write */
 
+	/* [cluster] */
+	char *cluster_redis;    /* "unix:/path" or "redis://host:port"; NULL: alone */
+	char *cluster_prefix;   /* key namespace; NULL: derived (cluster.c) */
+	char *cluster_password; /* KALEIDOD_REDIS_PASSWORD or credential; never printed */
+
 	/* [family.NAME] sections, the defaults first */
 	struct config_family families[CONFIG_MAX_FAMILIES];
 	int nfamilies;
@@ -152,5 +157,7 @@ int config_key_info(size_t i, const char **section, const char **name, const cha
 
 /* Parses "ADDR:PORT" / "[ADDR]:PORT"; host is written into host (hostlen).  0 or -1. */
 int config_parse_listen(const char *spec, char *host, size_t hostlen, unsigned *port);
+/* "unix:/path" (host the path, *port 0) or "redis://host:port".  0 or -1. */
+int config_parse_redis(const char *spec, char *host, size_t hostlen, unsigned *port);
 
 #endif

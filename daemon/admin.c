@@ -2,7 +2,8 @@
  * admin: /_kaleidod/health, /_kaleidod/stats and /_kaleidod/purge, with cJSON.
  *
  * Health says whether kaleidod can do its job (a token, a cache) and why
- * not; stats are the counters an operator graphs.
+ * not; stats are the counters an operator graphs.  A cluster that lost its
+ * Redis is shown in both but leaves health "ok": the instance still serves.
  */
 #include "admin.h"
 
@@ -15,6 +16,7 @@
 #include "audit.h"
 #include "auth.h"
 #include "cache.h"
+#include "cluster.h"
 #include "front.h"
 #include "gateway.h"
 #include "keeper.h"
@@ -26,6 +28,32 @@
 #include "warm.h"
 
 #define LOOP_MEMORY 60.0 /* s health reports a loop after the last one */
+
+/* The cluster's link and counters ({"state": "off"} alone without one). */
+static void add_cluster(const struct front_deps *d, cJSON *o)
+{
+	struct cluster_info ci;
+	cJSON *cl = cJSON_AddObjectToObject(o, "cluster");
+
+	cluster_info(d->cluster, &ci);
+	cJSON_AddStringToObject(cl, "state", cluster_state_name(ci.state));
+	if (ci.state == CLUSTER_OFF)
+		return;
+	cJSON_AddStringToObject(cl, "redis", ci.redis);
+	cJSON_AddStringToObject(cl, "prefix", ci.prefix);
+	cJSON_AddNumberToObject(cl, "since", ci.since);
+	if (ci.last_error[0] != '\0')
+		cJSON_AddStringToObject(cl, "last_error", ci.last_error);
+	else
+		cJSON_AddNullToObject(cl, "last_error");
+	cJSON_AddNumberToObject(cl, "published", (double)ci.published);
+	cJSON_AddNumberToObject(cl, "received", (double)ci.received);
+	cJSON_AddNumberToObject(cl, "applied", (double)ci.applied);
+	cJSON_AddNumberToObject(cl, "catchups", (double)ci.catchups);
+	cJSON_AddNumberToObject(cl, "connects", (double)ci.connects);
+	cJSON_AddNumberToObject(cl, "errors", (double)ci.errors);
+	cJSON_AddNumberToObject(cl, "pending", (double)ci.pending);
+}
 
 char *admin_health(const struct front_deps *d, unsigned *status)
 {
@@ -74,6 +102,7 @@ char *admin_health(const struct front_deps *d, unsigned *status)
 	}
 	cJSON_AddNumberToObject(ca, "entries", (double)entries);
 	cJSON_AddNumberToObject(ca, "bytes", (double)bytes);
+	add_cluster(d, o);
 	text = cJSON_PrintUnformatted(o);
 	cJSON_Delete(o);
 	*status = 200;
@@ -133,6 +162,8 @@ struct keeper_purge *admin_purge_start(const struct front_deps *d, const char *b
 	if (t == NULL) {
 		*status = 500;
 		*why = "out of memory";
+	} else {
+		cluster_purged(d->cluster, req.kind, req.what);
 	}
 out:
 	purgereq_clear(&req);
@@ -195,6 +226,7 @@ char *admin_stats(const struct front_deps *d, unsigned *status)
 	cJSON_AddNumberToObject(up, "refused_throttled", (double)uc.refused_throttled);
 	cJSON_AddNumberToObject(up, "paced", (double)uc.paced);
 	add_cache_stats(d, o);
+	add_cluster(d, o);
 	if (d->gw != NULL)
 		gateway_stats(d->gw, cJSON_AddObjectToObject(o, "gateway"));
 	if (d->audit != NULL)

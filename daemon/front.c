@@ -32,6 +32,7 @@
 #include "audit.h"
 #include "cache.h"
 #include "check.h"
+#include "cluster.h"
 #include "clock.h"
 #include "collect.h"
 #include "config.h"
@@ -695,8 +696,8 @@ static unsigned long long invalidate_after_write(struct req *r, const char *meth
 	for (int i = 0; mask != 0 && i < policy_family_count(f->d.policy); i++) {
 		if (!(mask & (1u << i)))
 			continue;
-		objtab_invalidate(f->d.tab, i);
 		seq = keeper_invalidate(f->d.keeper, i);
+		cluster_invalidated(f->d.cluster, i);
 		stats_inc(f->d.stats, i, STATS_INVALIDATIONS);
 		log_debug("%s %.*s invalidated %s", method, path_len(r->target), r->target,
 			  policy_family_name(f->d.policy, i));

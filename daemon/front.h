@@ -37,6 +37,7 @@ struct front_deps {
 	struct audit *audit;     /* NULL: no audit trail */
 	struct tls *tls;         /* NULL: plain HTTP */
 	struct traffic *traffic; /* requests by label, for /_kaleidod/metrics */
+	struct cluster *cluster; /* NULL: no [cluster] redis, this instance alone */
 	double started;          /* wall-clock unix time the daemon started */
 };
 

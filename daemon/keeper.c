@@ -90,6 +90,9 @@ struct keeper {
 	 * none (the delete took them, and generations keep later pre-write
 	 * answers out), so same-second rows are not voided for nothing. */
 	atomic_ullong fam_latest[32], fam_done[32];
+	/* Per family: invalidations under way (keeper_invalidate() between its
+	 * first step and its last): every row read meanwhile is void. */
+	atomic_int fam_busy[32];
 	atomic_llong fam_written[32]; /* per family: rows stored until then may be void */
 
 	/* Writes' answers waiting for their deletes to reach the file. */
@@ -294,19 +297,25 @@ static struct entry *file_load(void *arg, const char *key, int family)
 	struct keeper *k = arg;
 	struct cache_entry *row = NULL;
 	struct entry *e = NULL;
+	unsigned long long done;
 	int rc;
 
 	if (k->cache == NULL || family < 0 || family >= 32)
 		return NULL;
+	/* Which deletes had run before the read: one that ends while the row
+	 * is being read may have come too late for it. */
+	done = atomic_load(&k->fam_done[family]);
 	rc = cache_get(k->cache, key, &row);
 	if (rc < 0)
 		keeper_warn("lookup failed: %s", cache_errmsg(k->cache));
 	if (rc != 1)
 		return NULL;
-	if (row->stored_at <= atomic_load(&k->fam_written[family]) &&
-	    atomic_load(&k->fam_latest[family]) > atomic_load(&k->fam_done[family])) {
-		/* A write changed the family and the row's delete has not
-		 * reached the file yet (or failed): it is gone all the same. */
+	if (atomic_load(&k->fam_busy[family]) > 0 ||
+	    (row->stored_at <= atomic_load(&k->fam_written[family]) &&
+	     atomic_load(&k->fam_latest[family]) > done)) {
+		/* A write is changing the family, or changed it and the
+		 * row's delete had not reached the file when it was read (or
+		 * failed): it is gone all the same. */
 	} else if ((e = from_row(key, family, row, k->cfg->max_entry_size)) == NULL) {
 		keeper_warn("an entry of %s cannot be read back (damaged or out of memory); "
 			    "fetching it again",
@@ -532,16 +541,32 @@ unsigned long long keeper_invalidate(struct keeper *k, int family)
 	struct job *j;
 	int64_t now = clock_wall();
 
-	if (k->cache == NULL || family < 0 || family >= 32)
+	ASSERT(family >= 0 && family < 32);
+	if (k->cache == NULL) {
+		objtab_invalidate(k->tab, family);
 		return 0;
+	}
+	/*
+	 * The order matters.  While fam_busy is up, file_load() voids every
+	 * row of the family, so a reader that misses memory cannot reload a
+	 * row the write changed while the table forgets it.  The table then
+	 * forgets the family and its generation moves, which voids stores
+	 * still queued.  Only after that is the family marked for its delete
+	 * and counted (fam_latest): a delete that takes the mark runs after
+	 * the move, so it deletes any store that passed the old generation,
+	 * and fam_done cannot reach this invalidation's number before.
+	 */
+	atomic_fetch_add(&k->fam_busy[family], 1);
 	for (long long at = atomic_load(&k->fam_written[family]);
 	     at < now && !atomic_compare_exchange_weak(&k->fam_written[family], &at, now);)
 		;
+	objtab_invalidate(k->tab, family);
 	atomic_fetch_or(&k->inval_dirty, 1u << family);
 	seq = atomic_fetch_add(&k->inval_seq, 1) + 1;
 	for (unsigned long long at = atomic_load(&k->fam_latest[family]);
 	     at < seq && !atomic_compare_exchange_weak(&k->fam_latest[family], &at, seq);)
 		;
+	atomic_fetch_sub(&k->fam_busy[family], 1);
 	/* One marker in the queue stands for every write until it runs: a
 	 * stream of writes against a locked file must not pile up jobs.  It
 	 * keeps its place in the order: stores queued before it are deleted
@@ -679,6 +704,10 @@ static long purge_now(struct keeper *k, enum cache_purge kind, const char *what)
 	objtab_invalidate(k->tab, family);
 	if (k->cache != NULL && (n = cache_purge(k->cache, kind, what, NULL, NULL)) < 0)
 		keeper_warn("purge failed: %s", cache_errmsg(k->cache));
+	/* Once more now the rows are gone: a reader that missed memory
+	 * meanwhile may have loaded one the purge was deleting. */
+	if (k->cache != NULL)
+		objtab_invalidate(k->tab, family);
 	pthread_mutex_unlock(&k->store_lock);
 	if (n > 0)
 		atomic_fetch_add(&k->purged, (unsigned long long)n);

@@ -39,8 +39,9 @@ typedef void (*keeper_done_fn)(void *arg, struct entry *e);
  * clients that take gzip) off the caller's thread, then calls done. */
 void keeper_compress(struct keeper *k, struct entry *e, keeper_done_fn done, void *arg);
 
-/* A write changed family (the table has forgotten it, objtab_invalidate()):
- * from now on its rows in the file are void; the keeper deletes them (and
+/* A write changed family: its rows in the file are void from now on, the
+ * table forgets it (objtab_invalidate(), called here, in the one order
+ * that leaves no old copy to reload), and the keeper deletes the rows (and
  * keeps trying while the file refuses).  Returns the invalidation's number
  * for keeper_await_durable(), or 0 without a file. */
 unsigned long long keeper_invalidate(struct keeper *k, int family);

@@ -29,6 +29,7 @@
 #include "audit.h"
 #include "auth.h"
 #include "cache.h"
+#include "cluster.h"
 #include "config.h"
 #include "front.h"
 #include "kdbuild.h"
@@ -742,6 +743,9 @@ int main(int argc, char **argv)
 		}
 		/* --quiet: ExecStartPre= wants the verdict, not the whole
 		 * configuration in the journal at every start. */
+		/* the prefix in effect, which cluster.c derives when unset */
+		if (cfg->cluster_redis != NULL && cfg->cluster_prefix == NULL)
+			cfg->cluster_prefix = cluster_default_prefix(cfg);
 		if (!fl.quiet)
 			config_print(cfg, stdout);
 		config_free(&cfg);
@@ -838,6 +842,14 @@ int main(int argc, char **argv)
 	}
 	keeper_backend(deps.keeper, &backend);
 	objtab_set_backend(deps.tab, &backend);
+	/* Before the front: an instance whose Redis answers has caught up
+	 * with the others' writes before it serves its first request. */
+	if (cfg->cluster_redis != NULL &&
+	    (deps.cluster = cluster_new(cfg, deps.policy, deps.tab, deps.keeper, err,
+					sizeof(err))) == NULL) {
+		log_error("[cluster] %s", err);
+		goto out;
+	}
 	if (cfg->accounts_file != NULL) {
 		if ((deps.gw = gateway_new(cfg, err, sizeof(err))) == NULL) {
 			log_error("[gateway] accounts: %s", err);
@@ -922,7 +934,8 @@ out:
 	gateway_free(&deps.gw);
 	audit_close(&deps.audit);
 	warm_free(&deps.warm);
-	keeper_free(&deps.keeper); /* writes what is queued; calls into the table */
+	cluster_free(&deps.cluster); /* publishes what is pending; calls into the keeper */
+	keeper_free(&deps.keeper);   /* writes what is queued; calls into the table */
 	flights_free(&deps.flights);
 	objtab_free(&deps.tab);
 	upstream_free(&deps.up);

@@ -15,6 +15,7 @@
 #include "audit.h"
 #include "auth.h"
 #include "cache.h"
+#include "cluster.h"
 #include "config.h"
 #include "front.h"
 #include "gateway.h"
@@ -227,6 +228,36 @@ static void gateway(struct prom *p, const struct front_deps *d)
 	}
 }
 
+static void cluster(struct prom *p, const struct front_deps *d)
+{
+	struct cluster_info ci;
+	struct prom_labels l;
+
+	cluster_info(d->cluster, &ci);
+	gauge(p, P "cluster_up", "1 while the cluster's Redis answers, else 0 (or no cluster).",
+	      ci.state == CLUSTER_UP ? 1 : 0);
+	if (ci.state == CLUSTER_OFF)
+		return;
+	prom_head(p, P "cluster_events_total", "counter",
+		  "Invalidations and purges published to the other instances, or received "
+		  "from them.");
+	prom_labels_init(&l);
+	prom_label(&l, "direction", "published");
+	prom_u64(p, P "cluster_events_total", &l, ci.published);
+	prom_labels_init(&l);
+	prom_label(&l, "direction", "received");
+	prom_u64(p, P "cluster_events_total", &l, ci.received);
+	counter(p, P "cluster_catchups_total",
+		"Families dropped on reconnecting because their generation moved meanwhile (catch-ups).",
+		ci.catchups);
+	counter(p, P "cluster_connects_total", "Connections made to the cluster's Redis.",
+		ci.connects);
+	counter(p, P "cluster_errors_total", "Failed attempts to reach Redis, and links lost.",
+		ci.errors);
+	gauge(p, P "cluster_pending", "Invalidations and purges waiting for Redis.",
+	      (double)ci.pending);
+}
+
 char *scrape_metrics(const struct front_deps *d, unsigned conns, size_t *len)
 {
 	struct prom p = { 0 };
@@ -254,6 +285,7 @@ char *scrape_metrics(const struct front_deps *d, unsigned conns, size_t *len)
 	upstream(&p, d);
 	if (d->gw != NULL)
 		gateway(&p, d);
+	cluster(&p, d);
 	if (d->audit != NULL)
 		counter(&p, P "audit_errors_total", "Audit records that could not be written.",
 			audit_errors(d->audit));

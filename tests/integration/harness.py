@@ -151,6 +151,24 @@ def raw_exchange(port, data, timeout=HTTP_TIMEOUT):
 
 
 # ---------------------------------------------------------------- processes
+def kill_process(proc):
+    """SIGKILL, as a crash or the OOM killer would end it; reaps it."""
+    try:
+        os.kill(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.wait(STOP_TIMEOUT)
+
+
+def file_tail(path, n=40):
+    """The last n lines of a log file, or "(no log)"."""
+    try:
+        with open(path, "rb") as f:
+            return "\n".join(f.read().decode("utf-8", "replace").splitlines()[-n:])
+    except OSError:
+        return "(no log)"
+
+
 def stop_process(proc, timeout=STOP_TIMEOUT):
     """SIGTERM this one process, wait, then SIGKILL.  Returns its exit code."""
     if proc.poll() is None:
@@ -468,11 +486,7 @@ class Daemon:
     def kill(self):
         """SIGKILL, as a crash or the OOM killer would end it; reaps it."""
         if self.proc is not None:
-            try:
-                os.kill(self.proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            self.proc.wait(STOP_TIMEOUT)
+            kill_process(self.proc)
             self.proc = None
 
     @property

@@ -26,7 +26,12 @@ fails against the daemon as it was before the fix:
     pre-write rows were HITs again;
 12. a 304 refresh updated the file's row whatever version it held: with the
     newer version's store failed, its headers were paired with the older
-    version's body, and served so after a restart.
+    version's body, and served so after a restart;
+13. a reader whose memory miss read a row of a family while a write's
+    invalidation was under way (between the table forgetting it and the
+    file's delete, or while the delete ran) kept that pre-write row in
+    memory: a HIT until its TTL.  A remote invalidation from another
+    instance of a cluster, which nothing holds back, hit it most.
 
 The cache file is locked the way another process would lock it: a write
 transaction (BEGIN IMMEDIATE) on its own connection, rolled back in a
@@ -608,3 +613,45 @@ def test_a_purge_waiting_on_the_locked_file_holds_up_no_other_request(daemon_fac
         assert not row(d, "/programs")
     else:
         assert pr.status == 500 and "refused the purge" in pr.body.decode(), (pr.status, pr.body)
+
+
+# ---------------------------------------------------------------- 13
+def test_a_read_racing_a_writes_delete_does_not_keep_the_old_row(daemon, mock):
+    """Readers hammer /record_views while another client writes to it: after
+    each write's answer, no read may give the pre-write version.  A reader
+    whose memory miss read the file's row while the write's delete ran (or
+    before the row was voided) used to keep that row in memory, a HIT until
+    its TTL."""
+    s = Sdk(daemon.port)
+    s.auth()
+    stop = threading.Event()
+    failures = []
+
+    def hammer():
+        h = Sdk(daemon.port)
+        h.auth()
+        while not stop.is_set():
+            r = h.get("/record_views")
+            if r.status != 200:
+                failures.append(r)
+                return
+
+    readers = [threading.Thread(target=hammer) for _ in range(2)]
+    for t in readers:
+        t.start()
+    try:
+        for i in range(1, 301):
+            w = s.post("/record_views", {"name": "x%d" % i})
+            assert w.status == 200, w
+            gen = mock.stats()["gens"]["record_views"]
+            for _ in range(3):
+                r = s.get("/record_views")
+                assert r.status == 200, r
+                assert "(gen %d)" % gen in r.body.decode(), \
+                    "write %d: a version older than gen %d served (X-Cache %s): %r" % (
+                        i, gen, xc(r), r.body[:80])
+            assert not failures, failures
+    finally:
+        stop.set()
+        for t in readers:
+            t.join(15)

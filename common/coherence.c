@@ -1,0 +1,184 @@
+/*
+ * coherence: the generations an instance knows, and what the cluster's
+ * messages and catch-ups ask of it.  See coherence.h.
+ */
+#include "coherence.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "check.h"
+
+#define COH_MAGIC 0xc0e4e2ceu
+#define COH_MAX 32
+
+struct coh {
+	unsigned magic;
+	int n;                    /* families; index n is the purges' generation */
+	char *names[COH_MAX + 1]; /* ours */
+	long long known[COH_MAX + 1];
+	char *epoch; /* NULL: no catch-up yet in this process */
+	char origin[COH_ORIGIN_LEN + 1];
+};
+
+struct coh *coh_new(int nfamilies, const char *const *names, const char *origin)
+{
+	struct coh *c;
+
+	ASSERT(nfamilies >= 0 && nfamilies <= COH_MAX);
+	AN(origin);
+	if ((c = calloc(1, sizeof(*c))) == NULL)
+		return NULL;
+	INIT_OBJ(c, COH_MAGIC);
+	c->n = nfamilies;
+	snprintf(c->origin, sizeof(c->origin), "%s", origin);
+	for (int i = 0; i <= nfamilies; i++) {
+		c->names[i] = strdup(i < nfamilies ? names[i] : COH_PURGES);
+		if (c->names[i] == NULL) {
+			coh_free(&c);
+			return NULL;
+		}
+	}
+	return c;
+}
+
+void coh_free(struct coh **cp)
+{
+	struct coh *c = *cp;
+
+	if (c == NULL)
+		return;
+	*cp = NULL;
+	CHECK_OBJ(c, COH_MAGIC);
+	for (int i = 0; i <= c->n; i++)
+		free(c->names[i]);
+	free(c->epoch);
+	FINI_OBJ(c);
+	free(c);
+}
+
+int coh_count(const struct coh *c)
+{
+	CHECK_OBJ(c, COH_MAGIC);
+	return c->n + 1;
+}
+
+const char *coh_name(const struct coh *c, int i)
+{
+	CHECK_OBJ(c, COH_MAGIC);
+	ASSERT(i >= 0 && i <= c->n);
+	return c->names[i];
+}
+
+/* A generation as Redis prints it: a decimal integer, nothing else. */
+static int parse_gen(const char *s, size_t len, long long *out)
+{
+	char buf[24], *end;
+	long long v;
+
+	if (len == 0 || len >= sizeof(buf))
+		return -1;
+	memcpy(buf, s, len);
+	buf[len] = '\0';
+	errno = 0;
+	v = strtoll(buf, &end, 10);
+	if (errno != 0 || *end != '\0' || v < 0 || buf[0] < '0' || buf[0] > '9')
+		return -1;
+	*out = v;
+	return 0;
+}
+
+/* The next space-separated word of [*p, end): its start and length. */
+static int word(const char **p, const char *end, const char **w, size_t *wl)
+{
+	const char *sp = memchr(*p, ' ', (size_t)(end - *p));
+
+	if (sp == NULL || sp == *p)
+		return -1;
+	*w = *p;
+	*wl = (size_t)(sp - *p);
+	*p = sp + 1;
+	return 0;
+}
+
+int coh_message(struct coh *c, const char *msg, size_t len, struct coh_action *out)
+{
+	const char *p = msg, *end = msg + len, *verb, *gen, *origin;
+	size_t vl, gl, ol, rest;
+	long long g;
+	int idx = -1, mine;
+
+	CHECK_OBJ(c, COH_MAGIC);
+	out->verb = COH_NONE;
+	out->family = -1;
+	out->what = NULL;
+	if (msg == NULL || word(&p, end, &verb, &vl) < 0 || word(&p, end, &gen, &gl) < 0 ||
+	    word(&p, end, &origin, &ol) < 0 || parse_gen(gen, gl, &g) < 0 || p >= end ||
+	    memchr(p, '\0', (size_t)(end - p)) != NULL)
+		return -1;
+	rest = (size_t)(end - p);
+	mine = ol == strlen(c->origin) && memcmp(origin, c->origin, ol) == 0;
+	if (vl == 3 && memcmp(verb, "inv", 3) == 0) {
+		for (int i = 0; i < c->n; i++)
+			if (strlen(c->names[i]) == rest && memcmp(c->names[i], p, rest) == 0)
+				idx = i;
+		if (idx < 0)
+			return 0; /* a family this instance does not have: nothing of it here */
+		c->known[idx] = g;
+		if (!mine) {
+			out->verb = COH_INVALIDATE;
+			out->family = idx;
+		}
+		return 0;
+	}
+	if (vl == 5 && memcmp(verb, "purge", 5) == 0) {
+		if (*p != '/')
+			return -1;
+		c->known[c->n] = g;
+		if (!mine) {
+			out->verb = COH_PURGE;
+			out->what = p; /* up to the message's end, which the caller terminated */
+		}
+		return 0;
+	}
+	return -1;
+}
+
+int coh_catchup(struct coh *c, const char *epoch, const char *const *gens, uint32_t *drop,
+		int *purge_all)
+{
+	int all, dropped = 0;
+	long long now[COH_MAX + 1];
+
+	CHECK_OBJ(c, COH_MAGIC);
+	*drop = 0;
+	*purge_all = 0;
+	for (int i = 0; i <= c->n; i++) {
+		now[i] = 0;
+		if (gens[i] != NULL && parse_gen(gens[i], strlen(gens[i]), &now[i]) < 0)
+			now[i] = -1; /* not ours to read: treat as moved */
+	}
+	all = c->epoch == NULL || epoch == NULL || strcmp(c->epoch, epoch) != 0;
+	for (int i = 0; i < c->n; i++) {
+		if (all || now[i] != c->known[i]) {
+			*drop |= 1u << i;
+			dropped++;
+		}
+		c->known[i] = now[i];
+	}
+	if (all || now[c->n] != c->known[c->n])
+		*purge_all = 1;
+	c->known[c->n] = now[c->n];
+	if (epoch != NULL && (c->epoch == NULL || strcmp(c->epoch, epoch) != 0)) {
+		char *e = strdup(epoch);
+
+		if (e != NULL) {
+			free(c->epoch);
+			c->epoch = e;
+		}
+		/* else: still unknown, so the next catch-up drops all again: safe */
+	}
+	return dropped;
+}

@@ -1,0 +1,909 @@
+/*
+ * cluster: coherence with the other instances through Redis.  See cluster.h.
+ *
+ * One thread, two connections (hiredis 0.14, synchronous, with timeouts):
+ * "cmd" runs the publishing scripts and the catch-up reads, "sub" stays
+ * subscribed to the channel.  The thread polls sub's socket and an eventfd
+ * (serve threads' invalidations), pings sub once a second so a Redis that
+ * stops answering is noticed within PONG_LIMIT_MS, and on any error drops
+ * both connections and tries again with backoff.  What was not published
+ * stays pending, so a write made while Redis is away is announced when it
+ * is back; what this instance missed meanwhile, the generations tell.
+ */
+#include "cluster.h"
+
+#include <errno.h>
+#include <hiredis/hiredis.h>
+#include <gnutls/crypto.h>
+#include <gnutls/gnutls.h>
+#include <poll.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <sys/random.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "check.h"
+#include "coherence.h"
+#include "config.h"
+#include "errbuf.h"
+#include "keeper.h"
+#include "log.h"
+#include "objtab.h"
+#include "policy.h"
+
+#define CLUSTER_MAGIC 0xc1a57e42u
+#define IO_TIMEOUT_MS 1000 /* a connect or a command; then the link is dropped */
+#define BACKOFF_MIN_MS 100
+#define BACKOFF_MAX_MS 5000
+#define PING_EVERY_MS 1000
+#define PONG_LIMIT_MS 3000    /* sub silent this long after a PING: Redis is gone */
+#define LOG_EVERY_MS 60000    /* at most one "unreachable" line a minute */
+#define FIRST_CONTACT_MS 2500 /* cluster_new() waits this long for the first */
+#define MAX_PREFIXES 16       /* prefix purges pending; beyond, every family */
+#define POLL_MS 250
+#define STOP_FLUSH_MS 1500 /* what is pending at stop goes out within this, or not */
+
+/* A generation bumped and announced in one step (a script runs atomically),
+ * so no instance can see the one without the other. */
+static const char bump_script[] =
+	"local g = redis.call('INCR', KEYS[1]) "
+	"redis.call('PUBLISH', KEYS[2], ARGV[1] .. ' ' .. g .. ' ' .. ARGV[2] .. ' ' .. ARGV[3]) "
+	"return g";
+
+struct cluster {
+	unsigned magic;
+	struct objtab *tab;
+	struct keeper *keeper;
+	int nfam;
+	char *redis, *prefix, *password, *chan, *epoch_key;
+	char *gen_keys[CONFIG_MAX_FAMILIES + 1];
+	char host[256];
+	unsigned port; /* 0: host is a unix socket's path */
+	char origin[COH_ORIGIN_LEN + 1];
+	int efd;
+	pthread_t thr;
+	int started;
+
+	/* the thread's alone */
+	struct coh *coh;
+	redisContext *cmd, *sub;
+	int backoff_ms;
+	int64_t next_try, ping_sent, last_heard, logged_at, down_at;
+	int ping_out, ever_up;
+	int proven;        /* the link answered a PING since it was made */
+	int dropped;       /* families the last join dropped, for its log line */
+	unsigned attempts; /* failed since the last log line */
+	int64_t publish_after, refused_logged; /* Redis refused a publish: wait */
+	int publish_backoff_ms;
+	uint64_t rng; /* backoff jitter */
+
+	pthread_mutex_t lock; /* below; a leaf */
+	pthread_cond_t first;
+	int first_done, stop;
+	uint32_t pend_fam;
+	char *pend_pfx[MAX_PREFIXES];
+	int npfx;
+	enum cluster_state state;
+	double since;
+	unsigned long long published, received, applied, catchups, connects, errors;
+	char last_error[160];
+};
+
+static int64_t now_ms(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static void hex_random(char *out, size_t bytes)
+{
+	unsigned char b[32];
+
+	ASSERT(bytes <= sizeof(b));
+	if (getrandom(b, bytes, 0) != (ssize_t)bytes) {
+		/* getrandom(2) does not fail for 32 bytes once the pool is up;
+		 * the clock still makes an instance's name its own */
+		uint64_t t = (uint64_t)now_ms() ^ ((uint64_t)getpid() << 32);
+
+		for (size_t i = 0; i < bytes; i++)
+			b[i] = (unsigned char)(t >> (8 * (i % 8)));
+	}
+	for (size_t i = 0; i < bytes; i++)
+		snprintf(out + 2 * i, 3, "%02x", b[i]);
+}
+
+/* A random part of a delay, so that instances cut off together do not all
+ * come back at once (xorshift64, seeded from getrandom). */
+static int64_t jitter(struct cluster *c, int64_t span)
+{
+	c->rng ^= c->rng << 13;
+	c->rng ^= c->rng >> 7;
+	c->rng ^= c->rng << 17;
+	return span > 0 ? (int64_t)(c->rng % (uint64_t)span) : 0;
+}
+
+/* Every family's bit. */
+static uint32_t all_families(const struct cluster *c)
+{
+	return c->nfam >= 32 ? UINT32_MAX : (1u << c->nfam) - 1;
+}
+
+const char *cluster_state_name(enum cluster_state s)
+{
+	switch (s) {
+	case CLUSTER_OFF:
+		return "off";
+	case CLUSTER_CONNECTING:
+		return "connecting";
+	case CLUSTER_UP:
+		return "up";
+	case CLUSTER_DOWN:
+		return "down";
+	}
+	return "?";
+}
+
+/* --- the local side: what Redis tells us to do ----------------------------- */
+
+static void drop_family(struct cluster *c, int family)
+{
+	keeper_invalidate(c->keeper, family);
+}
+
+static void nopark(void *arg)
+{
+	(void)arg;
+}
+
+static void purge_prefix(struct cluster *c, const char *what)
+{
+	int parked;
+	struct keeper_purge *t = keeper_purge_start(c->keeper, CACHE_PURGE_PREFIX, what, nopark,
+						    nopark, NULL, &parked);
+
+	/* Nobody waits for a purge another instance asked for: the ticket is
+	 * dropped, the file thread keeps its own reference until done.  One
+	 * that cannot be queued (no memory) becomes every family dropped,
+	 * which cannot fail: the generation already says it was applied. */
+	if (t != NULL) {
+		keeper_purge_result(&t);
+		return;
+	}
+	for (int i = 0; i < c->nfam; i++)
+		drop_family(c, i);
+}
+
+/* --- the link ----------------------------------------------------------- */
+
+static void set_state(struct cluster *c, enum cluster_state s, const char *why)
+{
+	pthread_mutex_lock(&c->lock);
+	if (c->state != s) {
+		c->state = s;
+		c->since = (double)time(NULL);
+	}
+	if (why != NULL)
+		snprintf(c->last_error, sizeof(c->last_error), "%s", why);
+	pthread_mutex_unlock(&c->lock);
+}
+
+static void hang_up(struct cluster *c)
+{
+	if (c->cmd != NULL)
+		redisFree(c->cmd);
+	if (c->sub != NULL)
+		redisFree(c->sub);
+	c->cmd = c->sub = NULL;
+	c->ping_out = 0;
+}
+
+/* The first word of Redis's answer to a failed AUTH (WRONGPASS, NOAUTH,
+ * ERR...): never the rest, which a proxy in between might make an echo of
+ * what was sent. */
+static void auth_failed(const redisReply *r, char *why, size_t len)
+{
+	int n = r->str != NULL ? (int)strcspn(r->str, " ") : 0;
+
+	if (n > 0 && n < 32)
+		snprintf(why, len, "authentication failed: %.*s", n, r->str);
+	else
+		snprintf(why, len, "authentication failed");
+}
+
+/* A command on ctx that must not fail; the reply (to free) or NULL with why. */
+static redisReply *must(redisContext *ctx, char *why, size_t len, int argc, const char **argv)
+{
+	redisReply *r = redisCommandArgv(ctx, argc, argv, NULL);
+
+	if (r == NULL) {
+		snprintf(why, len, "%s", ctx->errstr[0] ? ctx->errstr : "connection lost");
+		return NULL;
+	}
+	if (r->type == REDIS_REPLY_ERROR) {
+		snprintf(why, len, "%s: %s", argv[0], r->str ? r->str : "error");
+		freeReplyObject(r);
+		return NULL;
+	}
+	return r;
+}
+
+static redisContext *dial(struct cluster *c, const char *role, char *why, size_t len)
+{
+	const struct timeval tv = { IO_TIMEOUT_MS / 1000, (IO_TIMEOUT_MS % 1000) * 1000 };
+	redisContext *ctx = c->port == 0 ? redisConnectUnixWithTimeout(c->host, tv) :
+					   redisConnectWithTimeout(c->host, (int)c->port, tv);
+	redisReply *r;
+	char name[64];
+	const char *argv[3];
+
+	if (ctx == NULL) {
+		snprintf(why, len, "out of memory");
+		return NULL;
+	}
+	if (ctx->err) {
+		snprintf(why, len, "%s", ctx->errstr);
+		goto fail;
+	}
+	if (redisSetTimeout(ctx, tv) != REDIS_OK ||
+	    (c->port != 0 && redisEnableKeepAlive(ctx) != REDIS_OK)) {
+		snprintf(why, len, "%s", ctx->errstr[0] ? ctx->errstr : "socket options");
+		goto fail;
+	}
+	if (c->password != NULL) {
+		argv[0] = "AUTH";
+		argv[1] = c->password;
+		if ((r = redisCommandArgv(ctx, 2, argv, NULL)) == NULL) {
+			snprintf(why, len, "%s", ctx->errstr[0] ? ctx->errstr : "connection lost");
+			goto fail;
+		}
+		if (r->type == REDIS_REPLY_ERROR) {
+			auth_failed(r, why, len);
+			freeReplyObject(r);
+			goto fail;
+		}
+		freeReplyObject(r);
+	}
+	/* CLIENT LIST then tells which instance and which link */
+	snprintf(name, sizeof(name), "kaleidod-%s-%s", c->origin, role);
+	argv[0] = "CLIENT";
+	argv[1] = "SETNAME";
+	argv[2] = name;
+	/* Only a convenience: an ACL without it is no reason to stay apart. */
+	if ((r = redisCommandArgv(ctx, 3, argv, NULL)) == NULL) {
+		snprintf(why, len, "%s", ctx->errstr[0] ? ctx->errstr : "connection lost");
+		goto fail;
+	}
+	freeReplyObject(r);
+	return ctx;
+fail:
+	redisFree(ctx);
+	return NULL;
+}
+
+static void apply(struct cluster *c, const struct coh_action *a)
+{
+	if (a->verb == COH_INVALIDATE)
+		drop_family(c, a->family);
+	else if (a->verb == COH_PURGE)
+		purge_prefix(c, a->what);
+	if (a->verb != COH_NONE) {
+		pthread_mutex_lock(&c->lock);
+		c->applied++;
+		pthread_mutex_unlock(&c->lock);
+	}
+}
+
+/* Subscribed first, then the generations read: an announcement made in
+ * between is both seen in the generations and received, which costs at
+ * most one refetch; none can fall between the two. */
+static int join(struct cluster *c, char *why, size_t len, int *dropped)
+{
+	const char *argv[CONFIG_MAX_FAMILIES + 4];
+	const char *gens[CONFIG_MAX_FAMILIES + 1];
+	char epoch[33];
+	redisReply *r;
+	uint32_t drop;
+	int n = coh_count(c->coh), purge_all;
+
+	argv[0] = "SUBSCRIBE";
+	argv[1] = c->chan;
+	if ((r = must(c->sub, why, len, 2, argv)) == NULL)
+		return -1;
+	freeReplyObject(r);
+	/* the epoch names this Redis's generations; set once, by whoever is first */
+	hex_random(epoch, 16);
+	argv[0] = "SET";
+	argv[1] = c->epoch_key;
+	argv[2] = epoch;
+	argv[3] = "NX";
+	if ((r = must(c->cmd, why, len, 4, argv)) == NULL)
+		return -1;
+	freeReplyObject(r);
+	argv[0] = "MGET";
+	argv[1] = c->epoch_key;
+	for (int i = 0; i < n; i++)
+		argv[2 + i] = c->gen_keys[i];
+	if ((r = must(c->cmd, why, len, n + 2, argv)) == NULL)
+		return -1;
+	if (r->type != REDIS_REPLY_ARRAY || r->elements != (size_t)n + 1) {
+		snprintf(why, len, "MGET: unexpected answer");
+		freeReplyObject(r);
+		return -1;
+	}
+	for (int i = 0; i < n; i++)
+		gens[i] = r->element[i + 1]->type == REDIS_REPLY_STRING ? r->element[i + 1]->str :
+									  NULL;
+	*dropped = coh_catchup(
+		c->coh, r->element[0]->type == REDIS_REPLY_STRING ? r->element[0]->str : NULL, gens,
+		&drop, &purge_all);
+	freeReplyObject(r);
+	if (purge_all) {
+		drop = all_families(c);
+		*dropped = c->nfam;
+	}
+	for (int i = 0; i < c->nfam; i++)
+		if (drop & (1u << i))
+			drop_family(c, i);
+	return 0;
+}
+
+static void note_down(struct cluster *c, const char *verb, const char *why)
+{
+	int64_t now = now_ms();
+
+	pthread_mutex_lock(&c->lock);
+	c->errors++;
+	pthread_mutex_unlock(&c->lock);
+	set_state(c, CLUSTER_DOWN, why);
+	if (c->down_at == 0)
+		c->down_at = now;
+	c->attempts++;
+	if (c->logged_at == 0 || now - c->logged_at >= LOG_EVERY_MS) {
+		if (c->logged_at == 0)
+			log_warnx(
+				"cluster: %s redis %s (%s); serving from this instance's own cache, "
+				"retrying",
+				verb, c->redis, why);
+		else
+			log_warnx(
+				"cluster: redis %s still unreachable (%s): %u attempts in the last "
+				"minute; serving from this instance's own cache",
+				c->redis, why, c->attempts);
+		c->logged_at = now;
+		c->attempts = 0;
+	}
+	c->next_try = now + c->backoff_ms + jitter(c, c->backoff_ms / 5 + 1);
+	c->backoff_ms = c->backoff_ms * 2 > BACKOFF_MAX_MS ? BACKOFF_MAX_MS : c->backoff_ms * 2;
+}
+
+static void lost(struct cluster *c, const char *why)
+{
+	char copy[160];
+
+	/* why may be a link's errstr, which hang_up() frees */
+	snprintf(copy, sizeof(copy), "%s", why);
+	hang_up(c);
+	note_down(c, "lost", copy);
+}
+
+static void drain_sub(struct cluster *c);
+
+static void attempt(struct cluster *c)
+{
+	char why[160] = "";
+	int dropped = 0;
+
+	if ((c->cmd = dial(c, "cmd", why, sizeof(why))) == NULL ||
+	    (c->sub = dial(c, "sub", why, sizeof(why))) == NULL ||
+	    join(c, why, sizeof(why), &dropped) < 0) {
+		hang_up(c);
+		note_down(c, "cannot reach", why);
+		return;
+	}
+	pthread_mutex_lock(&c->lock);
+	c->connects++;
+	if (c->ever_up)
+		c->catchups += (unsigned long long)dropped;
+	pthread_mutex_unlock(&c->lock);
+	set_state(c, CLUSTER_UP, "");
+	if (!c->ever_up)
+		log_info("cluster: joined through redis %s (prefix %s); %d families dropped from "
+			 "this instance's cache, which may predate writes made elsewhere",
+			 c->redis, c->prefix, dropped);
+	c->ever_up = 1;
+	c->dropped = dropped;
+	c->proven = 0;
+	c->last_heard = now_ms();
+	/* Messages that came with the answer to SUBSCRIBE are already read. */
+	drain_sub(c);
+}
+
+/* The link answered its first PING: now it counts as back (a link that
+ * Redis drops right after each join keeps its backoff and its log rate). */
+static void proven(struct cluster *c)
+{
+	if (c->down_at != 0)
+		log_info("cluster: redis %s reachable again after %.1f s; %d families missed "
+			 "changes and were dropped",
+			 c->redis, (double)(now_ms() - c->down_at) / 1000, c->dropped);
+	c->proven = 1;
+	c->backoff_ms = BACKOFF_MIN_MS;
+	c->logged_at = c->down_at = 0;
+	c->attempts = 0;
+}
+
+/* Bumps generation idx and announces it.  0; -1 when the link failed; -2
+ * when Redis refused (an ACL, a read-only replica, out of memory): the link
+ * stays, the item waits.  why says which. */
+static int publish(struct cluster *c, int idx, const char *verb, const char *what, char *why,
+		   size_t len)
+{
+	const char *argv[8] = { "EVAL",  bump_script, "2",       c->gen_keys[idx],
+				c->chan, verb,        c->origin, what };
+	redisReply *r = redisCommandArgv(c->cmd, 8, argv, NULL);
+
+	if (r == NULL) {
+		snprintf(why, len, "%s", c->cmd->errstr[0] ? c->cmd->errstr : "connection lost");
+		return -1;
+	}
+	if (r->type == REDIS_REPLY_ERROR) {
+		snprintf(why, len, "EVAL: %s", r->str != NULL ? r->str : "error");
+		freeReplyObject(r);
+		return -2;
+	}
+	/* What we know of the generation moves only with the channel, our own
+	 * announcement included, which comes in order with the others'. */
+	log_debug("cluster: published %s %s (generation %lld)", verb, what,
+		  r->type == REDIS_REPLY_INTEGER ? r->integer : -1LL);
+	freeReplyObject(r);
+	pthread_mutex_lock(&c->lock);
+	c->published++;
+	pthread_mutex_unlock(&c->lock);
+	return 0;
+}
+
+/* Redis refused a publish: what is pending waits, with backoff, and the
+ * reason is logged at most once a minute. */
+static void refused(struct cluster *c, const char *why)
+{
+	int64_t now = now_ms();
+
+	pthread_mutex_lock(&c->lock);
+	c->errors++;
+	snprintf(c->last_error, sizeof(c->last_error), "%s", why);
+	pthread_mutex_unlock(&c->lock);
+	if (c->refused_logged == 0 || now - c->refused_logged >= LOG_EVERY_MS) {
+		log_warnx("cluster: redis %s refuses to publish (%s); this instance's "
+			  "invalidations wait, the others keep their copies until their TTLs",
+			  c->redis, why);
+		c->refused_logged = now;
+	}
+	c->publish_backoff_ms = c->publish_backoff_ms == 0 ? BACKOFF_MIN_MS :
+				c->publish_backoff_ms * 2 > BACKOFF_MAX_MS ?
+							     BACKOFF_MAX_MS :
+							     c->publish_backoff_ms * 2;
+	c->publish_after = now + c->publish_backoff_ms;
+}
+
+/* Publishes what is pending until deadline; what is left (an error, or the
+ * deadline) stays pending. */
+static void flush(struct cluster *c, int64_t deadline)
+{
+	uint32_t fam;
+	char *pfx[MAX_PREFIXES], why[160] = "";
+	int npfx, rc = 0;
+
+	pthread_mutex_lock(&c->lock);
+	fam = c->pend_fam;
+	c->pend_fam = 0;
+	npfx = c->npfx;
+	memcpy(pfx, c->pend_pfx, sizeof(pfx));
+	c->npfx = 0;
+	pthread_mutex_unlock(&c->lock);
+	for (int i = 0; i < c->nfam && rc == 0 && now_ms() < deadline; i++)
+		if ((fam & (1u << i)) &&
+		    (rc = publish(c, i, "inv", coh_name(c->coh, i), why, sizeof(why))) == 0)
+			fam &= ~(1u << i);
+	for (int j = 0; j < npfx && rc == 0 && now_ms() < deadline; j++)
+		if ((rc = publish(c, c->nfam, "purge", pfx[j], why, sizeof(why))) == 0) {
+			free(pfx[j]);
+			pfx[j] = NULL;
+		}
+	/* What was not published goes back in the queue, ahead of nothing in
+	 * particular: order does not matter, each is a bump. */
+	pthread_mutex_lock(&c->lock);
+	c->pend_fam |= fam;
+	for (int j = 0; j < npfx; j++) {
+		if (pfx[j] == NULL)
+			continue;
+		if (c->npfx < MAX_PREFIXES) {
+			c->pend_pfx[c->npfx++] = pfx[j];
+		} else {
+			c->pend_fam = all_families(c); /* too many: everything */
+			free(pfx[j]);
+		}
+	}
+	pthread_mutex_unlock(&c->lock);
+	if (rc == -1)
+		lost(c, why);
+	else if (rc == -2)
+		refused(c, why);
+	else
+		c->publish_backoff_ms = 0;
+}
+
+static void on_reply(struct cluster *c, redisReply *r)
+{
+	struct coh_action a;
+
+	c->last_heard = now_ms();
+	if (r->type != REDIS_REPLY_ARRAY || r->elements < 1 ||
+	    r->element[0]->type != REDIS_REPLY_STRING)
+		return;
+	if (strcmp(r->element[0]->str, "pong") == 0) {
+		c->ping_out = 0;
+		if (!c->proven)
+			proven(c);
+		return;
+	}
+	if (strcmp(r->element[0]->str, "message") != 0 || r->elements != 3 ||
+	    r->element[2]->type != REDIS_REPLY_STRING)
+		return;
+	if (coh_message(c->coh, r->element[2]->str, r->element[2]->len, &a) < 0) {
+		log_debug("cluster: a message not ours to read on %s", c->chan);
+		return;
+	}
+	if (a.verb != COH_NONE) {
+		pthread_mutex_lock(&c->lock);
+		c->received++;
+		pthread_mutex_unlock(&c->lock);
+		log_debug("cluster: applying %.*s", (int)r->element[2]->len, r->element[2]->str);
+	}
+	apply(c, &a);
+}
+
+/* Takes every whole reply hiredis has read on the subscribed link. */
+static void drain_sub(struct cluster *c)
+{
+	void *r = NULL;
+
+	while (c->sub != NULL) {
+		if (redisGetReplyFromReader(c->sub, &r) != REDIS_OK) {
+			lost(c, c->sub->errstr[0] ? c->sub->errstr : "protocol error");
+			return;
+		}
+		if (r == NULL)
+			return;
+		on_reply(c, r);
+		freeReplyObject(r);
+	}
+}
+
+static void read_sub(struct cluster *c)
+{
+	if (redisBufferRead(c->sub) != REDIS_OK) {
+		lost(c, c->sub->errstr[0] ? c->sub->errstr : "connection closed");
+		return;
+	}
+	drain_sub(c);
+}
+
+/* A PING on the subscribed link each second; no answer in PONG_LIMIT_MS: lost. */
+static void keepalive(struct cluster *c)
+{
+	int64_t now = now_ms();
+	int done = 0;
+
+	if (c->ping_out) {
+		struct pollfd p = { c->sub->fd, POLLIN, 0 };
+
+		if (now - c->ping_sent <= PONG_LIMIT_MS)
+			return;
+		/* The answer may be waiting unread (a slow flush kept the loop
+		 * away): read before judging. */
+		if (poll(&p, 1, 0) > 0 && (p.revents & (POLLIN | POLLHUP | POLLERR)))
+			read_sub(c);
+		if (c->sub != NULL && c->ping_out)
+			lost(c, "no answer to PING");
+		return;
+	}
+	if (now - c->last_heard < PING_EVERY_MS)
+		return;
+	if (redisAppendCommand(c->sub, "PING") != REDIS_OK)
+		goto fail;
+	while (!done)
+		if (redisBufferWrite(c->sub, &done) != REDIS_OK)
+			goto fail;
+	c->ping_out = 1;
+	c->ping_sent = now;
+	return;
+fail:
+	lost(c, c->sub->errstr[0] ? c->sub->errstr : "write failed");
+}
+
+static int stopping(struct cluster *c)
+{
+	int s;
+
+	pthread_mutex_lock(&c->lock);
+	s = c->stop;
+	pthread_mutex_unlock(&c->lock);
+	return s;
+}
+
+static int pending(struct cluster *c)
+{
+	int p;
+
+	pthread_mutex_lock(&c->lock);
+	p = c->pend_fam != 0 || c->npfx > 0;
+	pthread_mutex_unlock(&c->lock);
+	return p;
+}
+
+static void first_done(struct cluster *c)
+{
+	pthread_mutex_lock(&c->lock);
+	if (!c->first_done) {
+		c->first_done = 1;
+		pthread_cond_broadcast(&c->first);
+	}
+	pthread_mutex_unlock(&c->lock);
+}
+
+static void *run(void *arg)
+{
+	struct cluster *c = arg;
+
+	pthread_setname_np(pthread_self(), "kd-cluster");
+	while (!stopping(c)) {
+		struct pollfd p[2] = { { c->efd, POLLIN, 0 }, { -1, POLLIN, 0 } };
+		int64_t now = now_ms(), wait = POLL_MS;
+		uint64_t v;
+
+		if (c->sub == NULL && now >= c->next_try) {
+			attempt(c);
+			first_done(c);
+		}
+		if (c->sub != NULL && pending(c) && now >= c->publish_after)
+			flush(c, INT64_MAX);
+		if (c->sub != NULL)
+			keepalive(c);
+		if (c->sub != NULL) {
+			p[1].fd = c->sub->fd;
+		} else if (c->next_try - now < wait) {
+			wait = c->next_try > now ? c->next_try - now : 0;
+		}
+		if (poll(p, 2, (int)wait) < 0 && errno != EINTR)
+			continue;
+		if (p[0].revents & POLLIN)
+			(void)!read(c->efd, &v, sizeof(v));
+		if (c->sub != NULL && (p[1].revents & (POLLIN | POLLHUP | POLLERR)))
+			read_sub(c);
+	}
+	/* Stopping: what this instance changed last still goes out if Redis
+	 * answers now; otherwise it is lost with the process (the others keep
+	 * their copies until the TTLs end). */
+	if (c->sub != NULL && pending(c))
+		flush(c, now_ms() + STOP_FLUSH_MS);
+	hang_up(c);
+	return NULL;
+}
+
+/* --- the interface ---------------------------------------------------------- */
+
+void cluster_invalidated(struct cluster *c, int family)
+{
+	if (c == NULL)
+		return;
+	CHECK_OBJ(c, CLUSTER_MAGIC);
+	pthread_mutex_lock(&c->lock);
+	if (family < 0)
+		c->pend_fam = all_families(c);
+	else if (family < c->nfam)
+		c->pend_fam |= 1u << family;
+	pthread_mutex_unlock(&c->lock);
+	(void)!write(c->efd, &(uint64_t){ 1 }, sizeof(uint64_t));
+}
+
+void cluster_purged(struct cluster *c, enum cache_purge kind, const char *what)
+{
+	char *copy;
+
+	if (c == NULL)
+		return;
+	CHECK_OBJ(c, CLUSTER_MAGIC);
+	if (kind != CACHE_PURGE_PREFIX) {
+		/* a family's or everything: the generations carry it */
+		int family = -1;
+
+		for (int i = 0; kind == CACHE_PURGE_FAMILY && i < c->nfam; i++)
+			if (strcmp(coh_name(c->coh, i), what) == 0)
+				family = i;
+		if (kind == CACHE_PURGE_FAMILY && family < 0)
+			return;
+		cluster_invalidated(c, family);
+		return;
+	}
+	copy = strdup(what);
+	pthread_mutex_lock(&c->lock);
+	if (copy != NULL && c->npfx < MAX_PREFIXES) {
+		c->pend_pfx[c->npfx++] = copy;
+		copy = NULL;
+	} else {
+		/* more than the queue holds (or no memory): everything goes */
+		c->pend_fam = all_families(c);
+	}
+	pthread_mutex_unlock(&c->lock);
+	free(copy);
+	(void)!write(c->efd, &(uint64_t){ 1 }, sizeof(uint64_t));
+}
+
+void cluster_info(struct cluster *c, struct cluster_info *out)
+{
+	memset(out, 0, sizeof(*out));
+	out->state = CLUSTER_OFF;
+	if (c == NULL)
+		return;
+	CHECK_OBJ(c, CLUSTER_MAGIC);
+	out->redis = c->redis;
+	out->prefix = c->prefix;
+	pthread_mutex_lock(&c->lock);
+	out->state = c->state;
+	out->since = c->since;
+	out->published = c->published;
+	out->received = c->received;
+	out->applied = c->applied;
+	out->catchups = c->catchups;
+	out->connects = c->connects;
+	out->errors = c->errors;
+	out->pending = (unsigned)__builtin_popcount(c->pend_fam) + (unsigned)c->npfx;
+	snprintf(out->last_error, sizeof(out->last_error), "%s", c->last_error);
+	pthread_mutex_unlock(&c->lock);
+}
+
+/* kaleidod: and a hash of the API's URL and the client id: one namespace
+ * per workspace, the same on every instance configured alike. */
+char *cluster_default_prefix(const struct config *cfg)
+{
+	unsigned char d[32];
+	char hex[17], *in = NULL, *out = NULL;
+	int n = asprintf(&in, "%s\n%s", cfg->upstream_url,
+			 cfg->client_id != NULL ? cfg->client_id : "");
+
+	if (n < 0)
+		return NULL;
+	if (gnutls_hash_fast(GNUTLS_DIG_SHA256, in, (size_t)n, d) == 0) {
+		for (int i = 0; i < 8; i++)
+			snprintf(hex + 2 * i, 3, "%02x", d[i]);
+		if (asprintf(&out, "kaleidod:%s", hex) < 0)
+			out = NULL;
+	}
+	free(in);
+	return out;
+}
+
+struct cluster *cluster_new(const struct config *cfg, struct policy *policy, struct objtab *tab,
+			    struct keeper *keeper, char *err, size_t errlen)
+{
+	struct cluster *c;
+	const char *names[CONFIG_MAX_FAMILIES];
+	pthread_condattr_t ca;
+	struct timespec until;
+	int rc;
+
+	AN(cfg->cluster_redis);
+	if ((c = calloc(1, sizeof(*c))) == NULL)
+		goto nomem;
+	INIT_OBJ(c, CLUSTER_MAGIC);
+	c->efd = -1;
+	c->tab = tab;
+	c->keeper = keeper;
+	c->nfam = policy_family_count(policy);
+	ASSERT(c->nfam <= CONFIG_MAX_FAMILIES);
+	c->state = CLUSTER_CONNECTING;
+	c->since = (double)time(NULL);
+	c->backoff_ms = BACKOFF_MIN_MS;
+	pthread_mutex_init(&c->lock, NULL);
+	pthread_condattr_init(&ca);
+	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+	pthread_cond_init(&c->first, &ca);
+	pthread_condattr_destroy(&ca);
+	if (config_parse_redis(cfg->cluster_redis, c->host, sizeof(c->host), &c->port) < 0) {
+		errbuf_set(err, errlen, "[cluster] redis: cannot read %s", cfg->cluster_redis);
+		goto fail;
+	}
+	hex_random(c->origin, COH_ORIGIN_LEN / 2);
+	if (getrandom(&c->rng, sizeof(c->rng), 0) != (ssize_t)sizeof(c->rng) || c->rng == 0)
+		c->rng = (uint64_t)now_ms() | 1;
+	for (int i = 0; i < c->nfam; i++)
+		names[i] = policy_family_name(policy, i);
+	if ((c->redis = strdup(cfg->cluster_redis)) == NULL ||
+	    (c->prefix = cfg->cluster_prefix != NULL ? strdup(cfg->cluster_prefix) :
+						       cluster_default_prefix(cfg)) == NULL ||
+	    (cfg->cluster_password != NULL &&
+	     (c->password = strdup(cfg->cluster_password)) == NULL) ||
+	    asprintf(&c->chan, "%s:events", c->prefix) < 0 ||
+	    asprintf(&c->epoch_key, "%s:epoch", c->prefix) < 0 ||
+	    (c->coh = coh_new(c->nfam, names, c->origin)) == NULL)
+		goto nomem;
+	for (int i = 0; i < coh_count(c->coh); i++)
+		if (asprintf(&c->gen_keys[i], "%s:gen:%s", c->prefix, coh_name(c->coh, i)) < 0) {
+			c->gen_keys[i] = NULL;
+			goto nomem;
+		}
+	if (c->password != NULL)
+		log_add_secret(c->password);
+	if ((c->efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK)) < 0) {
+		errbuf_set(err, errlen, "cluster: eventfd: %s", strerror(errno));
+		goto fail;
+	}
+	if ((rc = pthread_create(&c->thr, NULL, run, c)) != 0) {
+		errbuf_set(err, errlen, "cluster: cannot start its thread: %s", strerror(rc));
+		goto fail;
+	}
+	c->started = 1;
+	clock_gettime(CLOCK_MONOTONIC, &until);
+	until.tv_sec += FIRST_CONTACT_MS / 1000;
+	until.tv_nsec += (FIRST_CONTACT_MS % 1000) * 1000000L;
+	if (until.tv_nsec >= 1000000000L) {
+		until.tv_sec++;
+		until.tv_nsec -= 1000000000L;
+	}
+	pthread_mutex_lock(&c->lock);
+	while (!c->first_done && pthread_cond_timedwait(&c->first, &c->lock, &until) == 0)
+		;
+	pthread_mutex_unlock(&c->lock);
+	return c;
+nomem:
+	errbuf_set(err, errlen, "cluster: out of memory");
+fail:
+	cluster_free(&c);
+	return NULL;
+}
+
+void cluster_free(struct cluster **cp)
+{
+	struct cluster *c = *cp;
+
+	if (c == NULL)
+		return;
+	*cp = NULL;
+	CHECK_OBJ(c, CLUSTER_MAGIC);
+	if (c->started) {
+		pthread_mutex_lock(&c->lock);
+		c->stop = 1;
+		pthread_mutex_unlock(&c->lock);
+		(void)!write(c->efd, &(uint64_t){ 1 }, sizeof(uint64_t));
+		pthread_join(c->thr, NULL);
+	}
+	hang_up(c);
+	for (int i = 0; i < c->npfx; i++)
+		free(c->pend_pfx[i]);
+	for (int i = 0; i <= CONFIG_MAX_FAMILIES; i++)
+		free(c->gen_keys[i]);
+	if (c->password != NULL) {
+		log_forget_secret(c->password);
+		explicit_bzero(c->password, strlen(c->password));
+		free(c->password);
+	}
+	coh_free(&c->coh);
+	free(c->redis);
+	free(c->prefix);
+	free(c->chan);
+	free(c->epoch_key);
+	if (c->efd >= 0)
+		close(c->efd);
+	pthread_cond_destroy(&c->first);
+	pthread_mutex_destroy(&c->lock);
+	FINI_OBJ(c);
+	free(c);
+}
