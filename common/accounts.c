@@ -34,6 +34,7 @@ struct usage {
 	pthread_mutex_t lock; /* the bucket */
 	double tokens, last;
 	int started;
+	uint64_t taken, told; /* tokens taken here; of those, told to a cluster */
 };
 
 struct account {
@@ -188,6 +189,21 @@ const char *account_counter_name(enum account_counter c)
 	return (int)c >= 0 && c < ACCOUNT_NCOUNTERS ? names[c] : "unknown";
 }
 
+/* The bucket as of now (under u->lock): full at first, then filled at the
+ * rate up to its size. */
+static void refill(const struct account *a, struct usage *u, double now)
+{
+	if (!u->started) {
+		u->started = 1;
+		u->tokens = a->burst;
+	} else if (now > u->last) {
+		u->tokens += (now - u->last) * a->rate;
+	}
+	if (u->tokens > a->burst)
+		u->tokens = a->burst;
+	u->last = now > u->last ? now : u->last;
+}
+
 double account_take(struct account *a, double now)
 {
 	struct usage *u;
@@ -198,21 +214,49 @@ double account_take(struct account *a, double now)
 		return 0;
 	u = a->u;
 	pthread_mutex_lock(&u->lock);
-	if (!u->started) {
-		u->started = 1;
-		u->tokens = a->burst;
-	} else if (now > u->last) {
-		u->tokens += (now - u->last) * a->rate;
-	}
-	if (u->tokens > a->burst)
-		u->tokens = a->burst;
-	u->last = now > u->last ? now : u->last;
-	if (u->tokens >= 1)
+	refill(a, u, now);
+	if (u->tokens >= 1) {
 		u->tokens -= 1;
-	else
+		u->taken++;
+	} else {
 		wait = (1 - u->tokens) / a->rate;
+	}
 	pthread_mutex_unlock(&u->lock);
 	return wait;
+}
+
+unsigned account_take_untold(struct account *a)
+{
+	struct usage *u;
+	uint64_t n;
+
+	CHECK_OBJ(a, ACCOUNT_MAGIC);
+	if (a->rate <= 0)
+		return 0;
+	u = a->u;
+	pthread_mutex_lock(&u->lock);
+	n = u->taken - u->told;
+	u->told = u->taken;
+	pthread_mutex_unlock(&u->lock);
+	return n > UINT_MAX ? UINT_MAX : (unsigned)n;
+}
+
+void account_spend(struct account *a, unsigned n, double now)
+{
+	struct usage *u;
+
+	CHECK_OBJ(a, ACCOUNT_MAGIC);
+	if (a->rate <= 0 || n == 0)
+		return;
+	u = a->u;
+	pthread_mutex_lock(&u->lock);
+	refill(a, u, now);
+	/* Down to one bucket's worth of debt: requests another instance let
+	 * through while this one could not know are paid back, never more. */
+	u->tokens -= n;
+	if (u->tokens < -a->burst)
+		u->tokens = -a->burst;
+	pthread_mutex_unlock(&u->lock);
 }
 
 void accounts_carry(struct accounts *now, const struct accounts *before)

@@ -64,6 +64,12 @@ double account_rate(const struct account *a);
  * seconds until one may.  Always 0 without a limit.
  */
 double account_take(struct account *a, double now);
+/* The tokens account_take() gave out since the last call (for the other
+ * instances of a cluster, which spend them from their own buckets). */
+unsigned account_take_untold(struct account *a);
+/* n tokens another instance gave out: this bucket loses them too (down to
+ * minus its size at most), so a cluster's instances share one rate. */
+void account_spend(struct account *a, unsigned n, double now);
 
 /* What an account did; kept across reloads for an account whose name stays. */
 enum account_counter {

@@ -16,10 +16,10 @@
 
 struct coh {
 	unsigned magic;
-	int n;                    /* families; index n is the purges' generation */
-	char *names[COH_MAX + 1]; /* ours */
-	long long known[COH_MAX + 1];
-	char *epoch; /* NULL: no catch-up yet in this process */
+	int n;                                    /* families; index n is the purges' generation */
+	char *names[COH_MAX + 1];                 /* ours */
+	char known[COH_MAX + 1][COH_GEN_MAX + 1]; /* "": none yet */
+	char *epoch;                              /* NULL: no catch-up yet in this process */
 	char origin[COH_ORIGIN_LEN + 1];
 };
 
@@ -72,22 +72,22 @@ const char *coh_name(const struct coh *c, int i)
 	return c->names[i];
 }
 
-/* A generation as Redis prints it: a decimal integer, nothing else. */
-static int parse_gen(const char *s, size_t len, long long *out)
+/* A generation as the script writes it: "COUNT:NONCE", at most COH_GEN_MAX
+ * bytes of digits, lower-case letters and ':'.  0, or -1. */
+static int check_gen(const char *s, size_t len)
 {
-	char buf[24], *end;
-	long long v;
-
-	if (len == 0 || len >= sizeof(buf))
+	if (len == 0 || len > COH_GEN_MAX)
 		return -1;
-	memcpy(buf, s, len);
-	buf[len] = '\0';
-	errno = 0;
-	v = strtoll(buf, &end, 10);
-	if (errno != 0 || *end != '\0' || v < 0 || buf[0] < '0' || buf[0] > '9')
-		return -1;
-	*out = v;
+	for (size_t i = 0; i < len; i++)
+		if (!((s[i] >= '0' && s[i] <= '9') || (s[i] >= 'a' && s[i] <= 'z') || s[i] == ':'))
+			return -1;
 	return 0;
+}
+
+static void set_known(struct coh *c, int i, const char *g, size_t len)
+{
+	memcpy(c->known[i], g, len);
+	c->known[i][len] = '\0';
 }
 
 /* The next space-separated word of [*p, end): its start and length. */
@@ -107,7 +107,6 @@ int coh_message(struct coh *c, const char *msg, size_t len, struct coh_action *o
 {
 	const char *p = msg, *end = msg + len, *verb, *gen, *origin;
 	size_t vl, gl, ol, rest;
-	long long g;
 	int idx = -1, mine;
 
 	CHECK_OBJ(c, COH_MAGIC);
@@ -115,7 +114,7 @@ int coh_message(struct coh *c, const char *msg, size_t len, struct coh_action *o
 	out->family = -1;
 	out->what = NULL;
 	if (msg == NULL || word(&p, end, &verb, &vl) < 0 || word(&p, end, &gen, &gl) < 0 ||
-	    word(&p, end, &origin, &ol) < 0 || parse_gen(gen, gl, &g) < 0 || p >= end ||
+	    word(&p, end, &origin, &ol) < 0 || check_gen(gen, gl) < 0 || p >= end ||
 	    memchr(p, '\0', (size_t)(end - p)) != NULL)
 		return -1;
 	rest = (size_t)(end - p);
@@ -126,7 +125,7 @@ int coh_message(struct coh *c, const char *msg, size_t len, struct coh_action *o
 				idx = i;
 		if (idx < 0)
 			return 0; /* a family this instance does not have: nothing of it here */
-		c->known[idx] = g;
+		set_known(c, idx, gen, gl);
 		if (!mine) {
 			out->verb = COH_INVALIDATE;
 			out->family = idx;
@@ -136,7 +135,7 @@ int coh_message(struct coh *c, const char *msg, size_t len, struct coh_action *o
 	if (vl == 5 && memcmp(verb, "purge", 5) == 0) {
 		if (*p != '/')
 			return -1;
-		c->known[c->n] = g;
+		set_known(c, c->n, gen, gl);
 		if (!mine) {
 			out->verb = COH_PURGE;
 			out->what = p; /* up to the message's end, which the caller terminated */
@@ -150,27 +149,27 @@ int coh_catchup(struct coh *c, const char *epoch, const char *const *gens, uint3
 		int *purge_all)
 {
 	int all, dropped = 0;
-	long long now[COH_MAX + 1];
+	const char *now[COH_MAX + 1];
 
 	CHECK_OBJ(c, COH_MAGIC);
 	*drop = 0;
 	*purge_all = 0;
 	for (int i = 0; i <= c->n; i++) {
-		now[i] = 0;
-		if (gens[i] != NULL && parse_gen(gens[i], strlen(gens[i]), &now[i]) < 0)
-			now[i] = -1; /* not ours to read: treat as moved */
+		now[i] = gens[i] != NULL ? gens[i] : "";
+		if (now[i][0] != '\0' && check_gen(now[i], strlen(now[i])) < 0)
+			now[i] = "?"; /* not ours to read: moved, as far as we can tell */
 	}
 	all = c->epoch == NULL || epoch == NULL || strcmp(c->epoch, epoch) != 0;
 	for (int i = 0; i < c->n; i++) {
-		if (all || now[i] != c->known[i]) {
+		if (all || strcmp(now[i], c->known[i]) != 0) {
 			*drop |= 1u << i;
 			dropped++;
 		}
-		c->known[i] = now[i];
+		set_known(c, i, now[i], strlen(now[i]));
 	}
-	if (all || now[c->n] != c->known[c->n])
+	if (all || strcmp(now[c->n], c->known[c->n]) != 0)
 		*purge_all = 1;
-	c->known[c->n] = now[c->n];
+	set_known(c, c->n, now[c->n], strlen(now[c->n]));
 	if (epoch != NULL && (c->epoch == NULL || strcmp(c->epoch, epoch) != 0)) {
 		char *e = strdup(epoch);
 

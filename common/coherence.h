@@ -7,8 +7,12 @@
  * each bump is announced.  An instance applies what others announce; one
  * that was cut off compares the generations when it is back and drops every
  * family whose generation moved, so a lost message costs a refetch, never
- * stale data.  An epoch key tells a Redis restarted empty (all generations
- * gone) from one that kept them: a new epoch drops everything.
+ * stale data.  A generation is a count and a random nonce ("12:9f3a01c2"),
+ * compared whole: a Redis that hands out a count again (restored from an
+ * older snapshot, a replica promoted while behind, an evicted key) still
+ * gives a different generation.  An epoch key tells a Redis restarted
+ * empty (all generations gone) from one that kept them: a new epoch drops
+ * everything.
  *
  * This module holds the generations an instance knows and decides what a
  * message or a catch-up asks of it; daemon/cluster.c does the talking.
@@ -21,6 +25,7 @@
 #include <stdint.h>
 
 #define COH_ORIGIN_LEN 16    /* hex characters naming an instance */
+#define COH_GEN_MAX 40       /* bytes of a generation, "COUNT:NONCE" */
 #define COH_PURGES "~purges" /* the generation of prefix purges; no family's name */
 
 struct coh;

@@ -1304,6 +1304,8 @@ static int redis_password(struct config *cfg, const char *dir, char *err, size_t
 	if (v != NULL && *v != '\0') {
 		if ((cfg->cluster_password = strdup(v)) == NULL)
 			goto nomem;
+		/* read once: not left in /proc/PID/environ for the process's life */
+		unsetenv("KALEIDOD_REDIS_PASSWORD");
 		return 0;
 	}
 	if (dir == NULL || *dir == '\0')

@@ -53,6 +53,9 @@ static void add_cluster(const struct front_deps *d, cJSON *o)
 	cJSON_AddNumberToObject(cl, "connects", (double)ci.connects);
 	cJSON_AddNumberToObject(cl, "errors", (double)ci.errors);
 	cJSON_AddNumberToObject(cl, "pending", (double)ci.pending);
+	cJSON_AddNumberToObject(cl, "shared_out", (double)ci.shared_out);
+	cJSON_AddNumberToObject(cl, "shared_in", (double)ci.shared_in);
+	cJSON_AddNumberToObject(cl, "failed_logins_in", (double)ci.failures_in);
 }
 
 char *admin_health(const struct front_deps *d, unsigned *status)

@@ -32,6 +32,7 @@
 #include "coherence.h"
 #include "config.h"
 #include "errbuf.h"
+#include "gateway.h"
 #include "keeper.h"
 #include "log.h"
 #include "objtab.h"
@@ -46,13 +47,18 @@
 #define LOG_EVERY_MS 60000    /* at most one "unreachable" line a minute */
 #define FIRST_CONTACT_MS 2500 /* cluster_new() waits this long for the first */
 #define MAX_PREFIXES 16       /* prefix purges pending; beyond, every family */
-#define POLL_MS 250
-#define STOP_FLUSH_MS 1500 /* what is pending at stop goes out within this, or not */
+#define POLL_MS 100           /* the loop comes round at least this often (shared limits) */
+#define USAGE_EVERY_MS 200    /* accounts' requests are told this often */
+#define STOP_FLUSH_MS 1500    /* what is pending at stop goes out within this, or not */
 
 /* A generation bumped and announced in one step (a script runs atomically),
- * so no instance can see the one without the other. */
+ * so no instance can see the one without the other.  The generation is the
+ * count and the publisher's nonce (coherence.h): never the same twice,
+ * whatever Redis forgot. */
 static const char bump_script[] =
-	"local g = redis.call('INCR', KEYS[1]) "
+	"local n = tonumber(string.match(redis.call('GET', KEYS[1]) or '', '^%d+')) or 0 "
+	"local g = (n + 1) .. ':' .. ARGV[4] "
+	"redis.call('SET', KEYS[1], g) "
 	"redis.call('PUBLISH', KEYS[2], ARGV[1] .. ' ' .. g .. ' ' .. ARGV[2] .. ' ' .. ARGV[3]) "
 	"return g";
 
@@ -60,7 +66,9 @@ struct cluster {
 	unsigned magic;
 	struct objtab *tab;
 	struct keeper *keeper;
+	struct gateway *gw; /* NULL: no accounts, no limits to share */
 	int nfam;
+	const char *names[CONFIG_MAX_FAMILIES]; /* the policy's, for serve threads */
 	char *redis, *prefix, *password, *chan, *epoch_key;
 	char *gen_keys[CONFIG_MAX_FAMILIES + 1];
 	char host[256];
@@ -80,6 +88,7 @@ struct cluster {
 	int dropped;       /* families the last join dropped, for its log line */
 	unsigned attempts; /* failed since the last log line */
 	int64_t publish_after, refused_logged; /* Redis refused a publish: wait */
+	int64_t usage_at;                      /* accounts' requests last told */
 	int publish_backoff_ms;
 	uint64_t rng; /* backoff jitter */
 
@@ -92,6 +101,7 @@ struct cluster {
 	enum cluster_state state;
 	double since;
 	unsigned long long published, received, applied, catchups, connects, errors;
+	unsigned long long shared_out, shared_in, failures_in;
 	char last_error[160];
 };
 
@@ -120,9 +130,10 @@ static void hex_random(char *out, size_t bytes)
 		snprintf(out + 2 * i, 3, "%02x", b[i]);
 }
 
-/* A random part of a delay, so that instances cut off together do not all
- * come back at once (xorshift64, seeded from getrandom). */
-static int64_t jitter(struct cluster *c, int64_t span)
+/* A number below span, from xorshift64 seeded by getrandom: the jitter that
+ * keeps instances cut off together from coming back at once, and the
+ * nonce that makes each generation unique. */
+static int64_t rnd(struct cluster *c, int64_t span)
 {
 	c->rng ^= c->rng << 13;
 	c->rng ^= c->rng >> 7;
@@ -380,7 +391,7 @@ static void note_down(struct cluster *c, const char *verb, const char *why)
 		c->logged_at = now;
 		c->attempts = 0;
 	}
-	c->next_try = now + c->backoff_ms + jitter(c, c->backoff_ms / 5 + 1);
+	c->next_try = now + c->backoff_ms + rnd(c, c->backoff_ms / 5 + 1);
 	c->backoff_ms = c->backoff_ms * 2 > BACKOFF_MAX_MS ? BACKOFF_MAX_MS : c->backoff_ms * 2;
 }
 
@@ -446,9 +457,13 @@ static void proven(struct cluster *c)
 static int publish(struct cluster *c, int idx, const char *verb, const char *what, char *why,
 		   size_t len)
 {
-	const char *argv[8] = { "EVAL",  bump_script, "2",       c->gen_keys[idx],
-				c->chan, verb,        c->origin, what };
-	redisReply *r = redisCommandArgv(c->cmd, 8, argv, NULL);
+	char nonce[17];
+	const char *argv[9] = { "EVAL",    bump_script, "2",  c->gen_keys[idx], c->chan, verb,
+				c->origin, what,        nonce };
+	redisReply *r;
+
+	snprintf(nonce, sizeof(nonce), "%016llx", (unsigned long long)rnd(c, INT64_MAX));
+	r = redisCommandArgv(c->cmd, 9, argv, NULL);
 
 	if (r == NULL) {
 		snprintf(why, len, "%s", c->cmd->errstr[0] ? c->cmd->errstr : "connection lost");
@@ -461,8 +476,8 @@ static int publish(struct cluster *c, int idx, const char *verb, const char *wha
 	}
 	/* What we know of the generation moves only with the channel, our own
 	 * announcement included, which comes in order with the others'. */
-	log_debug("cluster: published %s %s (generation %lld)", verb, what,
-		  r->type == REDIS_REPLY_INTEGER ? r->integer : -1LL);
+	log_debug("cluster: published %s %s (generation %s)", verb, what,
+		  r->type == REDIS_REPLY_STRING ? r->str : "?");
 	freeReplyObject(r);
 	pthread_mutex_lock(&c->lock);
 	c->published++;
@@ -540,6 +555,141 @@ static void flush(struct cluster *c, int64_t deadline)
 		c->publish_backoff_ms = 0;
 }
 
+/* --- shared limits -------------------------------------------------------- */
+
+struct usage {
+	char *text; /* " NAME=N" each */
+	size_t len, cap;
+	unsigned long long total;
+	int failed;
+};
+
+static void usage_one(void *arg, const char *name, unsigned n)
+{
+	struct usage *u = arg;
+	char one[96];
+	int k = snprintf(one, sizeof(one), " %s=%u", name, n);
+
+	if (u->failed || k <= 0 || (size_t)k >= sizeof(one))
+		return;
+	if (u->len + (size_t)k + 1 > u->cap) {
+		size_t cap = u->cap ? u->cap * 2 : 1024;
+		char *t = realloc(u->text, cap);
+
+		if (t == NULL) {
+			u->failed = 1; /* told next time: the counts stay untold */
+			return;
+		}
+		u->text = t;
+		u->cap = cap;
+	}
+	memcpy(u->text + u->len, one, (size_t)k + 1);
+	u->len += (size_t)k;
+	u->total += n;
+}
+
+/* Publishes "VERB ORIGIN" and u's words, in messages of at most about
+ * 4 KiB.  0, or -1 when the link failed (then lost). */
+static int tell(struct cluster *c, const char *verb, const struct usage *u)
+{
+	size_t at = 0;
+
+	while (at < u->len) {
+		size_t end = at + 4000 < u->len ? at + 4000 : u->len;
+		char *msg = NULL;
+		redisReply *r;
+		const char *argv[3] = { "PUBLISH", c->chan, NULL };
+
+		while (end < u->len && u->text[end] != ' ')
+			end--; /* whole NAME=N words */
+		if (asprintf(&msg, "%s %s%.*s", verb, c->origin, (int)(end - at), u->text + at) < 0)
+			return 0; /* told next time round, maybe: limits loosen, nothing breaks */
+		argv[2] = msg;
+		r = redisCommandArgv(c->cmd, 3, argv, NULL);
+		free(msg);
+		if (r == NULL) {
+			lost(c, c->cmd->errstr[0] ? c->cmd->errstr : "connection lost");
+			return -1;
+		}
+		freeReplyObject(r);
+		at = end;
+	}
+	return 0;
+}
+
+/* Tells the others what the accounts did through this instance (requests,
+ * and failed logins by address).  Lost with a failing link: limits then
+ * loosen for a moment, and nobody gets an error. */
+static void share_usage(struct cluster *c)
+{
+	struct usage used = { 0 }, failed = { 0 };
+	int64_t now = now_ms();
+
+	if (c->gw == NULL || now - c->usage_at < USAGE_EVERY_MS)
+		return;
+	c->usage_at = now;
+	/* collected under the gateway's lock, told without it */
+	gateway_take_untold(c->gw, usage_one, &used);
+	gateway_take_untold_failures(c->gw, usage_one, &failed);
+	if (tell(c, "use", &used) == 0 && c->cmd != NULL && tell(c, "fail", &failed) == 0) {
+		pthread_mutex_lock(&c->lock);
+		c->shared_out += used.total;
+		pthread_mutex_unlock(&c->lock);
+	}
+	free(used.text);
+	free(failed.text);
+}
+
+/* "use ORIGIN NAME=N ...": another instance's account requests, spent
+ * here; "fail ORIGIN IP=N ...": its failed logins, counted here.  1 when
+ * msg was one of those (well formed or not), 0 when it is something else. */
+static int heard_usage(struct cluster *c, const char *msg, size_t len)
+{
+	struct timespec ts;
+	int fail = len >= 5 && memcmp(msg, "fail ", 5) == 0;
+	const char *p = msg + (fail ? 5 : 4), *end = msg + len;
+	unsigned long long total = 0;
+
+	if (!fail && (len < 4 || memcmp(msg, "use ", 4) != 0))
+		return 0;
+	if (c->gw == NULL || (size_t)(end - p) < COH_ORIGIN_LEN ||
+	    memcmp(p, c->origin, COH_ORIGIN_LEN) == 0)
+		return 1; /* no accounts here, or our own */
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	p += COH_ORIGIN_LEN;
+	while (p < end && *p == ' ') {
+		char name[80];
+		const char *eq, *w = ++p;
+		unsigned long n;
+		char *stop;
+
+		while (p < end && *p != ' ')
+			p++;
+		if ((eq = memchr(w, '=', (size_t)(p - w))) == NULL || eq == w ||
+		    (size_t)(eq - w) >= sizeof(name))
+			continue;
+		memcpy(name, w, (size_t)(eq - w));
+		name[eq - w] = '\0';
+		n = strtoul(eq + 1, &stop, 10);
+		if (stop != p || n == 0 || n > 1000000)
+			continue;
+		if (fail) {
+			gateway_failed_elsewhere(c->gw, name, (unsigned)n);
+			total += n;
+		} else if (gateway_spend(c->gw, name, (unsigned)n,
+					 (double)ts.tv_sec + (double)ts.tv_nsec / 1e9) == 0) {
+			total += n;
+		}
+	}
+	pthread_mutex_lock(&c->lock);
+	if (fail)
+		c->failures_in += total;
+	else
+		c->shared_in += total;
+	pthread_mutex_unlock(&c->lock);
+	return 1;
+}
+
 static void on_reply(struct cluster *c, redisReply *r)
 {
 	struct coh_action a;
@@ -556,6 +706,8 @@ static void on_reply(struct cluster *c, redisReply *r)
 	}
 	if (strcmp(r->element[0]->str, "message") != 0 || r->elements != 3 ||
 	    r->element[2]->type != REDIS_REPLY_STRING)
+		return;
+	if (heard_usage(c, r->element[2]->str, r->element[2]->len))
 		return;
 	if (coh_message(c->coh, r->element[2]->str, r->element[2]->len, &a) < 0) {
 		log_debug("cluster: a message not ours to read on %s", c->chan);
@@ -676,6 +828,8 @@ static void *run(void *arg)
 		if (c->sub != NULL && pending(c) && now >= c->publish_after)
 			flush(c, INT64_MAX);
 		if (c->sub != NULL)
+			share_usage(c);
+		if (c->sub != NULL)
 			keepalive(c);
 		if (c->sub != NULL) {
 			p[1].fd = c->sub->fd;
@@ -726,7 +880,7 @@ void cluster_purged(struct cluster *c, enum cache_purge kind, const char *what)
 		int family = -1;
 
 		for (int i = 0; kind == CACHE_PURGE_FAMILY && i < c->nfam; i++)
-			if (strcmp(coh_name(c->coh, i), what) == 0)
+			if (strcmp(c->names[i], what) == 0)
 				family = i;
 		if (kind == CACHE_PURGE_FAMILY && family < 0)
 			return;
@@ -765,6 +919,9 @@ void cluster_info(struct cluster *c, struct cluster_info *out)
 	out->catchups = c->catchups;
 	out->connects = c->connects;
 	out->errors = c->errors;
+	out->shared_out = c->shared_out;
+	out->shared_in = c->shared_in;
+	out->failures_in = c->failures_in;
 	out->pending = (unsigned)__builtin_popcount(c->pend_fam) + (unsigned)c->npfx;
 	snprintf(out->last_error, sizeof(out->last_error), "%s", c->last_error);
 	pthread_mutex_unlock(&c->lock);
@@ -792,10 +949,9 @@ char *cluster_default_prefix(const struct config *cfg)
 }
 
 struct cluster *cluster_new(const struct config *cfg, struct policy *policy, struct objtab *tab,
-			    struct keeper *keeper, char *err, size_t errlen)
+			    struct keeper *keeper, struct gateway *gw, char *err, size_t errlen)
 {
 	struct cluster *c;
-	const char *names[CONFIG_MAX_FAMILIES];
 	pthread_condattr_t ca;
 	struct timespec until;
 	int rc;
@@ -807,6 +963,7 @@ struct cluster *cluster_new(const struct config *cfg, struct policy *policy, str
 	c->efd = -1;
 	c->tab = tab;
 	c->keeper = keeper;
+	c->gw = gw;
 	c->nfam = policy_family_count(policy);
 	ASSERT(c->nfam <= CONFIG_MAX_FAMILIES);
 	c->state = CLUSTER_CONNECTING;
@@ -825,7 +982,7 @@ struct cluster *cluster_new(const struct config *cfg, struct policy *policy, str
 	if (getrandom(&c->rng, sizeof(c->rng), 0) != (ssize_t)sizeof(c->rng) || c->rng == 0)
 		c->rng = (uint64_t)now_ms() | 1;
 	for (int i = 0; i < c->nfam; i++)
-		names[i] = policy_family_name(policy, i);
+		c->names[i] = policy_family_name(policy, i);
 	if ((c->redis = strdup(cfg->cluster_redis)) == NULL ||
 	    (c->prefix = cfg->cluster_prefix != NULL ? strdup(cfg->cluster_prefix) :
 						       cluster_default_prefix(cfg)) == NULL ||
@@ -833,7 +990,7 @@ struct cluster *cluster_new(const struct config *cfg, struct policy *policy, str
 	     (c->password = strdup(cfg->cluster_password)) == NULL) ||
 	    asprintf(&c->chan, "%s:events", c->prefix) < 0 ||
 	    asprintf(&c->epoch_key, "%s:epoch", c->prefix) < 0 ||
-	    (c->coh = coh_new(c->nfam, names, c->origin)) == NULL)
+	    (c->coh = coh_new(c->nfam, c->names, c->origin)) == NULL)
 		goto nomem;
 	for (int i = 0; i < coh_count(c->coh); i++)
 		if (asprintf(&c->gen_keys[i], "%s:gen:%s", c->prefix, coh_name(c->coh, i)) < 0) {

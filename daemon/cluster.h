@@ -9,6 +9,12 @@
  * Redis (kd-cluster): nothing that serves a client ever waits for Redis, so
  * with Redis down or slow each instance goes on from its own cache, stale
  * at most by the TTLs, and its own invalidations wait to be published.
+ *
+ * A gateway's accounts also share their rate limits: five times a second
+ * each instance announces how many requests each account made through it
+ * ("use ORIGIN NAME=N ..."), and the others spend as many from their own
+ * buckets; failed logins by address likewise ("fail ORIGIN IP=N ...").
+ * With Redis away each instance limits alone.
  */
 #ifndef KD_CLUSTER_H
 #define KD_CLUSTER_H
@@ -17,6 +23,7 @@
 
 struct cluster;
 struct config;
+struct gateway;
 struct keeper;
 struct objtab;
 struct policy;
@@ -28,7 +35,7 @@ struct policy;
  * trying.  NULL with a message in err on a setup error (ENOMEM, threads).
  */
 struct cluster *cluster_new(const struct config *cfg, struct policy *policy, struct objtab *tab,
-			    struct keeper *keeper, char *err, size_t errlen);
+			    struct keeper *keeper, struct gateway *gw, char *err, size_t errlen);
 /* Publishes what is pending if Redis answers at once, then stops. */
 void cluster_free(struct cluster **c);
 
@@ -57,8 +64,10 @@ struct cluster_info {
 	const char *redis;  /* as configured (never a password) */
 	const char *prefix; /* the keys' namespace */
 	unsigned long long published, received, applied, catchups, connects, errors;
-	unsigned pending;     /* invalidations waiting for Redis */
-	char last_error[160]; /* why the last attempt failed; "" */
+	unsigned long long shared_out, shared_in; /* account requests told, and heard of */
+	unsigned long long failures_in;           /* failed logins heard of */
+	unsigned pending;                         /* invalidations waiting for Redis */
+	char last_error[160];                     /* why the last attempt failed; "" */
 };
 /* A snapshot; c may be NULL (state CLUSTER_OFF, the rest zero). */
 void cluster_info(struct cluster *c, struct cluster_info *out);

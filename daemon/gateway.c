@@ -43,6 +43,8 @@ struct gw_login {
 	STAILQ_ENTRY(gw_login) q;
 };
 
+#define UNTOLD_MAX 64
+
 struct gateway {
 	unsigned magic;
 #define GATEWAY_MAGIC 0x3e7b0a91u
@@ -61,6 +63,13 @@ struct gateway {
 	unsigned long failures, guessing;
 	double last_report;
 	char last_failed[ACCOUNTS_NAME_MAX + 1];
+	/* Failed logins by address not yet told to a cluster (under lock);
+	 * past UNTOLD_MAX addresses, the rest go untold. */
+	struct {
+		char ip[48]; /* as a login has it */
+		unsigned n;
+	} untold[UNTOLD_MAX];
+	int nuntold;
 };
 
 static double now_mono(void)
@@ -91,8 +100,19 @@ static enum gw_login_result grant(struct gateway *g, struct account *a, struct g
 
 static void note_failure(struct gateway *g, const char *name, const char *ip)
 {
+	int i;
+
 	loginguard_failed(g->guard, ip, now_mono());
 	pthread_mutex_lock(&g->lock);
+	for (i = 0; i < g->nuntold && strcmp(g->untold[i].ip, ip) != 0; i++)
+		;
+	if (i == g->nuntold && i < UNTOLD_MAX) {
+		snprintf(g->untold[i].ip, sizeof(g->untold[i].ip), "%s", ip);
+		g->untold[i].n = 0;
+		g->nuntold++;
+	}
+	if (i < g->nuntold)
+		g->untold[i].n++;
 	g->failures++;
 	snprintf(g->last_failed, sizeof(g->last_failed), "%s", name);
 	pthread_mutex_unlock(&g->lock);
@@ -380,6 +400,52 @@ void gateway_each_account(struct gateway *g, gateway_account_fn fn, void *arg)
 	for (size_t i = 0; i < accounts_count(g->accounts); i++)
 		fn(arg, accounts_at(g->accounts, i));
 	pthread_mutex_unlock(&g->lock);
+}
+
+void gateway_take_untold(struct gateway *g, gateway_usage_fn fn, void *arg)
+{
+	CHECK_OBJ(g, GATEWAY_MAGIC);
+	pthread_mutex_lock(&g->lock);
+	for (size_t i = 0; i < accounts_count(g->accounts); i++) {
+		struct account *a = accounts_at(g->accounts, i);
+		unsigned n = account_take_untold(a);
+
+		if (n > 0)
+			fn(arg, account_name(a), n);
+	}
+	pthread_mutex_unlock(&g->lock);
+}
+
+void gateway_take_untold_failures(struct gateway *g, gateway_usage_fn fn, void *arg)
+{
+	CHECK_OBJ(g, GATEWAY_MAGIC);
+	pthread_mutex_lock(&g->lock);
+	for (int i = 0; i < g->nuntold; i++)
+		fn(arg, g->untold[i].ip, g->untold[i].n);
+	memset(g->untold, 0, sizeof(g->untold));
+	g->nuntold = 0;
+	pthread_mutex_unlock(&g->lock);
+}
+
+void gateway_failed_elsewhere(struct gateway *g, const char *ip, unsigned n)
+{
+	double now = now_mono();
+
+	CHECK_OBJ(g, GATEWAY_MAGIC);
+	for (unsigned i = 0; i < n && i < (unsigned)LOGINGUARD_BURST; i++)
+		loginguard_failed(g->guard, ip, now);
+}
+
+int gateway_spend(struct gateway *g, const char *name, unsigned n, double now)
+{
+	struct account *a;
+
+	CHECK_OBJ(g, GATEWAY_MAGIC);
+	pthread_mutex_lock(&g->lock);
+	if ((a = accounts_find(g->accounts, name)) != NULL)
+		account_spend(a, n, now);
+	pthread_mutex_unlock(&g->lock);
+	return a != NULL ? 0 : -1;
 }
 
 static void account_json(void *arg, const struct account *a)

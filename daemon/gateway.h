@@ -74,6 +74,21 @@ void gateway_stats(struct gateway *g, struct cJSON *into);
 struct account;
 typedef void (*gateway_account_fn)(void *arg, const struct account *a);
 void gateway_each_account(struct gateway *g, gateway_account_fn fn, void *arg);
+
+/* For a cluster's shared limits: fn(arg, name, n) for each account that
+ * took n > 0 tokens since the last call (account_take_untold()); fn runs
+ * under the gateway's lock and must not block. */
+typedef void (*gateway_usage_fn)(void *arg, const char *name, unsigned n);
+void gateway_take_untold(struct gateway *g, gateway_usage_fn fn, void *arg);
+/* Another instance's n requests of the named account, spent from its
+ * bucket here (now on CLOCK_MONOTONIC, as requests are).  0, or -1 when
+ * this instance has no such account. */
+int gateway_spend(struct gateway *g, const char *name, unsigned n, double now);
+/* The same for failed logins: fn(arg, ip, n) for each address with n
+ * failures since the last call, and another instance's n failures from
+ * ip counted here (the guard of failed logins is the cluster's). */
+void gateway_take_untold_failures(struct gateway *g, gateway_usage_fn fn, void *arg);
+void gateway_failed_elsewhere(struct gateway *g, const char *ip, unsigned n);
 /* Tokens (access and refresh) issued and still valid. */
 size_t gateway_tokens(struct gateway *g);
 

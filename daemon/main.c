@@ -842,14 +842,6 @@ int main(int argc, char **argv)
 	}
 	keeper_backend(deps.keeper, &backend);
 	objtab_set_backend(deps.tab, &backend);
-	/* Before the front: an instance whose Redis answers has caught up
-	 * with the others' writes before it serves its first request. */
-	if (cfg->cluster_redis != NULL &&
-	    (deps.cluster = cluster_new(cfg, deps.policy, deps.tab, deps.keeper, err,
-					sizeof(err))) == NULL) {
-		log_error("[cluster] %s", err);
-		goto out;
-	}
 	if (cfg->accounts_file != NULL) {
 		if ((deps.gw = gateway_new(cfg, err, sizeof(err))) == NULL) {
 			log_error("[gateway] accounts: %s", err);
@@ -861,6 +853,14 @@ int main(int argc, char **argv)
 			  "unnamed and unaudited by account; add local accounts "
 			  "([gateway] accounts) to know who does what",
 			  where);
+	}
+	/* Before the front: an instance whose Redis answers has caught up
+	 * with the others' writes before it serves its first request. */
+	if (cfg->cluster_redis != NULL &&
+	    (deps.cluster = cluster_new(cfg, deps.policy, deps.tab, deps.keeper, deps.gw, err,
+					sizeof(err))) == NULL) {
+		log_error("[cluster] %s", err);
+		goto out;
 	}
 	if (cfg->tls_cert != NULL && (deps.tls = tls_new(cfg, err, sizeof(err))) == NULL) {
 		log_error("[server] %s", err);
@@ -930,12 +930,13 @@ out:
 		return rc;
 	}
 	front_free(&front);
+	/* publishes what is pending; calls into the keeper and the gateway */
+	cluster_free(&deps.cluster);
 	tls_free(&deps.tls); /* after the daemons that use it */
 	gateway_free(&deps.gw);
 	audit_close(&deps.audit);
 	warm_free(&deps.warm);
-	cluster_free(&deps.cluster); /* publishes what is pending; calls into the keeper */
-	keeper_free(&deps.keeper);   /* writes what is queued; calls into the table */
+	keeper_free(&deps.keeper); /* writes what is queued; calls into the table */
 	flights_free(&deps.flights);
 	objtab_free(&deps.tab);
 	upstream_free(&deps.up);

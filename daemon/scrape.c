@@ -228,25 +228,34 @@ static void gateway(struct prom *p, const struct front_deps *d)
 	}
 }
 
+/* A counter with a direction label and its two values. */
+static void two_ways(struct prom *p, const char *name, const char *help, const char *one,
+		     unsigned long long v1, const char *other, unsigned long long v2)
+{
+	struct prom_labels l;
+
+	prom_head(p, name, "counter", help);
+	prom_labels_init(&l);
+	prom_label(&l, "direction", one);
+	prom_u64(p, name, &l, v1);
+	prom_labels_init(&l);
+	prom_label(&l, "direction", other);
+	prom_u64(p, name, &l, v2);
+}
+
 static void cluster(struct prom *p, const struct front_deps *d)
 {
 	struct cluster_info ci;
-	struct prom_labels l;
 
 	cluster_info(d->cluster, &ci);
 	gauge(p, P "cluster_up", "1 while the cluster's Redis answers, else 0 (or no cluster).",
 	      ci.state == CLUSTER_UP ? 1 : 0);
 	if (ci.state == CLUSTER_OFF)
 		return;
-	prom_head(p, P "cluster_events_total", "counter",
-		  "Invalidations and purges published to the other instances, or received "
-		  "from them.");
-	prom_labels_init(&l);
-	prom_label(&l, "direction", "published");
-	prom_u64(p, P "cluster_events_total", &l, ci.published);
-	prom_labels_init(&l);
-	prom_label(&l, "direction", "received");
-	prom_u64(p, P "cluster_events_total", &l, ci.received);
+	two_ways(p, P "cluster_events_total",
+		 "Invalidations and purges published to the other instances, or received "
+		 "from them.",
+		 "published", ci.published, "received", ci.received);
 	counter(p, P "cluster_catchups_total",
 		"Families dropped on reconnecting because their generation moved meanwhile (catch-ups).",
 		ci.catchups);
@@ -256,6 +265,10 @@ static void cluster(struct prom *p, const struct front_deps *d)
 		ci.errors);
 	gauge(p, P "cluster_pending", "Invalidations and purges waiting for Redis.",
 	      (double)ci.pending);
+	two_ways(p, P "cluster_account_requests_total",
+		 "Account requests made here and told to the other instances (out), or made "
+		 "there and spent from the rate limits here (in).",
+		 "out", ci.shared_out, "in", ci.shared_in);
 }
 
 char *scrape_metrics(const struct front_deps *d, unsigned conns, size_t *len)

@@ -697,3 +697,90 @@ def test_a_publish_redis_refuses_waits_and_the_link_stays(redis, mock, daemon_fa
     wait_counter(a, "published", pub0 + 1)
     assert cluster(a)["pending"] == 0
     wait_miss(sb, b, "/programs")
+
+
+def test_a_generation_handed_out_again_is_still_a_change(redis, mock, daemon_factory, tmp_path,
+                                                        forwarders):
+    """Redis restored from an older snapshot keeps the epoch but forgets
+    the last bumps, so the next bump would repeat a count an instance cut
+    off meanwhile already knows.  The nonce in each generation makes it a
+    change all the same: B, cut off across the restore and the write after
+    it, drops the family when it is back."""
+    fwd = forwarders(redis.sock_path)
+    a, b = pair(daemon_factory, mock, tmp_path, redis.spec, fwd.spec)
+    sa, sb = Sdk(a.port), Sdk(b.port)
+    fill(sb, ["/programs"])
+    redis.save()                     # the snapshot: programs never bumped
+    app0 = counter(b, "applied")
+    write(sa, "POST", "/programs")   # count 1, heard by B
+    wait_counter(b, "applied", app0 + 1)
+    wait_miss(sb, b, "/programs")
+    assert hit(sb, "/programs")
+
+    fwd.cut()
+    wait_until_state(b, "down")
+    redis.restart(empty=False)       # back to the snapshot, same epoch
+    wait_until_state(a, "up")
+    pub0 = counter(a, "published")
+    write(sa, "POST", "/programs")   # count 1 again, another nonce; B is away
+    wait_counter(a, "published", pub0 + 1)
+    assert hit(sb, "/programs")
+
+    catch0 = counter(b, "catchups")
+    fwd.restore()
+    wait_until_state(b, "up")
+    wait_counter(b, "catchups", catch0 + 1)
+    wait_miss(sb, b, "/programs")
+
+
+# ---------------------------------------------------------------- shared limits
+def test_an_accounts_rate_limit_holds_across_instances(redis, mock, daemon_factory, tmp_path):
+    """A gateway account's rate is the cluster's, not each instance's: what
+    it spent through A is spent on B too, and back."""
+    from test_gateway import account_add, bearer, login
+    acc = str(tmp_path / "accounts")
+    secret = account_add(acc, "robot", "--scope", "read", "--rate", "10/h")
+    cfg = {"gateway": {"accounts": acc}}
+    a = instance(daemon_factory, mock, tmp_path, "kdA", redis.spec, config=cfg)
+    b = instance(daemon_factory, mock, tmp_path, "kdB", redis.spec, config=cfg)
+    for d in (a, b):
+        wait_until_state(d, "up")
+    ta = login(a.port, "robot", secret).json()["access_token"]
+    tb = login(b.port, "robot", secret).json()["access_token"]
+
+    def get(d, tok, n):
+        return [d.request("GET", "/programs", bearer(tok)).status for _ in range(n)]
+
+    assert get(a, ta, 6) == [200] * 6
+    wait_counter(b, "shared_in", 6)
+    # B's bucket of 10 (refilled one every 6 minutes) has 4 left.
+    assert get(b, tb, 6) == [200] * 4 + [429] * 2
+    wait_counter(a, "shared_in", 4)
+    assert get(a, ta, 1) == [429]
+    assert counter(a, "shared_out") == 6 and counter(b, "shared_out") == 4
+    m = metrics(b)
+    assert metric(m, "kaleidod_cluster_account_requests_total", 'direction="in"') == 6
+
+
+def test_failed_logins_from_an_address_count_on_every_instance(redis, mock, daemon_factory,
+                                                               tmp_path):
+    """The guard against guessing is the cluster's: wrong secrets sent to A
+    from one address leave that address fewer tries on B."""
+    from test_gateway import account_add, login
+    acc = str(tmp_path / "accounts")
+    secret = account_add(acc, "alice", "--scope", "read")
+    cfg = {"gateway": {"accounts": acc}}
+    a = instance(daemon_factory, mock, tmp_path, "kdA", redis.spec, config=cfg)
+    b = instance(daemon_factory, mock, tmp_path, "kdB", redis.spec, config=cfg)
+    for d in (a, b):
+        wait_until_state(d, "up")
+    assert [login(a.port, "alice", "guess-%d" % i, source="127.0.0.3").status
+            for i in range(6)] == [401] * 6
+    wait_counter(b, "failed_logins_in", 6)
+    # A lone instance would hash 10 guesses from the address (a burst of
+    # 10, then one every 6 s); B has 4 left (more only if the test took
+    # many seconds).
+    statuses = [login(b.port, "alice", "guess-b%d" % i, source="127.0.0.3").status
+                for i in range(10)]
+    assert 429 in statuses[:7], statuses
+    assert login(b.port, "alice", secret, source="127.0.0.4").status == 200

@@ -244,6 +244,41 @@ static void test_rate_bucket_and_carried_counters(void **state)
 	free(h);
 }
 
+/* A cluster's shared limits: what the bucket gave out is told once, and
+ * what others gave out is spent here, down to one bucket of debt. */
+static void test_rate_shared_with_a_cluster(void **state)
+{
+	char text[512], err[256], *h = hash_of("x");
+	struct accounts *as = NULL;
+	struct account *a, *b;
+
+	(void)state;
+	snprintf(text, sizeof(text), "a:%s:read::4/s::\nb:%s:read::::\n", h, h);
+	assert_int_equal(accounts_load(file_with(text), &as, err, sizeof(err)), 0);
+	a = accounts_find(as, "a");
+	b = accounts_find(as, "b");
+	assert_int_equal(account_take_untold(a), 0);
+	assert_true(account_take(a, 10.0) == 0);
+	assert_true(account_take(a, 10.0) == 0);
+	assert_int_equal(account_take_untold(a), 2);
+	assert_int_equal(account_take_untold(a), 0); /* told once */
+	/* Another instance let 2 through: 4 - 2 - 2 leaves none. */
+	account_spend(a, 2, 10.0);
+	assert_true(account_take(a, 10.0) > 0.24 && account_take(a, 10.0) < 0.26);
+	assert_int_equal(account_take_untold(a), 0); /* a refusal is not a take */
+	/* Debt: at most one bucket (4), paid back at the rate. */
+	account_spend(a, 100, 10.0);
+	assert_true(account_take(a, 10.0) > 1.24 && account_take(a, 10.0) < 1.26);
+	assert_true(account_take(a, 11.25) == 0);
+	/* No limit: nothing to tell, nothing to spend. */
+	assert_true(account_take(b, 10.0) == 0);
+	account_spend(b, 5, 10.0);
+	assert_int_equal(account_take_untold(b), 0);
+	assert_true(account_take(b, 10.0) == 0);
+	accounts_free(&as);
+	free(h);
+}
+
 static void test_file_edits(void **state)
 {
 	char path[128], err[256], *h = hash_of("x"), before[4096];
@@ -301,6 +336,7 @@ int main(void)
 		cmocka_unit_test(test_other_methods),
 		cmocka_unit_test(test_scopes_and_paths),
 		cmocka_unit_test(test_rate_bucket_and_carried_counters),
+		cmocka_unit_test(test_rate_shared_with_a_cluster),
 		cmocka_unit_test(test_file_edits),
 	};
 

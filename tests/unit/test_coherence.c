@@ -2,7 +2,8 @@
  * test_coherence: another instance's message is an action and ours is not;
  * a malformed message is refused and changes nothing; a catch-up drops
  * exactly the families whose generation moved (all of them on the first
- * catch-up or a new epoch), and a missed prefix purge drops everything.
+ * catch-up or a new epoch), a count handed out again with another nonce
+ * counts as moved, and a missed prefix purge drops everything.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -83,9 +84,10 @@ static void test_malformed(void **state)
 		"inv 7",
 		"inv 7 00000000000000bb",
 		"inv 7 00000000000000bb ",
-		"inv x7 00000000000000bb programs",
+		"inv 7;x 00000000000000bb programs",
 		"inv -1 00000000000000bb programs",
-		"inv 99999999999999999999999 00000000000000bb programs",
+		"inv 7:ABC 00000000000000bb programs", /* upper case: not the script's */
+		"inv 12345678901234567890123456789012345678901 00000000000000bb programs",
 		"inv  7 00000000000000bb programs",
 		"purge 3 00000000000000bb programs", /* a prefix is a path */
 		"drop 3 00000000000000bb programs",
@@ -142,13 +144,18 @@ static void test_catchup(void **state)
 	assert_int_equal(catchup(c, "e1", "4", "1", "10", "1", &drop, &all), 0);
 	assert_int_equal(all, 1);
 	/* A value not ours to read counts as moved. */
-	assert_int_equal(catchup(c, "e1", "4", "x", "10", "1", &drop, &all), 1);
+	assert_int_equal(catchup(c, "e1", "4", "X!", "10", "1", &drop, &all), 1);
 	assert_int_equal(drop, 1u << 1);
+	/* A count handed out again (Redis restored from an older snapshot)
+	 * comes with another nonce: moved. */
+	assert_int_equal(msg(c, "inv 5:aa 00000000000000bb programs", &a), 0);
+	assert_int_equal(catchup(c, "e1", "5:bb", "X!", "10", "1", &drop, &all), 1);
+	assert_int_equal(drop, 1u << 0);
 	/* A new epoch (Redis came back empty, or another one): everything. */
-	assert_int_equal(catchup(c, "e2", "4", "x", "10", "1", &drop, &all), 3);
+	assert_int_equal(catchup(c, "e2", "4", "X!", "10", "1", &drop, &all), 3);
 	assert_int_equal(all, 1);
 	/* No epoch at all: nothing can be trusted either. */
-	assert_int_equal(catchup(c, NULL, "4", "x", "10", "1", &drop, &all), 3);
+	assert_int_equal(catchup(c, NULL, "4", "X!", "10", "1", &drop, &all), 3);
 	coh_free(&c);
 }
 
