@@ -12,6 +12,7 @@ import select
 import shutil
 import socket
 import subprocess
+import tempfile
 import threading
 import time
 
@@ -102,16 +103,25 @@ class Resp:
 
 
 # ---------------------------------------------------------------- redis-server
+def socket_dir(prefix):
+    """A fresh directory under /tmp for unix sockets: a socket's path must
+    fit in 107 bytes, and a test's own directory (in a distcheck build tree,
+    say) can be deeper than that.  The caller removes it."""
+    return tempfile.mkdtemp(prefix=prefix, dir="/tmp")
+
+
 class RedisServer:
-    """redis-server on a unix socket in its own dir (dir/redis.sock), no TCP.
-    start() waits until it answers PING; kill() is SIGKILL; restart(empty)
-    starts it again on the same socket, from its dump.rdb (written by
-    save()) unless empty."""
+    """redis-server on a unix socket (in a short dir of its own under /tmp),
+    no TCP; its data and log in dirpath/name.  start() waits until it
+    answers PING; kill() is SIGKILL; restart(empty) starts it again on the
+    same socket, from its dump.rdb (written by save()) unless empty;
+    close() kills it and removes the socket's dir."""
 
     def __init__(self, dirpath, password=None, name="redis"):
         self.dir = os.path.join(str(dirpath), name)
         os.makedirs(self.dir, exist_ok=True)
-        self.sock_path = os.path.join(self.dir, "redis.sock")
+        self.sock_dir = socket_dir("kdredis-")
+        self.sock_path = os.path.join(self.sock_dir, "redis.sock")
         self.log_path = os.path.join(self.dir, "redis.log")
         self.password = password
         self.proc = None
@@ -170,6 +180,10 @@ class RedisServer:
         if self.proc is not None:
             stop_process(self.proc)
             self.proc = None
+
+    def close(self):
+        self.kill()
+        shutil.rmtree(self.sock_dir, ignore_errors=True)
 
     def restart(self, empty):
         self.kill()

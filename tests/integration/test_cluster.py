@@ -45,7 +45,7 @@ def redis_factory(request, tmp_path):
 
     yield make
     for r in made:
-        r.kill()
+        r.close()
 
 
 @pytest.fixture

@@ -29,7 +29,7 @@ import subprocess
 import pytest
 
 from harness import HTTP_TIMEOUT, SRCDIR, Response, file_tail, stop_process, wait_for
-from redisfix import RedisServer
+from redisfix import RedisServer, socket_dir
 from test_cluster import WAIT, instance
 from test_tls import Pki
 
@@ -104,7 +104,8 @@ class Haproxy:
         self.dir = str(dirpath)
         self.cfg_path = os.path.join(self.dir, "haproxy.cfg")
         self.log_path = os.path.join(self.dir, "haproxy.log")
-        self.sock_path = os.path.join(self.dir, "haproxy.sock")
+        self.sock_dir = socket_dir("kdhaproxy-")
+        self.sock_path = os.path.join(self.sock_dir, "haproxy.sock")
         self.lsock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self.lsock.bind(("127.0.0.1", 0))
         self.lsock.listen(128)
@@ -134,6 +135,7 @@ class Haproxy:
             stop_process(self.proc)
             self.proc = None
         self.lsock.close()
+        shutil.rmtree(self.sock_dir, ignore_errors=True)
 
     def command(self, line):
         if self.proc is not None and self.proc.poll() is not None:
@@ -227,7 +229,7 @@ def redis(request, tmp_path):
     r = RedisServer(tmp_path)
     request.node.kd_logs = getattr(request.node, "kd_logs", []) + [("redis", r.log_path)]
     yield r.start()
-    r.kill()
+    r.close()
 
 
 @pytest.fixture
@@ -251,7 +253,8 @@ def test_the_documented_block_is_valid_as_printed(pki, tmp_path):
     pass haproxy -c without a warning."""
     need(HAPROXY, "haproxy")
     cfg = tmp_path / "as-printed.cfg"
-    cfg.write_text(GLOBAL.format(sock=tmp_path / "unused.sock")
+    # haproxy -c creates no socket; a short path, as haproxy allows 97 bytes
+    cfg.write_text(GLOBAL.format(sock="/tmp/kdhaproxy-unused.sock")
                    + substitute(doc_block(), [(DOC_CA, "ca-file %s" % pki.ca)]))
     p = subprocess.run([HAPROXY, "-c", "-f", str(cfg)], capture_output=True, timeout=30)
     out = (p.stdout + p.stderr).decode("utf-8", "replace")
