@@ -5,8 +5,10 @@ trail.  Real daemon, real sockets, the accounts file made by kaleidod's own
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
+import tempfile
 import urllib.parse
 
 import pytest
@@ -645,24 +647,28 @@ def test_audit_to_the_journal_has_the_same_fields(tmp_path, mock, daemon_factory
     if os.geteuid() != 0 or not os.path.isdir("/run/systemd") or \
             sp.run(["unshare", "-m", "true"], capture_output=True).returncode != 0:
         pytest.skip("needs root, /run/systemd and mount namespaces")
-    sock_path = str(tmp_path / "journal.sock")
+    # Not in tmp_path: a socket's path must fit in 107 bytes, and a
+    # distcheck build tree is deeper than that.
+    sock_dir = tempfile.mkdtemp(prefix="kdj-", dir="/tmp")
+    sock_path = os.path.join(sock_dir, "journal.sock")
     jsock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     jsock.bind(sock_path)
     jsock.settimeout(10)
-    acc = str(tmp_path / "accounts")
-    secret = account_add(acc, "alice", "--scope", "read")
-    d = daemon_factory(mock, preexec_fn=private_journal(sock_path),
-                       config={"gateway": {"accounts": acc}, "log": {"audit": "journal"}}).start()
-    tok = login(d.port, "alice", secret).json()["access_token"]
-    r = request(d.port, "GET", "/programs?token=" + tok, bearer(tok))
-    assert r.status == 200, r
-    rid = r.header("X-Request-Id")
-    got = []
     try:
+        acc = str(tmp_path / "accounts")
+        secret = account_add(acc, "alice", "--scope", "read")
+        d = daemon_factory(mock, preexec_fn=private_journal(sock_path),
+                           config={"gateway": {"accounts": acc}, "log": {"audit": "journal"}}).start()
+        tok = login(d.port, "alice", secret).json()["access_token"]
+        r = request(d.port, "GET", "/programs?token=" + tok, bearer(tok))
+        assert r.status == 200, r
+        rid = r.header("X-Request-Id")
+        got = []
         while not any(f.get("KALEIDOD_REQUEST_ID") == rid for f in got):
             got.append(journal_fields(jsock.recv(65536)))
     finally:
         jsock.close()
+        shutil.rmtree(sock_dir, ignore_errors=True)
     f = [f for f in got if f.get("KALEIDOD_REQUEST_ID") == rid][0]
     assert f["SYSLOG_IDENTIFIER"] == "kaleidod-audit" and f["PRIORITY"] == "6"
     assert (f["KALEIDOD_ACCOUNT"], f["KALEIDOD_METHOD"], f["KALEIDOD_STATUS"],
