@@ -193,6 +193,8 @@ static const struct ckey ckeys[] = {
 	  "The Redis that keeps gateways coherent: unix:/PATH or redis://HOST:PORT (default none)" },
 	{ "cluster", "prefix", CT_STRING, NULL, M(cluster_prefix), 0, 0, 0, check_prefix,
 	  "Namespace of this workspace's keys in Redis, kaleidod:HASH of url and client_id (default derived)" },
+	{ "cluster", "shared_cache", CT_BOOL, "no", M(cluster_shared_cache), 0, 0, 0, NULL,
+	  "A local miss asks Redis before the API; one fetch a key for the cluster (boolean, default no)" },
 
 	{ "metrics", "per_account", CT_BOOL, "no", M(metrics_per_account), 0, 0, 0, NULL,
 	  "Label the gateway's per-account counters in /_kaleidod/metrics (boolean, default no)" },
@@ -1453,6 +1455,10 @@ int config_finish(struct config *cfg, char *err, size_t errlen)
 	}
 	if (cfg->tls_client_required && cfg->tls_client_ca == NULL) {
 		errbuf_set(err, errlen, "[server] tls_client_required needs tls_client_ca");
+		goto fail;
+	}
+	if (cfg->cluster_shared_cache && cfg->cluster_redis == NULL) {
+		errbuf_set(err, errlen, "[cluster] shared_cache needs [cluster] redis");
 		goto fail;
 	}
 	if (cfg->auth_retry_min == 0 || cfg->auth_retry_min > cfg->auth_retry_max) {

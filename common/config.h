@@ -100,9 +100,10 @@ struct config {
 	size_t max_body_read;    /* the same for an account without write */
 
 	/* [cluster] */
-	char *cluster_redis;    /* "unix:/path" or "redis://host:port"; NULL: alone */
-	char *cluster_prefix;   /* key namespace; NULL: derived (cluster.c) */
-	char *cluster_password; /* KALEIDOD_REDIS_PASSWORD or credential; never printed */
+	char *cluster_redis;      /* "unix:/path" or "redis://host:port"; NULL: alone */
+	char *cluster_prefix;     /* key namespace; NULL: derived (cluster.c) */
+	char *cluster_password;   /* KALEIDOD_REDIS_PASSWORD or credential; never printed */
+	int cluster_shared_cache; /* a second cache level in Redis (daemon/l2.c) */
 
 	/* [family.NAME] sections, the defaults first */
 	struct config_family families[CONFIG_MAX_FAMILIES];

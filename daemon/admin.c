@@ -22,6 +22,7 @@
 #include "keeper.h"
 #include "objtab.h"
 #include "policy.h"
+#include "l2.h"
 #include "purgereq.h"
 #include "stats.h"
 #include "upstream.h"
@@ -56,6 +57,19 @@ static void add_cluster(const struct front_deps *d, cJSON *o)
 	cJSON_AddNumberToObject(cl, "shared_out", (double)ci.shared_out);
 	cJSON_AddNumberToObject(cl, "shared_in", (double)ci.shared_in);
 	cJSON_AddNumberToObject(cl, "failed_logins_in", (double)ci.failures_in);
+	if (d->l2 != NULL) {
+		struct l2_info li;
+		cJSON *sc = cJSON_AddObjectToObject(cl, "shared_cache");
+
+		l2_info(d->l2, &li);
+		cJSON_AddNumberToObject(sc, "lookups", (double)li.lookups);
+		cJSON_AddNumberToObject(sc, "hits", (double)li.hits);
+		cJSON_AddNumberToObject(sc, "fetches", (double)li.fetches);
+		cJSON_AddNumberToObject(sc, "waits", (double)li.waits);
+		cJSON_AddNumberToObject(sc, "alone", (double)li.alone);
+		cJSON_AddNumberToObject(sc, "stored", (double)li.stored);
+		cJSON_AddNumberToObject(sc, "errors", (double)li.errors);
+	}
 }
 
 char *admin_health(const struct front_deps *d, unsigned *status)

@@ -37,6 +37,7 @@
 #include "log.h"
 #include "objtab.h"
 #include "policy.h"
+#include "redislink.h"
 
 #define CLUSTER_MAGIC 0xc1a57e42u
 #define IO_TIMEOUT_MS 1000 /* a connect or a command; then the link is dropped */
@@ -72,7 +73,8 @@ struct cluster {
 	char *redis, *prefix, *password, *chan, *epoch_key;
 	char *gen_keys[CONFIG_MAX_FAMILIES + 1];
 	char host[256];
-	unsigned port; /* 0: host is a unix socket's path */
+	unsigned port;              /* 0: host is a unix socket's path */
+	struct rlink_target target; /* the above, the password and the origin */
 	char origin[COH_ORIGIN_LEN + 1];
 	int efd;
 	pthread_t thr;
@@ -96,6 +98,8 @@ struct cluster {
 	pthread_cond_t first;
 	int first_done, stop;
 	uint32_t pend_fam;
+	uint32_t pub_fam; /* taken from pend_fam by a flush not yet over */
+	int pub_pfx;      /* prefixes likewise */
 	char *pend_pfx[MAX_PREFIXES];
 	int npfx;
 	enum cluster_state state;
@@ -216,87 +220,14 @@ static void hang_up(struct cluster *c)
 	c->ping_out = 0;
 }
 
-/* The first word of Redis's answer to a failed AUTH (WRONGPASS, NOAUTH,
- * ERR...): never the rest, which a proxy in between might make an echo of
- * what was sent. */
-static void auth_failed(const redisReply *r, char *why, size_t len)
-{
-	int n = r->str != NULL ? (int)strcspn(r->str, " ") : 0;
-
-	if (n > 0 && n < 32)
-		snprintf(why, len, "authentication failed: %.*s", n, r->str);
-	else
-		snprintf(why, len, "authentication failed");
-}
-
-/* A command on ctx that must not fail; the reply (to free) or NULL with why. */
 static redisReply *must(redisContext *ctx, char *why, size_t len, int argc, const char **argv)
 {
-	redisReply *r = redisCommandArgv(ctx, argc, argv, NULL);
-
-	if (r == NULL) {
-		snprintf(why, len, "%s", ctx->errstr[0] ? ctx->errstr : "connection lost");
-		return NULL;
-	}
-	if (r->type == REDIS_REPLY_ERROR) {
-		snprintf(why, len, "%s: %s", argv[0], r->str ? r->str : "error");
-		freeReplyObject(r);
-		return NULL;
-	}
-	return r;
+	return rlink_must(ctx, why, len, argc, argv, NULL);
 }
 
 static redisContext *dial(struct cluster *c, const char *role, char *why, size_t len)
 {
-	const struct timeval tv = { IO_TIMEOUT_MS / 1000, (IO_TIMEOUT_MS % 1000) * 1000 };
-	redisContext *ctx = c->port == 0 ? redisConnectUnixWithTimeout(c->host, tv) :
-					   redisConnectWithTimeout(c->host, (int)c->port, tv);
-	redisReply *r;
-	char name[64];
-	const char *argv[3];
-
-	if (ctx == NULL) {
-		snprintf(why, len, "out of memory");
-		return NULL;
-	}
-	if (ctx->err) {
-		snprintf(why, len, "%s", ctx->errstr);
-		goto fail;
-	}
-	if (redisSetTimeout(ctx, tv) != REDIS_OK ||
-	    (c->port != 0 && redisEnableKeepAlive(ctx) != REDIS_OK)) {
-		snprintf(why, len, "%s", ctx->errstr[0] ? ctx->errstr : "socket options");
-		goto fail;
-	}
-	if (c->password != NULL) {
-		argv[0] = "AUTH";
-		argv[1] = c->password;
-		if ((r = redisCommandArgv(ctx, 2, argv, NULL)) == NULL) {
-			snprintf(why, len, "%s", ctx->errstr[0] ? ctx->errstr : "connection lost");
-			goto fail;
-		}
-		if (r->type == REDIS_REPLY_ERROR) {
-			auth_failed(r, why, len);
-			freeReplyObject(r);
-			goto fail;
-		}
-		freeReplyObject(r);
-	}
-	/* CLIENT LIST then tells which instance and which link */
-	snprintf(name, sizeof(name), "kaleidod-%s-%s", c->origin, role);
-	argv[0] = "CLIENT";
-	argv[1] = "SETNAME";
-	argv[2] = name;
-	/* Only a convenience: an ACL without it is no reason to stay apart. */
-	if ((r = redisCommandArgv(ctx, 3, argv, NULL)) == NULL) {
-		snprintf(why, len, "%s", ctx->errstr[0] ? ctx->errstr : "connection lost");
-		goto fail;
-	}
-	freeReplyObject(r);
-	return ctx;
-fail:
-	redisFree(ctx);
-	return NULL;
+	return rlink_dial(&c->target, role, IO_TIMEOUT_MS, why, len);
 }
 
 static void apply(struct cluster *c, const struct coh_action *a)
@@ -522,6 +453,9 @@ static void flush(struct cluster *c, int64_t deadline)
 	npfx = c->npfx;
 	memcpy(pfx, c->pend_pfx, sizeof(pfx));
 	c->npfx = 0;
+	/* still unsettled (cluster_settled) until Redis has the bumps */
+	c->pub_fam = fam;
+	c->pub_pfx = npfx;
 	pthread_mutex_unlock(&c->lock);
 	for (int i = 0; i < c->nfam && rc == 0 && now_ms() < deadline; i++)
 		if ((fam & (1u << i)) &&
@@ -536,6 +470,8 @@ static void flush(struct cluster *c, int64_t deadline)
 	 * particular: order does not matter, each is a bump. */
 	pthread_mutex_lock(&c->lock);
 	c->pend_fam |= fam;
+	c->pub_fam = 0;
+	c->pub_pfx = 0;
 	for (int j = 0; j < npfx; j++) {
 		if (pfx[j] == NULL)
 			continue;
@@ -901,6 +837,38 @@ void cluster_purged(struct cluster *c, enum cache_purge kind, const char *what)
 	(void)!write(c->efd, &(uint64_t){ 1 }, sizeof(uint64_t));
 }
 
+const struct rlink_target *cluster_target(struct cluster *c)
+{
+	CHECK_OBJ(c, CLUSTER_MAGIC);
+	return &c->target;
+}
+
+const char *cluster_key_prefix(struct cluster *c)
+{
+	CHECK_OBJ(c, CLUSTER_MAGIC);
+	return c->prefix;
+}
+
+const char *cluster_gen_key(struct cluster *c, int family)
+{
+	CHECK_OBJ(c, CLUSTER_MAGIC);
+	ASSERT(family >= -1 && family < c->nfam);
+	return c->gen_keys[family < 0 ? c->nfam : family];
+}
+
+int cluster_settled(struct cluster *c, int family)
+{
+	int yes;
+
+	CHECK_OBJ(c, CLUSTER_MAGIC);
+	ASSERT(family >= 0 && family < c->nfam);
+	pthread_mutex_lock(&c->lock);
+	yes = c->state == CLUSTER_UP && c->npfx == 0 && c->pub_pfx == 0 &&
+	      !((c->pend_fam | c->pub_fam) & (1u << family));
+	pthread_mutex_unlock(&c->lock);
+	return yes;
+}
+
 void cluster_info(struct cluster *c, struct cluster_info *out)
 {
 	memset(out, 0, sizeof(*out));
@@ -999,6 +967,10 @@ struct cluster *cluster_new(const struct config *cfg, struct policy *policy, str
 		}
 	if (c->password != NULL)
 		log_add_secret(c->password);
+	c->target.host = c->host;
+	c->target.port = c->port;
+	c->target.password = c->password;
+	c->target.origin = c->origin;
 	if ((c->efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK)) < 0) {
 		errbuf_set(err, errlen, "cluster: eventfd: %s", strerror(errno));
 		goto fail;

@@ -45,6 +45,19 @@ void cluster_invalidated(struct cluster *c, int family);
 /* This instance purged: tell the others.  Never blocks; c may be NULL. */
 void cluster_purged(struct cluster *c, enum cache_purge kind, const char *what);
 
+/* For the shared cache (l2.h), which talks to the same Redis: where it
+ * is, the keys' namespace, and the Redis key of family's generation
+ * (family -1: the prefix purges'). */
+struct rlink_target;
+const struct rlink_target *cluster_target(struct cluster *c);
+const char *cluster_key_prefix(struct cluster *c);
+const char *cluster_gen_key(struct cluster *c, int family);
+/* 1 when Redis is reached and nothing this instance did to family (nor a
+ * prefix purge) still waits to be published: only then does Redis's
+ * generation for family say what this instance knows.  Lock-light; from
+ * any thread. */
+int cluster_settled(struct cluster *c, int family);
+
 /* The key namespace when [cluster] prefix is not set: "kaleidod:" and 16
  * hex digits of a SHA-256 of the API's URL and the client id, the same on
  * every instance of one workspace.  Allocated; NULL on ENOMEM. */

@@ -24,6 +24,7 @@
 #include "entry.h"
 #include "hdr.h"
 #include "keeper.h"
+#include "l2.h"
 #include "objtab.h"
 #include "policy.h"
 
@@ -38,6 +39,10 @@ struct flight {
 	int ended;         /* under fs->lock */
 	struct objtab_result res;
 	char detail[512];
+	/* until the transfer starts (the shared cache is asked first) */
+	char *target;
+	struct hdr *h;
+	struct l2_ticket *ticket; /* the cluster's lease on the key, held */
 };
 
 struct flights {
@@ -46,6 +51,7 @@ struct flights {
 	struct keeper *keeper;
 	struct objtab *tab;
 	struct policy *policy;
+	struct l2 *l2; /* NULL: no shared cache */
 	pthread_mutex_t lock;
 	pthread_cond_t idle; /* signalled when no flight runs */
 	int live;            /* flights not yet ended */
@@ -123,6 +129,9 @@ static void flight_unref(struct flight **flp)
 	if (atomic_fetch_sub(&fl->refs, 1) != 1)
 		return;
 	ASSERT(fl->x == NULL);
+	ASSERT(fl->ticket == NULL);
+	hdr_free(&fl->h);
+	free(fl->target);
 	entry_unref(&fl->res.entry);
 	objtab_fetch_unref(&fl->f);
 	free(fl->path);
@@ -300,6 +309,10 @@ static void end(struct flight *fl)
 	struct flights *fs = fl->fs;
 	struct up_xfer *mine;
 
+	/* The cluster gets what this instance keeps, and its lease back. */
+	if (fl->ticket != NULL)
+		l2_store(fs->l2, &fl->ticket,
+			 fl->res.outcome == OBJTAB_ENTRY && fl->res.keep ? fl->res.entry : NULL);
 	objtab_fetch_done(fs->tab, fl->f, &fl->res);
 	pthread_mutex_lock(&fs->lock);
 	fl->ended = 1;
@@ -396,15 +409,79 @@ fail:
 	return NULL;
 }
 
+/* Sends the flight to the API (fl->h, fl->target), or ends it. */
+static void go(struct flight *fl)
+{
+	struct flights *fs = fl->fs;
+	struct up_request req = { 0 };
+	struct up_sink sink;
+	struct up_xfer *x = NULL;
+	const char *why = "out of memory";
+
+	req.method = "GET";
+	req.target = fl->target;
+	req.headers = fl->h;
+	req.accept_identity = 1; /* what the cache keeps; gzip is made here */
+	req.scope = objtab_fetch_family(fl->f);
+	if (fl->h != NULL && fl->target != NULL &&
+	    collect_sink(fs->cfg->max_entry_size, on_collected, xfer_ref_free, flight_ref(fl),
+			 &sink) == 0) {
+		x = upstream_start(fs->up, &req, NULL, &sink);
+		if (x == NULL)
+			why = "the upstream request could not start (out of memory, or kaleidod "
+			      "is stopping)";
+	} else if (fl->h != NULL && fl->target != NULL) {
+		flight_unref(&(struct flight *){ fl }); /* the sink's, never given */
+	}
+	hdr_free(&fl->h);
+	if (x == NULL) {
+		/* Never started, so never ends by itself: end it here. */
+		fl->res.outcome = OBJTAB_ERROR;
+		fl->res.err = UP_ERR_INTERNAL;
+		snprintf(fl->detail, sizeof(fl->detail), "%s", why);
+		fl->res.detail = fl->detail;
+		end(fl);
+		return;
+	}
+	pthread_mutex_lock(&fs->lock);
+	if (!fl->ended) {
+		fl->x = x;
+		x = NULL;
+	}
+	pthread_mutex_unlock(&fs->lock);
+	upstream_xfer_release(&x);
+}
+
+/* The shared cache's answer, on its thread. */
+static void on_l2(void *arg, enum l2_answer a, struct entry *e, struct l2_ticket *t)
+{
+	struct flight *fl = arg;
+
+	CHECK_OBJ(fl, FLIGHT_MAGIC);
+	if (a == L2_HIT) {
+		/* As if the API had answered, gzip copy included: kept here
+		 * too (the entry's expiry is the one the fetcher gave it). */
+		fl->res.outcome = OBJTAB_ENTRY;
+		fl->res.entry = e;
+		fl->res.keep = 1;
+		end(fl);
+	} else {
+		fl->ticket = t;
+		go(fl);
+	}
+	flight_unref(&fl); /* the lookup's */
+}
+
+void flights_set_l2(struct flights *fs, struct l2 *l2)
+{
+	fs->l2 = l2;
+}
+
 void flight_run(struct flights *fs, struct objtab_fetch *f, const char *target,
 		const struct hdr *headers)
 {
 	struct flight *fl = calloc(1, sizeof(*fl));
-	struct up_request req = { 0 };
-	struct up_sink sink;
-	struct hdr *h = NULL, *sent = NULL;
-	struct up_xfer *x = NULL;
-	const char *why = "out of memory";
+	struct hdr *sent = NULL;
 
 	pthread_mutex_lock(&fs->lock);
 	fs->live++;
@@ -412,7 +489,7 @@ void flight_run(struct flights *fs, struct objtab_fetch *f, const char *target,
 	if (fl == NULL) {
 		struct objtab_result res = { .outcome = OBJTAB_ERROR,
 					     .err = UP_ERR_INTERNAL,
-					     .detail = why };
+					     .detail = "out of memory" };
 
 		objtab_fetch_done(fs->tab, f, &res);
 		pthread_mutex_lock(&fs->lock);
@@ -427,6 +504,7 @@ void flight_run(struct flights *fs, struct objtab_fetch *f, const char *target,
 	fl->f = f;
 	objtab_fetch_ref(f);
 	fl->path = strndup(target, strcspn(target, "?"));
+	fl->target = strdup(target);
 	/* What the fetch carried, for the waiters' Vary. */
 	if ((sent = hdr_new()) != NULL && headers != NULL &&
 	    hdr_copy_end_to_end(sent, headers, NULL) < 0)
@@ -434,37 +512,13 @@ void flight_run(struct flights *fs, struct objtab_fetch *f, const char *target,
 	if (sent != NULL)
 		objtab_fetch_set_request(f, sent);
 	if (fl->path != NULL && sent != NULL)
-		h = fetch_headers(headers, objtab_fetch_base(f));
-	req.method = "GET";
-	req.target = target;
-	req.headers = h;
-	req.accept_identity = 1; /* what the cache keeps; gzip is made here */
-	req.scope = objtab_fetch_family(f);
-	if (h != NULL && collect_sink(fs->cfg->max_entry_size, on_collected, xfer_ref_free,
-				      flight_ref(fl), &sink) == 0) {
-		x = upstream_start(fs->up, &req, NULL, &sink);
-		if (x == NULL)
-			why = "the upstream request could not start (out of memory, or kaleidod "
-			      "is stopping)";
-	} else if (h != NULL) {
-		flight_unref(&(struct flight *){ fl }); /* the sink's, never given */
-	}
-	hdr_free(&h);
-	if (x == NULL) {
-		/* Never started, so never ends by itself: end it here. */
-		fl->res.outcome = OBJTAB_ERROR;
-		fl->res.err = UP_ERR_INTERNAL;
-		snprintf(fl->detail, sizeof(fl->detail), "%s", why);
-		fl->res.detail = fl->detail;
-		end(fl);
-	} else {
-		pthread_mutex_lock(&fs->lock);
-		if (!fl->ended) {
-			fl->x = x;
-			x = NULL;
-		}
-		pthread_mutex_unlock(&fs->lock);
-		upstream_xfer_release(&x);
-	}
+		fl->h = fetch_headers(headers, objtab_fetch_base(f));
+	/* With a shared cache, the cluster first: another instance may have
+	 * the answer, or be fetching it. */
+	if (fs->l2 != NULL && fl->h != NULL && fl->target != NULL)
+		l2_lookup(fs->l2, objtab_fetch_key(f), objtab_fetch_family(f), fl->path, on_l2,
+			  flight_ref(fl));
+	else
+		go(fl);
 	flight_unref(&fl);
 }

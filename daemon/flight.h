@@ -27,6 +27,10 @@ struct flights;
 
 struct flights *flights_new(const struct config *cfg, struct upstream *up, struct keeper *keeper,
 			    struct objtab *tab, struct policy *policy);
+/* With a shared cache ([cluster] shared_cache), a flight asks it before
+ * the API (l2.h).  Set once, before the first flight; l2 outlives them. */
+struct l2;
+void flights_set_l2(struct flights *fs, struct l2 *l2);
 /* Every flight must have ended (upstream_shutdown() ends them). */
 void flights_free(struct flights **fs);
 /* Waits up to seconds for every flight to end, its keeping included:

@@ -21,6 +21,8 @@ struct gateway;
 struct audit;
 struct tls;
 struct traffic;
+struct cluster;
+struct l2;
 struct front;
 
 struct front_deps {
@@ -38,6 +40,7 @@ struct front_deps {
 	struct tls *tls;         /* NULL: plain HTTP */
 	struct traffic *traffic; /* requests by label, for /_kaleidod/metrics */
 	struct cluster *cluster; /* NULL: no [cluster] redis, this instance alone */
+	struct l2 *l2;           /* NULL: no [cluster] shared_cache */
 	double started;          /* wall-clock unix time the daemon started */
 };
 

@@ -38,6 +38,7 @@
 #include "flight.h"
 #include "gateway.h"
 #include "keeper.h"
+#include "l2.h"
 #include "objtab.h"
 #include "policy.h"
 #include "stats.h"
@@ -862,6 +863,13 @@ int main(int argc, char **argv)
 		log_error("[cluster] %s", err);
 		goto out;
 	}
+	if (cfg->cluster_shared_cache) {
+		if ((deps.l2 = l2_new(cfg, deps.cluster, err, sizeof(err))) == NULL) {
+			log_error("[cluster] %s", err);
+			goto out;
+		}
+		flights_set_l2(deps.flights, deps.l2);
+	}
 	if (cfg->tls_cert != NULL && (deps.tls = tls_new(cfg, err, sizeof(err))) == NULL) {
 		log_error("[server] %s", err);
 		goto out;
@@ -917,6 +925,9 @@ out:
 		drain(deps.up, DRAIN_SECONDS);
 	if (deps.up != NULL)
 		upstream_shutdown(deps.up);
+	/* Lookups waiting on another instance's lease go to the (stopped)
+	 * API now, so that their flights end. */
+	l2_stop(deps.l2);
 	/* Writes waiting for their invalidations to reach the file are
 	 * answered now: no connection may stay suspended. */
 	if (deps.keeper != NULL)
@@ -930,6 +941,8 @@ out:
 		return rc;
 	}
 	front_free(&front);
+	/* every flight is over: nothing asks the shared cache any more */
+	l2_free(&deps.l2);
 	/* publishes what is pending; calls into the keeper and the gateway */
 	cluster_free(&deps.cluster);
 	tls_free(&deps.tls); /* after the daemons that use it */

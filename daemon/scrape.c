@@ -16,6 +16,7 @@
 #include "auth.h"
 #include "cache.h"
 #include "cluster.h"
+#include "l2.h"
 #include "config.h"
 #include "front.h"
 #include "gateway.h"
@@ -269,6 +270,31 @@ static void cluster(struct prom *p, const struct front_deps *d)
 		 "Account requests made here and told to the other instances (out), or made "
 		 "there and spent from the rate limits here (in).",
 		 "out", ci.shared_out, "in", ci.shared_in);
+	if (d->l2 != NULL) {
+		struct l2_info li;
+		struct prom_labels l;
+		const char *const name = P "cluster_shared_cache_total";
+		static const char *const result[6] = { "hit",   "fetch",  "wait",
+						       "alone", "stored", "error" };
+		unsigned long long v[6];
+
+		l2_info(d->l2, &li);
+		v[0] = li.hits;
+		v[1] = li.fetches;
+		v[2] = li.waits;
+		v[3] = li.alone;
+		v[4] = li.stored;
+		v[5] = li.errors;
+		prom_head(p, name, "counter",
+			  "Shared cache: local misses answered from Redis (hit), sent to the API "
+			  "holding the cluster's lease (fetch) or not (alone), that waited for "
+			  "another instance's fetch (wait); answers stored there; errors.");
+		for (int i = 0; i < 6; i++) {
+			prom_labels_init(&l);
+			prom_label(&l, "result", result[i]);
+			prom_u64(p, name, &l, v[i]);
+		}
+	}
 }
 
 char *scrape_metrics(const struct front_deps *d, unsigned conns, size_t *len)

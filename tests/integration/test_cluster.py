@@ -69,15 +69,18 @@ def forwarders():
 
 # ---------------------------------------------------------------- helpers
 def instance(daemon_factory, upstream, tmp_path, name, redis_spec=None, prefix=None,
-             password=None, start=True, config=None):
+             password=None, start=True, config=None, shared=False):
     """A kaleidod with its own cache file, in the cluster at redis_spec
-    (None: no [cluster]).  KALEIDOD_REDIS_PASSWORD is always set, empty
-    when there is none, so the runner's own environment cannot leak in."""
+    (None: no [cluster]), with the shared cache if shared.
+    KALEIDOD_REDIS_PASSWORD is always set, empty when there is none, so the
+    runner's own environment cannot leak in."""
     cfg = dict(config or {})
     if redis_spec is not None:
         cl = {"redis": redis_spec}
         if prefix is not None:
             cl["prefix"] = prefix
+        if shared:
+            cl["shared_cache"] = "yes"
         cfg["cluster"] = cl
     d = daemon_factory(upstream, name=name, cache_file=str(tmp_path / ("%s.db" % name)),
                        config=cfg, env={"KALEIDOD_REDIS_PASSWORD": password or ""})
@@ -86,10 +89,10 @@ def instance(daemon_factory, upstream, tmp_path, name, redis_spec=None, prefix=N
     return d
 
 
-def pair(daemon_factory, mock, tmp_path, spec_a, spec_b=None):
+def pair(daemon_factory, mock, tmp_path, spec_a, spec_b=None, shared=False):
     """Two instances A and B in front of one mock, in one cluster, both up."""
-    a = instance(daemon_factory, mock, tmp_path, "kdA", spec_a)
-    b = instance(daemon_factory, mock, tmp_path, "kdB", spec_b or spec_a)
+    a = instance(daemon_factory, mock, tmp_path, "kdA", spec_a, shared=shared)
+    b = instance(daemon_factory, mock, tmp_path, "kdB", spec_b or spec_a, shared=shared)
     for d in (a, b):
         wait_until_state(d, "up")
     return a, b
@@ -569,7 +572,10 @@ URL_PASSWORD = "pw-in-url-93f0"
     ({"redis": "unix:relative/redis.sock"}, "[cluster] redis"),
     ({"redis": "redis://127.0.0.1"}, "[cluster] redis"),
     ({"redis": "unix:/run/redis/redis.sock", "prefix": "my lab"}, "[cluster] prefix"),
-], ids=["user-password", "password", "http", "relative-socket", "no-port", "prefix-space"])
+    ({"shared_cache": "yes"}, "[cluster] shared_cache needs [cluster] redis"),
+    ({"redis": "unix:/run/redis/redis.sock", "shared_cache": "maybe"}, "shared_cache"),
+], ids=["user-password", "password", "http", "relative-socket", "no-port", "prefix-space",
+        "shared-without-redis", "shared-not-boolean"])
 def test_bad_cluster_settings_are_refused_naming_the_key(tmp_path, kv, key):
     path = config_file(tmp_path, kv)
     for args in (["--config", path, "--check-config"], ["--config", path]):
@@ -784,3 +790,168 @@ def test_failed_logins_from_an_address_count_on_every_instance(redis, mock, daem
                 for i in range(10)]
     assert 429 in statuses[:7], statuses
     assert login(b.port, "alice", secret, source="127.0.0.4").status == 200
+
+
+# ---------------------------------------------------------------- shared cache
+def shared(d):
+    """The stats' shared_cache counters."""
+    return cluster(d)["shared_cache"]
+
+
+def wait_shared(d, name, at_least, timeout=WAIT):
+    return wait_for(lambda: shared(d)[name] >= at_least, timeout=timeout, interval=0.02,
+                    what="%s's shared_cache %s >= %d" % (d.name, name, at_least))
+
+
+def test_with_the_shared_cache_b_gets_what_a_fetched_without_the_api(redis, mock,
+                                                                     daemon_factory, tmp_path):
+    a, b = pair(daemon_factory, mock, tmp_path, redis.spec, shared=True)
+    sa, sb = Sdk(a.port), Sdk(b.port)
+    ra = sa.get("/programs")
+    assert ra.status == 200 and xc(ra) == "MISS", ra
+    assert mock.count("GET /programs") == 1
+    wait_shared(a, "stored", 1)
+    assert shared(a)["fetches"] == 1, shared(a)
+
+    rb = sb.get("/programs")
+
+    assert rb.status == 200 and xc(rb) == "MISS", rb    # B's own levels had it not
+    assert rb.body == ra.body and rb.header("ETag") == ra.header("ETag"), (ra, rb)
+    assert mock.count("GET /programs") == 1, "B asked the API for what A had fetched"
+    assert shared(b)["hits"] == 1, shared(b)
+    assert metric(metrics(b), "kaleidod_cluster_shared_cache_total", 'result="hit"') == 1
+    # Then B's own: in memory, and in its file, compressed copy and all.
+    assert hit(sb, "/programs")
+    stored(b, "programs")
+    rz = sb.get("/programs", headers=[("Accept-Encoding", "gzip")])
+    assert rz.status == 200 and rz.header("Content-Encoding") == "gzip", rz
+    assert mock.count("GET /programs") == 1
+    # One key in Redis for the one list, under the workspace's prefix.
+    pfx = cluster(a)["prefix"]
+    values = [k for k in redis.keys() if k.startswith(pfx + ":l2:")]
+    assert len(values) == 1 and not values[0].endswith(":lease"), redis.keys()
+
+
+def test_50_clients_over_two_instances_make_one_upstream_fetch(redis, mock, daemon_factory,
+                                                                tmp_path):
+    from test_coalescing import Clients, fam_stats
+    a, b = pair(daemon_factory, mock, tmp_path, redis.spec, shared=True)
+    sa, sb = Sdk(a.port), Sdk(b.port)
+    sa.auth()
+    sb.auth()
+    base = {d.name: fam_stats(d, "record_views")["requests"] for d in (a, b)}
+    mock.hold("/record_views")
+    ca = Clients(sa, ["/record_views"] * 25)
+    cb = Clients(sb, ["/record_views"] * 25)
+    try:
+        for d in (a, b):
+            wait_for(lambda: fam_stats(d, "record_views")["requests"] >= base[d.name] + 25,
+                     timeout=WAIT, what="25 requests at %s" % d.name)
+        # one instance holds the lease and its fetch is held at the API;
+        # the other waits for it
+        wait_for(lambda: mock.stats()["held"] >= 1, timeout=WAIT, what="a fetch held")
+        wait_for(lambda: shared(a)["waits"] + shared(b)["waits"] >= 1, timeout=WAIT,
+                 what="one instance waiting for the other's fetch")
+        held, n = mock.stats()["held"], mock.count("GET /record_views")
+    finally:
+        mock.release()
+        results = ca.join() + cb.join()
+    assert (held, n) == (1, 1), "%d fetches held, %d seen, for 50 clients over 2" % (held, n)
+    assert {r.status for r in results} == {200}, results[:3]
+    assert len({r.body for r in results}) == 1, "clients got different lists"
+    assert mock.count("GET /record_views") == 1
+    st = sorted((shared(a)["fetches"], shared(b)["fetches"]))
+    hits = shared(a)["hits"] + shared(b)["hits"]
+    assert st == [0, 1] and hits == 1, (shared(a), shared(b))
+
+
+@pytest.mark.parametrize("how", ["write", "purge family", "purge prefix", "purge all"])
+def test_a_write_or_purge_anywhere_hides_the_shared_copy(redis, mock, daemon_factory, tmp_path,
+                                                         how):
+    a, b = pair(daemon_factory, mock, tmp_path, redis.spec, shared=True)
+    c = instance(daemon_factory, mock, tmp_path, "kdC", redis.spec, shared=True)
+    wait_until_state(c, "up")
+    sa, sb, sc = Sdk(a.port), Sdk(b.port), Sdk(c.port)
+    old = sa.get("/programs/p1")
+    assert old.status == 200 and "(gen 1)" in old.body.decode(), old
+    wait_shared(a, "stored", 1)
+    gets = mock.count("GET /programs/p1")
+
+    pub = counter(b, "published")
+    if how == "write":
+        write(sb, "POST", "/programs")
+    else:
+        purge(b, {"purge family": {"family": "programs"},
+                  "purge prefix": {"prefix": "/programs/p"},
+                  "purge all": {"all": True}}[how])
+    # B has told Redis (what the cluster promises is from then on)
+    wait_for(lambda: counter(b, "published") > pub and cluster(b)["pending"] == 0,
+             timeout=WAIT, interval=0.02, what="B's %s published" % how)
+
+    # C never read it: its first read asks the API, not Redis's old copy.
+    r = sc.get("/programs/p1")
+    assert r.status == 200, r
+    assert mock.count("GET /programs/p1") == gets + 1, "C was served the shared copy after %s" % how
+    if how == "write":
+        assert "(gen 2)" in r.body.decode(), r.body[:200]
+    assert shared(c)["hits"] == 0, shared(c)
+    # and A, once it has heard, reads the same new list (from C's store or
+    # the API), never its own old one
+    wait_miss(sa, a, "/programs/p1")
+    assert sa.get("/programs/p1").body == r.body
+
+
+def test_the_shared_cache_with_redis_killed_goes_to_the_api_without_errors(redis, mock,
+                                                                           daemon_factory,
+                                                                           tmp_path):
+    a, b = pair(daemon_factory, mock, tmp_path, redis.spec, shared=True)
+    sa, sb = Sdk(a.port), Sdk(b.port)
+    fill(sa, ["/programs"])
+    wait_shared(a, "stored", 1)
+
+    redis.kill()
+
+    for d in (a, b):
+        wait_until_state(d, "down")
+    # Misses on both, no client-visible error: each goes to the API alone.
+    for s in (sa, sb):
+        for t in ("/entity_slices", "/record_views"):
+            r = s.get(t)
+            assert r.status == 200 and xc(r) == "MISS", (t, r)
+    assert hit(sa, "/programs")
+    assert shared(b)["alone"] >= 2 and shared(b)["hits"] == 0, shared(b)
+
+    redis.restart(empty=True)
+    for d in (a, b):
+        wait_until_state(d, "up")
+    # Back in business: what A fetches now, B takes from Redis.
+    kept = shared(a)["stored"]
+    r = sa.get("/key_fields")
+    assert r.status == 200 and xc(r) == "MISS", r
+    wait_shared(a, "stored", kept + 1)
+    gets = mock.count("GET /key_fields")
+    r = sb.get("/key_fields")
+    assert r.status == 200 and mock.count("GET /key_fields") == gets, r
+
+
+def test_a_damaged_value_in_redis_is_never_served(redis, mock, daemon_factory, tmp_path):
+    a, b = pair(daemon_factory, mock, tmp_path, redis.spec, shared=True)
+    sa, sb = Sdk(a.port), Sdk(b.port)
+    good = sa.get("/programs")
+    assert good.status == 200, good
+    wait_shared(a, "stored", 1)
+    pfx = cluster(a)["prefix"]
+    key = [k for k in redis.keys() if k.startswith(pfx + ":l2:")][0]
+    value = redis.command("GET", key)
+    # The generations and expiry left as they are (so the script hands it
+    # out); the body cut short.
+    redis.command("SET", key, value[:-10])
+    gets = mock.count("GET /programs")
+
+    r = sb.get("/programs")
+
+    assert r.status == 200 and r.body == good.body, r
+    assert mock.count("GET /programs") == gets + 1
+    assert shared(b)["errors"] >= 1 and shared(b)["hits"] == 0, shared(b)
+    assert key not in redis.keys(), "the damaged value stayed"
+    assert any("not one kaleidod wrote" in ln for ln in b.log().splitlines())

@@ -1,0 +1,581 @@
+/*
+ * l2: the shared cache level in Redis.  See l2.h.
+ *
+ * A request is a job on one queue; the thread takes them in order, and a
+ * lookup that finds the lease taken waits on a second list, due again
+ * after POLL_MS.  A lookup the thread answers L2_FETCH becomes the fetch's
+ * ticket, and comes back as a store.  Two scripts do the work, so that what
+ * is read and what is written are judged against the generations in one
+ * atomic step:
+ *
+ *   look:  the value if its generations are current and it is not
+ *          expired (1); else the lease if free (2); else "wait" (3);
+ *   keep:  the value SET ... EX if the generations the fetch began
+ *          under are still current; the lease deleted if still ours.
+ *
+ * The values themselves are l2value.h's.
+ */
+#include "l2.h"
+
+#include <gnutls/crypto.h>
+#include <gnutls/gnutls.h>
+#include <inttypes.h>
+#include <pthread.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/queue.h>
+#include <sys/random.h>
+#include <time.h>
+
+#include "check.h"
+#include "clock.h"
+#include "cluster.h"
+#include "coherence.h"
+#include "config.h"
+#include "entry.h"
+#include "errbuf.h"
+#include "l2value.h"
+#include "log.h"
+#include "redislink.h"
+
+#define L2_MAGIC 0x12ca4e01u
+#define JOB_MAGIC 0x12ca4e02u
+#define IO_TIMEOUT_MS 250 /* a command; then the link is dropped and fetches go alone */
+#define BACKOFF_MIN_MS 100
+#define BACKOFF_MAX_MS 5000
+#define LEASE_MS 5000    /* one instance's fetch of a key; then another may try */
+#define POLL_MS 10       /* a waiting lookup asks again this often */
+#define WAIT_MAX_MS 6000 /* past the lease: the holder is gone, fetch alone */
+#define LOG_EVERY_MS 60000
+#define MAX_VALUE (32u << 20) /* larger answers are not shared */
+
+static const char look_script[] =
+	"local f = redis.call('GET', KEYS[1]) or '' "
+	"local p = redis.call('GET', KEYS[2]) or '' "
+	"local v = redis.call('GET', KEYS[3]) "
+	"if v then "
+	"  local vf, vp, x = string.match(v, '^([^|]*)|([^|]*)|(%d+)|') "
+	"  if vf == f and vp == p and tonumber(x) > tonumber(ARGV[1]) then return {1, f, p, v} end "
+	"end "
+	"if redis.call('SET', KEYS[4], ARGV[3], 'NX', 'PX', ARGV[2]) then return {2, f, p} end "
+	"return {3, f, p}";
+
+static const char keep_script[] =
+	"local kept = 0 "
+	"if ARGV[5] and (redis.call('GET', KEYS[1]) or '') == ARGV[1] "
+	"   and (redis.call('GET', KEYS[2]) or '') == ARGV[2] then "
+	"  redis.call('SET', KEYS[3], ARGV[5], 'EX', ARGV[4]) kept = 1 "
+	"end "
+	"if redis.call('GET', KEYS[4]) == ARGV[3] then redis.call('DEL', KEYS[4]) end "
+	"return kept";
+
+enum job_kind { J_LOOKUP, J_STORE };
+
+struct l2_ticket {
+	unsigned magic;
+	TAILQ_ENTRY(l2_ticket) link;
+	enum job_kind kind;
+	char *key, *path, *vkey, *lkey; /* the cache key; Redis's value and lease keys */
+	int family;
+	l2_answer_fn fn;
+	void *arg;
+	int64_t first_ms, due_ms;
+	int waited;
+	char fgen[COH_GEN_MAX + 1], pgen[COH_GEN_MAX + 1];
+	char token[33];  /* the lease's value: ours alone */
+	struct entry *e; /* J_STORE: to keep, or NULL */
+};
+TAILQ_HEAD(jobq, l2_ticket);
+
+struct l2 {
+	unsigned magic;
+	struct cluster *c;
+	unsigned stale_window; /* kept this long past expiry */
+	size_t max_body;       /* [cache] max_entry_size: larger is not an answer we keep */
+	pthread_t thr;
+	int started;
+
+	/* the thread's alone */
+	redisContext *ctx;
+	int backoff_ms;
+	int64_t next_try, logged_at;
+
+	pthread_mutex_t lock; /* below; a leaf */
+	pthread_cond_t cond;
+	struct jobq ready, waiting;
+	int stop;
+	struct l2_info info;
+};
+
+static int64_t now_ms(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static void count(struct l2 *l, unsigned long long *field)
+{
+	pthread_mutex_lock(&l->lock);
+	(*field)++;
+	pthread_mutex_unlock(&l->lock);
+}
+
+static void job_free(struct l2_ticket **jp)
+{
+	struct l2_ticket *j = *jp;
+
+	if (j == NULL)
+		return;
+	*jp = NULL;
+	CHECK_OBJ(j, JOB_MAGIC);
+	entry_unref(&j->e);
+	free(j->key);
+	free(j->path);
+	free(j->vkey);
+	free(j->lkey);
+	FINI_OBJ(j);
+	free(j);
+}
+
+/* The answer, once; the job is the ticket of an L2_FETCH, else freed. */
+static void answer(struct l2 *l, struct l2_ticket *j, enum l2_answer a, struct entry *e)
+{
+	l2_answer_fn fn = j->fn;
+	void *arg = j->arg;
+
+	count(l, a == L2_HIT ? &l->info.hits : a == L2_FETCH ? &l->info.fetches : &l->info.alone);
+	if (a != L2_FETCH)
+		job_free(&j);
+	fn(arg, a, e, j);
+}
+
+/* --- the link --------------------------------------------------------------- */
+
+static void drop_link(struct l2 *l, const char *why)
+{
+	int64_t now = now_ms();
+
+	count(l, &l->info.errors);
+	if (l->ctx != NULL) {
+		redisFree(l->ctx);
+		l->ctx = NULL;
+	}
+	/* The cluster thread logs Redis unreachable; this says what failed
+	 * here, at most once a minute. */
+	if (l->logged_at == 0 || now - l->logged_at >= LOG_EVERY_MS) {
+		log_warnx("[cluster] shared cache: %s; fetches go to the API alone meanwhile", why);
+		l->logged_at = now;
+	}
+	l->next_try = now + l->backoff_ms;
+	l->backoff_ms = l->backoff_ms * 2 > BACKOFF_MAX_MS ? BACKOFF_MAX_MS : l->backoff_ms * 2;
+}
+
+static int link_up(struct l2 *l)
+{
+	char why[160];
+
+	if (l->ctx != NULL)
+		return 1;
+	if (now_ms() < l->next_try)
+		return 0;
+	if ((l->ctx = rlink_dial(cluster_target(l->c), "l2", IO_TIMEOUT_MS, why, sizeof(why))) ==
+	    NULL) {
+		drop_link(l, why);
+		return 0;
+	}
+	l->backoff_ms = BACKOFF_MIN_MS;
+	return 1;
+}
+
+/*
+ * A command on the link, made if need be.  A link idle across a Redis
+ * restart is found dead only by using it: then one new link and one more
+ * try, so the first fetch after Redis is back is not sent alone.  NULL with
+ * the link dropped (and logged) on failure.
+ */
+static redisReply *call(struct l2 *l, int argc, const char **argv, const size_t *lens)
+{
+	char why[160];
+	redisReply *r;
+	int fresh = l->ctx == NULL;
+
+	if (!link_up(l))
+		return NULL;
+	r = rlink_must(l->ctx, why, sizeof(why), argc, argv, lens);
+	if (r == NULL && !fresh && l->ctx->err != 0) {
+		redisFree(l->ctx);
+		l->ctx = NULL;
+		if (link_up(l))
+			r = rlink_must(l->ctx, why, sizeof(why), argc, argv, lens);
+	}
+	if (r == NULL && l->ctx != NULL)
+		drop_link(l, why);
+	return r;
+}
+
+/* --- values ----------------------------------------------------------------- */
+
+/* --- the work ---------------------------------------------------------------- */
+
+static int copy_gen(char *dst, const redisReply *r)
+{
+	if (r->type != REDIS_REPLY_STRING || r->len > COH_GEN_MAX)
+		return -1;
+	memcpy(dst, r->str, r->len);
+	dst[r->len] = '\0';
+	return 0;
+}
+
+static void lookup(struct l2 *l, struct l2_ticket *j)
+{
+	char now[24], lease[16];
+	const char *argv[] = { "EVAL",
+			       look_script,
+			       "4",
+			       cluster_gen_key(l->c, j->family),
+			       cluster_gen_key(l->c, -1),
+			       j->vkey,
+			       j->lkey,
+			       now,
+			       lease,
+			       j->token };
+	redisReply *r;
+	struct entry *e = NULL;
+	long long verdict;
+
+	if (!cluster_settled(l->c, j->family)) {
+		answer(l, j, L2_ALONE, NULL);
+		return;
+	}
+	snprintf(now, sizeof(now), "%" PRId64, clock_wall());
+	snprintf(lease, sizeof(lease), "%d", LEASE_MS);
+	if ((r = call(l, 10, argv, NULL)) == NULL) {
+		answer(l, j, L2_ALONE, NULL);
+		return;
+	}
+	if (r->type != REDIS_REPLY_ARRAY || r->elements < 3 ||
+	    r->element[0]->type != REDIS_REPLY_INTEGER || copy_gen(j->fgen, r->element[1]) < 0 ||
+	    copy_gen(j->pgen, r->element[2]) < 0) {
+		freeReplyObject(r);
+		drop_link(l, "the lookup script's answer is not what it returns");
+		answer(l, j, L2_ALONE, NULL);
+		return;
+	}
+	verdict = r->element[0]->integer;
+	if (verdict == 1 && r->elements == 4 && r->element[3]->type == REDIS_REPLY_STRING)
+		e = l2v_decode(r->element[3]->str, r->element[3]->len, l->max_body, j->key,
+			       j->family, j->path);
+	freeReplyObject(r);
+	if (verdict == 1) {
+		if (e != NULL) {
+			answer(l, j, L2_HIT, e);
+			return;
+		}
+		/* Not a value this code wrote: it goes, and this fetch asks
+		 * the API (with no lease: the next lookup takes one). */
+		const char *del[] = { "DEL", j->vkey };
+
+		count(l, &l->info.errors);
+		if ((r = call(l, 2, del, NULL)) != NULL)
+			freeReplyObject(r);
+		log_warnx("[cluster] shared cache: a value in Redis for %s is not one kaleidod "
+			  "wrote; removed",
+			  j->path);
+		answer(l, j, L2_ALONE, NULL);
+		return;
+	}
+	if (verdict == 2) {
+		answer(l, j, L2_FETCH, NULL);
+		return;
+	}
+	/* Another instance fetches it: wait for its answer, but not past
+	 * its lease (then it is gone, or slower than the cluster waits). */
+	if (now_ms() - j->first_ms >= WAIT_MAX_MS) {
+		answer(l, j, L2_ALONE, NULL);
+		return;
+	}
+	if (!j->waited) {
+		j->waited = 1;
+		count(l, &l->info.waits);
+	}
+	j->due_ms = now_ms() + POLL_MS;
+	pthread_mutex_lock(&l->lock);
+	TAILQ_INSERT_TAIL(&l->waiting, j, link);
+	pthread_mutex_unlock(&l->lock);
+}
+
+static void keep(struct l2 *l, struct l2_ticket *j)
+{
+	char exs[16];
+	size_t vlen = 0;
+	unsigned ex = 0;
+	char *v = NULL;
+	const char *argv[9] = { "EVAL",
+				keep_script,
+				"4",
+				cluster_gen_key(l->c, j->family),
+				cluster_gen_key(l->c, -1),
+				j->vkey,
+				j->lkey,
+				j->fgen,
+				j->pgen };
+	const char *args[12];
+	size_t lens[12];
+	int argc = 0;
+	redisReply *r;
+
+	/* Not while an invalidation of ours is unpublished: Redis's
+	 * generation would not yet say what this instance knows. */
+	if (j->e != NULL && cluster_settled(l->c, j->family) &&
+	    entry_expires_at(j->e) > clock_wall()) {
+		ex = (unsigned)(entry_expires_at(j->e) - clock_wall()) + l->stale_window;
+		v = l2v_encode(j->fgen, j->pgen, j->e, MAX_VALUE, &vlen);
+	}
+	snprintf(exs, sizeof(exs), "%u", ex);
+	for (; argc < 9; argc++) {
+		args[argc] = argv[argc];
+		lens[argc] = strlen(argv[argc]);
+	}
+	args[argc] = j->token;
+	lens[argc++] = strlen(j->token);
+	args[argc] = exs;
+	lens[argc++] = strlen(exs);
+	if (v != NULL) {
+		args[argc] = v;
+		lens[argc++] = vlen;
+	}
+	/* ARGV: fgen, pgen, token, ex[, value] */
+	/* failed: the lease runs out by itself */
+	r = call(l, argc, args, lens);
+	free(v);
+	if (r == NULL)
+		return;
+	if (r->type == REDIS_REPLY_INTEGER && r->integer == 1)
+		count(l, &l->info.stored);
+	freeReplyObject(r);
+}
+
+/* The next job, or NULL at stop; waits for one to be due. */
+static struct l2_ticket *next_job(struct l2 *l)
+{
+	struct l2_ticket *j = NULL;
+
+	pthread_mutex_lock(&l->lock);
+	while (!l->stop) {
+		int64_t now = now_ms(), due = INT64_MAX;
+		struct timespec ts;
+
+		if ((j = TAILQ_FIRST(&l->ready)) != NULL) {
+			TAILQ_REMOVE(&l->ready, j, link);
+			break;
+		}
+		TAILQ_FOREACH(j, &l->waiting, link)
+		{
+			if (j->due_ms <= now)
+				break;
+			if (j->due_ms < due)
+				due = j->due_ms;
+		}
+		if (j != NULL) {
+			TAILQ_REMOVE(&l->waiting, j, link);
+			break;
+		}
+		if (due == INT64_MAX) {
+			pthread_cond_wait(&l->cond, &l->lock);
+			continue;
+		}
+		ts.tv_sec = (time_t)(due / 1000);
+		ts.tv_nsec = (long)(due % 1000) * 1000000L;
+		pthread_cond_timedwait(&l->cond, &l->lock, &ts);
+	}
+	pthread_mutex_unlock(&l->lock);
+	return j;
+}
+
+static void *run(void *arg)
+{
+	struct l2 *l = arg;
+	struct l2_ticket *j;
+
+	pthread_setname_np(pthread_self(), "kd-l2");
+	while ((j = next_job(l)) != NULL) {
+		CHECK_OBJ(j, JOB_MAGIC);
+		if (j->kind == J_LOOKUP) {
+			lookup(l, j);
+		} else {
+			keep(l, j);
+			job_free(&j);
+		}
+	}
+	return NULL;
+}
+
+/* --- the interface ----------------------------------------------------------- */
+
+static void hex(char *out, const unsigned char *in, size_t n)
+{
+	for (size_t i = 0; i < n; i++)
+		snprintf(out + 2 * i, 3, "%02x", in[i]);
+}
+
+void l2_lookup(struct l2 *l, const char *key, int family, const char *path, l2_answer_fn fn,
+	       void *arg)
+{
+	struct l2_ticket *j = calloc(1, sizeof(*j));
+	unsigned char d[32], rnd[16];
+	char h[65];
+	int stop;
+
+	CHECK_OBJ(l, L2_MAGIC);
+	if (j == NULL) {
+		count(l, &l->info.alone);
+		fn(arg, L2_ALONE, NULL, NULL);
+		return;
+	}
+	INIT_OBJ(j, JOB_MAGIC);
+	j->kind = J_LOOKUP;
+	j->family = family;
+	j->fn = fn;
+	j->arg = arg;
+	j->first_ms = now_ms();
+	if (getrandom(rnd, sizeof(rnd), 0) != (ssize_t)sizeof(rnd))
+		memset(rnd, 0, sizeof(rnd)); /* a lease anyone could give back: harmless */
+	hex(j->token, rnd, sizeof(rnd));
+	if (gnutls_hash_fast(GNUTLS_DIG_SHA256, key, strlen(key), d) != 0) {
+		answer(l, j, L2_ALONE, NULL);
+		return;
+	}
+	hex(h, d, sizeof(d));
+	if (asprintf(&j->vkey, "%s:l2:%s", cluster_key_prefix(l->c), h) < 0)
+		j->vkey = NULL;
+	if (asprintf(&j->lkey, "%s:l2:%s:lease", cluster_key_prefix(l->c), h) < 0)
+		j->lkey = NULL;
+	j->key = strdup(key);
+	j->path = strdup(path);
+	if (j->vkey == NULL || j->lkey == NULL || j->key == NULL || j->path == NULL) {
+		answer(l, j, L2_ALONE, NULL);
+		return;
+	}
+	count(l, &l->info.lookups);
+	pthread_mutex_lock(&l->lock);
+	stop = l->stop;
+	if (!stop) {
+		TAILQ_INSERT_TAIL(&l->ready, j, link);
+		pthread_cond_signal(&l->cond);
+	}
+	pthread_mutex_unlock(&l->lock);
+	if (stop)
+		answer(l, j, L2_ALONE, NULL);
+}
+
+void l2_store(struct l2 *l, struct l2_ticket **tp, struct entry *e)
+{
+	struct l2_ticket *j = *tp;
+
+	*tp = NULL;
+	CHECK_OBJ(l, L2_MAGIC);
+	CHECK_OBJ(j, JOB_MAGIC);
+	j->kind = J_STORE;
+	j->e = e != NULL ? entry_ref(e) : NULL;
+	pthread_mutex_lock(&l->lock);
+	if (!l->stop) {
+		TAILQ_INSERT_TAIL(&l->ready, j, link);
+		pthread_cond_signal(&l->cond);
+		j = NULL;
+	}
+	pthread_mutex_unlock(&l->lock);
+	job_free(&j); /* stopping: the lease runs out by itself */
+}
+
+void l2_info(struct l2 *l, struct l2_info *out)
+{
+	memset(out, 0, sizeof(*out));
+	if (l == NULL)
+		return;
+	CHECK_OBJ(l, L2_MAGIC);
+	pthread_mutex_lock(&l->lock);
+	*out = l->info;
+	pthread_mutex_unlock(&l->lock);
+}
+
+struct l2 *l2_new(const struct config *cfg, struct cluster *c, char *err, size_t errlen)
+{
+	struct l2 *l = calloc(1, sizeof(*l));
+	pthread_condattr_t ca;
+	int rc;
+
+	if (l == NULL) {
+		errbuf_set(err, errlen, "shared cache: out of memory");
+		return NULL;
+	}
+	INIT_OBJ(l, L2_MAGIC);
+	l->c = c;
+	l->stale_window = cfg->stale_while_revalidate;
+	l->max_body = cfg->max_entry_size;
+	l->backoff_ms = BACKOFF_MIN_MS;
+	TAILQ_INIT(&l->ready);
+	TAILQ_INIT(&l->waiting);
+	pthread_mutex_init(&l->lock, NULL);
+	pthread_condattr_init(&ca);
+	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+	pthread_cond_init(&l->cond, &ca);
+	pthread_condattr_destroy(&ca);
+	if ((rc = pthread_create(&l->thr, NULL, run, l)) != 0) {
+		errbuf_set(err, errlen, "shared cache: cannot start its thread: %s", strerror(rc));
+		l2_free(&l);
+		return NULL;
+	}
+	l->started = 1;
+	return l;
+}
+
+void l2_stop(struct l2 *l)
+{
+	struct jobq left = TAILQ_HEAD_INITIALIZER(left);
+	struct l2_ticket *j;
+	int started;
+
+	if (l == NULL)
+		return;
+	CHECK_OBJ(l, L2_MAGIC);
+	pthread_mutex_lock(&l->lock);
+	l->stop = 1;
+	started = l->started;
+	l->started = 0;
+	pthread_cond_signal(&l->cond);
+	pthread_mutex_unlock(&l->lock);
+	if (started)
+		pthread_join(l->thr, NULL);
+	/* No new job is queued once stop is set; what is left is answered. */
+	pthread_mutex_lock(&l->lock);
+	TAILQ_CONCAT(&left, &l->ready, link);
+	TAILQ_CONCAT(&left, &l->waiting, link);
+	pthread_mutex_unlock(&l->lock);
+	while ((j = TAILQ_FIRST(&left)) != NULL) {
+		TAILQ_REMOVE(&left, j, link);
+		if (j->kind == J_LOOKUP)
+			answer(l, j, L2_ALONE, NULL);
+		else
+			job_free(&j);
+	}
+}
+
+void l2_free(struct l2 **lp)
+{
+	struct l2 *l = *lp;
+
+	if (l == NULL)
+		return;
+	*lp = NULL;
+	l2_stop(l);
+	if (l->ctx != NULL)
+		redisFree(l->ctx);
+	pthread_cond_destroy(&l->cond);
+	pthread_mutex_destroy(&l->lock);
+	FINI_OBJ(l);
+	free(l);
+}
