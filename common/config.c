@@ -195,6 +195,8 @@ static const struct ckey ckeys[] = {
 	  "Namespace of this workspace's keys in Redis, kaleidod:HASH of url and client_id (default derived)" },
 	{ "cluster", "shared_cache", CT_BOOL, "no", M(cluster_shared_cache), 0, 0, 0, NULL,
 	  "A local miss asks Redis before the API; one fetch a key for the cluster (boolean, default no)" },
+	{ "cluster", "share_token", CT_BOOL, "no", M(cluster_share_token), 0, 0, 0, NULL,
+	  "One upstream token for the cluster, kept in Redis (readable there!) (boolean, default no)" },
 
 	{ "metrics", "per_account", CT_BOOL, "no", M(metrics_per_account), 0, 0, 0, NULL,
 	  "Label the gateway's per-account counters in /_kaleidod/metrics (boolean, default no)" },
@@ -1457,8 +1459,9 @@ int config_finish(struct config *cfg, char *err, size_t errlen)
 		errbuf_set(err, errlen, "[server] tls_client_required needs tls_client_ca");
 		goto fail;
 	}
-	if (cfg->cluster_shared_cache && cfg->cluster_redis == NULL) {
-		errbuf_set(err, errlen, "[cluster] shared_cache needs [cluster] redis");
+	if ((cfg->cluster_shared_cache || cfg->cluster_share_token) && cfg->cluster_redis == NULL) {
+		errbuf_set(err, errlen, "[cluster] %s needs [cluster] redis",
+			   cfg->cluster_shared_cache ? "shared_cache" : "share_token");
 		goto fail;
 	}
 	if (cfg->auth_retry_min == 0 || cfg->auth_retry_min > cfg->auth_retry_max) {

@@ -104,6 +104,7 @@ struct config {
 	char *cluster_prefix;     /* key namespace; NULL: derived (cluster.c) */
 	char *cluster_password;   /* KALEIDOD_REDIS_PASSWORD or credential; never printed */
 	int cluster_shared_cache; /* a second cache level in Redis (daemon/l2.c) */
+	int cluster_share_token;  /* one upstream token for the cluster, in Redis */
 
 	/* [family.NAME] sections, the defaults first */
 	struct config_family families[CONFIG_MAX_FAMILIES];

@@ -161,6 +161,10 @@ struct upstream {
 	struct throttle *thr; /* the API's 429 windows */
 	CURL *tok_easy;
 	char *tok_form;
+	int brk_asked;  /* the broker was asked and has not answered (worker) */
+	int brk_went;   /* the broker said "ask the API": got() is owed (worker) */
+	int brk_ready;  /* under qlock: the answer is in */
+	char *brk_body; /* under qlock: that answer's body, NULL: ask the API */
 	struct membuf tok_body;
 	int tok_overflow;
 	char tok_err[CURL_ERROR_SIZE];
@@ -810,20 +814,99 @@ static void report_auth(struct upstream *u, double now)
 	u->events.auth_changed(u->events.arg, &st, auth_next_due(u->auth, now));
 }
 
+static void wipe_form(struct upstream *u);
+
+static void wipe_string(char **s)
+{
+	if (*s != NULL) {
+		explicit_bzero(*s, strlen(*s));
+		free(*s);
+		*s = NULL;
+	}
+}
+
+/* The broker's answer, once it is in: a token taken (1), or the form
+ * goes to the API after all (0); -1 while there is none. */
+static int broker_answered(struct upstream *u, double now)
+{
+	char *body;
+	int ready;
+
+	pthread_mutex_lock(&u->qlock);
+	ready = u->brk_ready;
+	body = u->brk_body;
+	u->brk_ready = 0;
+	u->brk_body = NULL;
+	pthread_mutex_unlock(&u->qlock);
+	if (!ready)
+		return -1;
+	u->brk_asked = 0;
+	if (body == NULL) {
+		u->brk_went = 1;
+		return 0;
+	}
+	auth_finish(u->auth, now, 200, body, strlen(body), NULL);
+	wipe_string(&body);
+	wipe_form(u);
+	report_auth(u, now);
+	return 1;
+}
+
+/* After the API was asked on the broker's word: what came of it, for the
+ * others (they may be waiting): the token just got, or none. */
+static void broker_got(struct upstream *u, int fresh)
+{
+	struct auth_status st;
+
+	if (!u->brk_went)
+		return;
+	u->brk_went = 0;
+	auth_status(u->auth, &st);
+	u->events.broker.got(u->events.broker.arg, fresh ? u->logged_token : NULL, st.expires_at);
+}
+
+void upstream_broker_answer(struct upstream *u, const char *body)
+{
+	char *copy = body != NULL ? strdup(body) : NULL;
+
+	pthread_mutex_lock(&u->qlock);
+	wipe_string(&u->brk_body);
+	u->brk_body = copy; /* NULL on ENOMEM too: then the API is asked */
+	u->brk_ready = 1;
+	pthread_mutex_unlock(&u->qlock);
+	curl_multi_wakeup(u->multi);
+}
+
 static void token_start(struct upstream *u, double now)
 {
 	char *form = NULL;
 	char url[2048];
 	struct curl_slist *h = NULL;
 
-	if (!auth_begin(u->auth, now, u->force_auth, &form))
-		return;
-	u->force_auth = 0;
+	if (u->brk_asked) {
+		if (broker_answered(u, now) != 0)
+			return;
+		form = u->tok_form; /* kept while the broker was asked */
+		u->tok_form = NULL;
+	} else {
+		if (!auth_begin(u->auth, now, u->force_auth, &form))
+			return;
+		u->force_auth = 0;
+		if (u->events.broker.ask != NULL) {
+			/* Another instance may hold a token, or be getting one. */
+			u->tok_form = form;
+			u->brk_asked = 1;
+			u->events.broker.ask(u->events.broker.arg, u->logged_token);
+			return;
+		}
+	}
 	snprintf(url, sizeof(url), "%s%s", u->url, UPSTREAM_TOKEN_PATH);
 	u->tok_easy = curl_easy_init();
 	if (u->tok_easy == NULL) {
 		auth_finish(u->auth, now, 0, NULL, 0, "out of memory");
+		explicit_bzero(form, strlen(form));
 		free(form);
+		broker_got(u, 0);
 		return;
 	}
 	u->tok_form = form;
@@ -862,6 +945,7 @@ static void wipe_form(struct upstream *u)
 
 static void token_done(struct upstream *u, CURLcode rc, double now)
 {
+	unsigned gen0 = u->logged_gen;
 	long status = 0;
 	char why[CURL_ERROR_SIZE + 64];
 	struct curl_slist *h = NULL;
@@ -886,6 +970,7 @@ static void token_done(struct upstream *u, CURLcode rc, double now)
 	if (auth_token(u->auth, now, NULL) != NULL)
 		u->force_auth = 0;
 	report_auth(u, now);
+	broker_got(u, u->logged_gen != gen0);
 }
 
 /* ---- transfers (worker thread) ---- */
@@ -1506,6 +1591,7 @@ static void shutdown_all(struct upstream *u)
 		u->tok_easy = NULL;
 		wipe_form(u); /* a token request still out at shutdown */
 	}
+	wipe_form(u); /* or one the broker was asked about */
 }
 
 /* Hands freed slots to the oldest queued transfers the 429 windows let
@@ -1660,6 +1746,7 @@ void upstream_free(struct upstream **up)
 	histo_free(&u->dur);
 	throttle_free(&u->thr);
 	forget_token(u);
+	wipe_string(&u->brk_body);
 	free(u->url);
 	free(u->client_id);
 	for (int i = 0; i < REFUSERS; i++)

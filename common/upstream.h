@@ -111,6 +111,21 @@ struct up_sink {
 
 /* Told on the worker whenever the token state changes (a grant, a refresh,
  * a failure); retry_in is auth_next_due().  For the daemon's log. */
+/*
+ * A token source shared with other instances ([cluster] share_token).
+ * When a grant is due, the worker calls ask() (which must not block)
+ * instead of asking the API, with the last token it held (NULL: none),
+ * which the broker must not hand back.  The answer comes through
+ * upstream_broker_answer(): a token answer to adopt, or "ask the API
+ * yourself", after which got() says what came of it (NULL: no token).
+ * Both are called on the worker; the token strings are secrets.
+ */
+struct up_broker {
+	void (*ask)(void *arg, const char *held);
+	void (*got)(void *arg, const char *token, double expires_at);
+	void *arg;
+};
+
 struct up_events {
 	void (*auth_changed)(void *arg, const struct auth_status *st, double retry_in);
 	/* When set, libcurl's own account of every exchange (connections,
@@ -119,6 +134,7 @@ struct up_events {
 	 * receiver redacts them (log.c does). */
 	void (*trace)(void *arg, char dir, const char *line, size_t len);
 	void *arg;
+	struct up_broker broker; /* ask NULL: the worker asks the API itself */
 };
 
 enum up_body_mode {
@@ -157,6 +173,13 @@ struct upstream *upstream_new(const struct config *cfg, const struct up_events *
  * then stops the worker. */
 void upstream_shutdown(struct upstream *u);
 void upstream_free(struct upstream **u);
+
+/*
+ * The broker's answer to ask(), from any thread: body is a token answer
+ * as the API's token endpoint gives it (JSON, copied, then wiped), or NULL
+ * for "ask the API yourself".  Once per ask().
+ */
+void upstream_broker_answer(struct upstream *u, const char *body);
 
 /* A new client secret (SIGHUP): used for the next token request, which is
  * made at once if the last one failed.  0, or -1 on ENOMEM.  Thread-safe. */

@@ -22,6 +22,7 @@
 #include "keeper.h"
 #include "objtab.h"
 #include "policy.h"
+#include "config.h"
 #include "l2.h"
 #include "purgereq.h"
 #include "stats.h"
@@ -57,7 +58,16 @@ static void add_cluster(const struct front_deps *d, cJSON *o)
 	cJSON_AddNumberToObject(cl, "shared_out", (double)ci.shared_out);
 	cJSON_AddNumberToObject(cl, "shared_in", (double)ci.shared_in);
 	cJSON_AddNumberToObject(cl, "failed_logins_in", (double)ci.failures_in);
-	if (d->l2 != NULL) {
+	if (d->l2 != NULL && d->cfg->cluster_share_token) {
+		struct l2_info li;
+		cJSON *st = cJSON_AddObjectToObject(cl, "shared_token");
+
+		l2_info(d->l2, &li);
+		cJSON_AddNumberToObject(st, "taken", (double)li.token_shared);
+		cJSON_AddNumberToObject(st, "waits", (double)li.token_waits);
+		cJSON_AddNumberToObject(st, "stored", (double)li.token_stored);
+	}
+	if (d->l2 != NULL && d->cfg->cluster_shared_cache) {
 		struct l2_info li;
 		cJSON *sc = cJSON_AddObjectToObject(cl, "shared_cache");
 

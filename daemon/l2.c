@@ -38,7 +38,9 @@
 #include "errbuf.h"
 #include "l2value.h"
 #include "log.h"
+#include <cjson/cJSON.h>
 #include "redislink.h"
+#include "upstream.h"
 
 #define L2_MAGIC 0x12ca4e01u
 #define JOB_MAGIC 0x12ca4e02u
@@ -50,6 +52,8 @@
 #define WAIT_MAX_MS 6000 /* past the lease: the holder is gone, fetch alone */
 #define LOG_EVERY_MS 60000
 #define MAX_VALUE (32u << 20) /* larger answers are not shared */
+#define TOKEN_LEASE_MS 10000  /* one instance's token request; then another may ask */
+#define TOKEN_WAIT_MS 12000   /* past the lease: ask the API alone */
 
 static const char look_script[] =
 	"local f = redis.call('GET', KEYS[1]) or '' "
@@ -71,7 +75,26 @@ static const char keep_script[] =
 	"if redis.call('GET', KEYS[4]) == ARGV[3] then redis.call('DEL', KEYS[4]) end "
 	"return kept";
 
-enum job_kind { J_LOOKUP, J_STORE };
+/* share_token: a token another instance got, unless it is the one the
+ * asker holds (ARGV[1], its SHA-1) or about to expire; else the lease;
+ * else "wait".  The value is "EXPIRES\nTOKEN". */
+static const char token_look_script[] =
+	"local v = redis.call('GET', KEYS[1]) "
+	"if v then "
+	"  local x, t = string.match(v, '^(%d+)\\n(.+)$') "
+	"  if x and tonumber(x) > tonumber(ARGV[2]) + 30 and redis.sha1hex(t) ~= ARGV[1] then "
+	"    return {1, v} end "
+	"end "
+	"if redis.call('SET', KEYS[2], ARGV[4], 'NX', 'PX', ARGV[3]) then return {2} end "
+	"return {3}";
+
+/* The token got (ARGV[2], for ARGV[3] s), if any; the lease given back if ours. */
+static const char token_keep_script[] =
+	"if ARGV[2] then redis.call('SET', KEYS[1], ARGV[2], 'EX', ARGV[3]) end "
+	"if redis.call('GET', KEYS[2]) == ARGV[1] then redis.call('DEL', KEYS[2]) end "
+	"return 1";
+
+enum job_kind { J_LOOKUP, J_STORE, J_TOKEN_ASK, J_TOKEN_GOT };
 
 struct l2_ticket {
 	unsigned magic;
@@ -86,12 +109,18 @@ struct l2_ticket {
 	char fgen[COH_GEN_MAX + 1], pgen[COH_GEN_MAX + 1];
 	char token[33];  /* the lease's value: ours alone */
 	struct entry *e; /* J_STORE: to keep, or NULL */
+	char held[41];   /* J_TOKEN_ASK: SHA-1 of the token not to hand back; "" none */
+	char *secret;    /* J_TOKEN_GOT: the token got, or NULL; wiped */
+	int64_t expires; /* J_TOKEN_GOT: its expiry, wall seconds */
 };
 TAILQ_HEAD(jobq, l2_ticket);
 
 struct l2 {
 	unsigned magic;
 	struct cluster *c;
+	struct upstream *up; /* share_token: where the broker's answers go */
+	char *tok_key, *tok_lkey;
+	char tok_lease[33];    /* the token lease this instance holds; "" none */
 	unsigned stale_window; /* kept this long past expiry */
 	size_t max_body;       /* [cache] max_entry_size: larger is not an answer we keep */
 	pthread_t thr;
@@ -133,6 +162,10 @@ static void job_free(struct l2_ticket **jp)
 	*jp = NULL;
 	CHECK_OBJ(j, JOB_MAGIC);
 	entry_unref(&j->e);
+	if (j->secret != NULL) {
+		explicit_bzero(j->secret, strlen(j->secret));
+		free(j->secret);
+	}
 	free(j->key);
 	free(j->path);
 	free(j->vkey);
@@ -167,7 +200,9 @@ static void drop_link(struct l2 *l, const char *why)
 	/* The cluster thread logs Redis unreachable; this says what failed
 	 * here, at most once a minute. */
 	if (l->logged_at == 0 || now - l->logged_at >= LOG_EVERY_MS) {
-		log_warnx("[cluster] shared cache: %s; fetches go to the API alone meanwhile", why);
+		log_warnx("[cluster] Redis, for the shared cache or token: %s; this instance asks "
+			  "the API alone meanwhile",
+			  why);
 		l->logged_at = now;
 	}
 	l->next_try = now + l->backoff_ms;
@@ -359,6 +394,195 @@ static void keep(struct l2 *l, struct l2_ticket *j)
 	freeReplyObject(r);
 }
 
+static void hex(char *out, const unsigned char *in, size_t n);
+
+/* --- the shared token --------------------------------------------------------- */
+
+/* The token answer a value "EXPIRES\nTOKEN" makes, as the API's endpoint
+ * would give it (no refresh token: each instance refreshes by asking the
+ * cluster again).  NULL when it is not one, or ENOMEM. */
+static char *token_answer(const char *v, size_t len)
+{
+	const char *nl = memchr(v, '\n', len);
+	long long x = 0;
+	char *tok, *out = NULL;
+	cJSON *o;
+
+	if (nl == NULL || nl == v || (size_t)(nl - v) > 19)
+		return NULL;
+	for (const char *p = v; p < nl; p++) {
+		if (*p < '0' || *p > '9')
+			return NULL;
+		x = x * 10 + (*p - '0');
+	}
+	if (x <= clock_wall() || (tok = strndup(nl + 1, len - (size_t)(nl + 1 - v))) == NULL)
+		return NULL;
+	if ((o = cJSON_CreateObject()) != NULL && cJSON_AddStringToObject(o, "access_token", tok) &&
+	    cJSON_AddStringToObject(o, "token_type", "Bearer") &&
+	    cJSON_AddNumberToObject(o, "expires_in", (double)(x - clock_wall())))
+		out = cJSON_PrintUnformatted(o);
+	/* the tree holds the token too: wiped before it is freed */
+	if (o != NULL && o->child != NULL && o->child->valuestring != NULL)
+		explicit_bzero(o->child->valuestring, strlen(o->child->valuestring));
+	cJSON_Delete(o);
+	explicit_bzero(tok, strlen(tok));
+	free(tok);
+	return out;
+}
+
+static void token_reply(struct l2 *l, const char *body)
+{
+	if (l->up != NULL)
+		upstream_broker_answer(l->up, body);
+}
+
+static void token_ask(struct l2 *l, struct l2_ticket *j)
+{
+	char now[24], lease[16];
+	const char *argv[] = { "EVAL",      token_look_script, "2", l->tok_key,
+			       l->tok_lkey, j->held,           now, lease,
+			       j->token };
+	redisReply *r;
+	char *body = NULL;
+
+	snprintf(now, sizeof(now), "%" PRId64, clock_wall());
+	snprintf(lease, sizeof(lease), "%d", TOKEN_LEASE_MS);
+	if ((r = call(l, 9, argv, NULL)) == NULL) {
+		token_reply(l, NULL);
+		job_free(&j);
+		return;
+	}
+	if (r->type == REDIS_REPLY_ARRAY && r->elements >= 1 &&
+	    r->element[0]->type == REDIS_REPLY_INTEGER) {
+		long long verdict = r->element[0]->integer;
+
+		if (verdict == 1 && r->elements == 2 && r->element[1]->type == REDIS_REPLY_STRING &&
+		    (body = token_answer(r->element[1]->str, r->element[1]->len)) != NULL) {
+			count(l, &l->info.token_shared);
+		} else if (verdict == 3 && now_ms() - j->first_ms < TOKEN_WAIT_MS) {
+			/* another instance is asking the API: its token, soon */
+			if (!j->waited) {
+				j->waited = 1;
+				count(l, &l->info.token_waits);
+			}
+			freeReplyObject(r);
+			j->due_ms = now_ms() + POLL_MS;
+			pthread_mutex_lock(&l->lock);
+			TAILQ_INSERT_TAIL(&l->waiting, j, link);
+			pthread_mutex_unlock(&l->lock);
+			return;
+		} else if (verdict == 2) {
+			snprintf(l->tok_lease, sizeof(l->tok_lease), "%s", j->token);
+		}
+	}
+	if (r->type == REDIS_REPLY_ARRAY && r->elements == 2 &&
+	    r->element[1]->type == REDIS_REPLY_STRING)
+		explicit_bzero(r->element[1]->str, r->element[1]->len);
+	freeReplyObject(r);
+	token_reply(l, body); /* NULL: ask the API */
+	if (body != NULL) {
+		explicit_bzero(body, strlen(body));
+		free(body);
+	}
+	job_free(&j);
+}
+
+static void token_got(struct l2 *l, struct l2_ticket *j)
+{
+	char ex[24], *v = NULL;
+	const char *argv[8] = { "EVAL",     token_keep_script, "2",
+				l->tok_key, l->tok_lkey,       l->tok_lease };
+	int argc = 6;
+	int64_t left = j->expires - clock_wall();
+	redisReply *r;
+
+	if (j->secret != NULL && left > 60 &&
+	    asprintf(&v, "%" PRId64 "\n%s", j->expires, j->secret) >= 0) {
+		/* gone from Redis a minute before it expires */
+		snprintf(ex, sizeof(ex), "%" PRId64, left - 60);
+		argv[argc++] = v;
+	} else {
+		v = NULL;
+		snprintf(ex, sizeof(ex), "1");
+	}
+	/* ARGV: lease, [value, ex]; the value's absence skips the SET */
+	if (v != NULL)
+		argv[argc++] = ex;
+	if ((r = call(l, argc, argv, NULL)) != NULL) {
+		if (v != NULL)
+			count(l, &l->info.token_stored);
+		freeReplyObject(r);
+	}
+	l->tok_lease[0] = '\0';
+	if (v != NULL) {
+		explicit_bzero(v, strlen(v));
+		free(v);
+	}
+	job_free(&j);
+}
+
+static void queue_job(struct l2 *l, struct l2_ticket *j)
+{
+	pthread_mutex_lock(&l->lock);
+	if (!l->stop) {
+		TAILQ_INSERT_TAIL(&l->ready, j, link);
+		pthread_cond_signal(&l->cond);
+		j = NULL;
+	}
+	pthread_mutex_unlock(&l->lock);
+	if (j != NULL && j->kind == J_TOKEN_ASK)
+		token_reply(l, NULL);
+	job_free(&j);
+}
+
+static struct l2_ticket *token_job(enum job_kind kind)
+{
+	struct l2_ticket *j = calloc(1, sizeof(*j));
+	unsigned char rnd[16];
+
+	if (j == NULL)
+		return NULL;
+	INIT_OBJ(j, JOB_MAGIC);
+	j->kind = kind;
+	j->first_ms = now_ms();
+	if (getrandom(rnd, sizeof(rnd), 0) != (ssize_t)sizeof(rnd))
+		memset(rnd, 0, sizeof(rnd));
+	hex(j->token, rnd, sizeof(rnd));
+	return j;
+}
+
+void l2_token_ask(void *arg, const char *held)
+{
+	struct l2 *l = arg;
+	struct l2_ticket *j = token_job(J_TOKEN_ASK);
+	unsigned char d[20];
+
+	CHECK_OBJ(l, L2_MAGIC);
+	if (j == NULL) {
+		token_reply(l, NULL);
+		return;
+	}
+	if (held != NULL && gnutls_hash_fast(GNUTLS_DIG_SHA1, held, strlen(held), d) == 0)
+		hex(j->held, d, sizeof(d));
+	queue_job(l, j);
+}
+
+void l2_token_got(void *arg, const char *token, double expires_at)
+{
+	struct l2 *l = arg;
+	struct l2_ticket *j = token_job(J_TOKEN_GOT);
+
+	CHECK_OBJ(l, L2_MAGIC);
+	if (j == NULL)
+		return; /* the lease runs out by itself */
+	j->expires = (int64_t)expires_at;
+	if (token != NULL && (j->secret = strdup(token)) == NULL) {
+		job_free(&j);
+		return;
+	}
+	queue_job(l, j);
+}
+
 /* The next job, or NULL at stop; waits for one to be due. */
 static struct l2_ticket *next_job(struct l2 *l)
 {
@@ -406,6 +630,10 @@ static void *run(void *arg)
 		CHECK_OBJ(j, JOB_MAGIC);
 		if (j->kind == J_LOOKUP) {
 			lookup(l, j);
+		} else if (j->kind == J_TOKEN_ASK) {
+			token_ask(l, j);
+		} else if (j->kind == J_TOKEN_GOT) {
+			token_got(l, j);
 		} else {
 			keep(l, j);
 			job_free(&j);
@@ -502,18 +730,14 @@ void l2_info(struct l2 *l, struct l2_info *out)
 	pthread_mutex_unlock(&l->lock);
 }
 
-struct l2 *l2_new(const struct config *cfg, struct cluster *c, char *err, size_t errlen)
+struct l2 *l2_new(const struct config *cfg)
 {
 	struct l2 *l = calloc(1, sizeof(*l));
 	pthread_condattr_t ca;
-	int rc;
 
-	if (l == NULL) {
-		errbuf_set(err, errlen, "shared cache: out of memory");
+	if (l == NULL)
 		return NULL;
-	}
 	INIT_OBJ(l, L2_MAGIC);
-	l->c = c;
 	l->stale_window = cfg->stale_while_revalidate;
 	l->max_body = cfg->max_entry_size;
 	l->backoff_ms = BACKOFF_MIN_MS;
@@ -524,13 +748,30 @@ struct l2 *l2_new(const struct config *cfg, struct cluster *c, char *err, size_t
 	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
 	pthread_cond_init(&l->cond, &ca);
 	pthread_condattr_destroy(&ca);
+	return l;
+}
+
+int l2_start(struct l2 *l, struct cluster *c, struct upstream *up, char *err, size_t errlen)
+{
+	int rc;
+
+	CHECK_OBJ(l, L2_MAGIC);
+	AN(c);
+	l->c = c;
+	l->up = up;
+	if (asprintf(&l->tok_key, "%s:token", cluster_key_prefix(c)) < 0 ||
+	    asprintf(&l->tok_lkey, "%s:token:lease", cluster_key_prefix(c)) < 0) {
+		errbuf_set(err, errlen, "shared cache: out of memory");
+		return -1;
+	}
 	if ((rc = pthread_create(&l->thr, NULL, run, l)) != 0) {
 		errbuf_set(err, errlen, "shared cache: cannot start its thread: %s", strerror(rc));
-		l2_free(&l);
-		return NULL;
+		return -1;
 	}
+	pthread_mutex_lock(&l->lock);
 	l->started = 1;
-	return l;
+	pthread_mutex_unlock(&l->lock);
+	return 0;
 }
 
 void l2_stop(struct l2 *l)
@@ -557,10 +798,13 @@ void l2_stop(struct l2 *l)
 	pthread_mutex_unlock(&l->lock);
 	while ((j = TAILQ_FIRST(&left)) != NULL) {
 		TAILQ_REMOVE(&left, j, link);
-		if (j->kind == J_LOOKUP)
-			answer(l, j, L2_ALONE, NULL);
-		else
-			job_free(&j);
+		if (j->kind == J_LOOKUP) {
+			answer(l, j, L2_ALONE, NULL); /* frees it */
+			continue;
+		}
+		if (j->kind == J_TOKEN_ASK)
+			token_reply(l, NULL);
+		job_free(&j);
 	}
 }
 
@@ -572,6 +816,8 @@ void l2_free(struct l2 **lp)
 		return;
 	*lp = NULL;
 	l2_stop(l);
+	free(l->tok_key);
+	free(l->tok_lkey);
 	if (l->ctx != NULL)
 		redisFree(l->ctx);
 	pthread_cond_destroy(&l->cond);

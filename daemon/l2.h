@@ -20,6 +20,9 @@
  * while this instance has an invalidation of its own not yet published
  * (cluster_settled), it neither reads nor stores that family.
  *
+ * The same thread shares the upstream token when [cluster] share_token is
+ * set (l2_token_ask() below): one login for the whole cluster.
+ *
  * One thread (kd-l2) with its own connection does all the talking; a
  * fetch never blocks on Redis.  With Redis away or slow, every fetch goes
  * to the API as it would without a cluster.
@@ -49,8 +52,13 @@ enum l2_answer {
  */
 typedef void (*l2_answer_fn)(void *arg, enum l2_answer a, struct entry *e, struct l2_ticket *t);
 
-/* Starts the thread.  NULL with a message in err (ENOMEM, threads). */
-struct l2 *l2_new(const struct config *cfg, struct cluster *c, char *err, size_t errlen);
+/* Made before the upstream (whose broker it may be), started once the
+ * cluster is: requests made meanwhile wait.  NULL on ENOMEM. */
+struct l2 *l2_new(const struct config *cfg);
+/* Starts the thread, talking to c's Redis; the broker's answers go to up.
+ * 0, or -1 with a message in err. */
+struct upstream;
+int l2_start(struct l2 *l, struct cluster *c, struct upstream *up, char *err, size_t errlen);
 /* Stops the thread, answers what is queued (L2_ALONE) and drops stores
  * not yet made; later lookups are answered L2_ALONE at once, stores
  * dropped.  For shutdown, before waiting for the flights to end.  l may be
@@ -68,8 +76,21 @@ void l2_lookup(struct l2 *l, const char *key, int family, const char *path, l2_a
  * Never blocks; takes *t. */
 void l2_store(struct l2 *l, struct l2_ticket **t, struct entry *e);
 
+/*
+ * [cluster] share_token: upstream.h's token broker (arg is the l2).  A
+ * token another instance got and stored in Redis is handed over, unless
+ * it is the one the asker holds (it failed or is due for refresh); else
+ * the asker takes a lease and asks the API, and what it got is stored for
+ * the others, who wait for it meanwhile.  Never blocks.
+ */
+void l2_token_ask(void *arg, const char *held);
+void l2_token_got(void *arg, const char *token, double expires_at);
+
 struct l2_info {
 	unsigned long long lookups, hits, fetches, waits, alone, stored, errors;
+	/* share_token: tokens taken from another instance, waits for one,
+	 * tokens this instance got and stored for the others */
+	unsigned long long token_shared, token_waits, token_stored;
 };
 void l2_info(struct l2 *l, struct l2_info *out); /* l may be NULL: zeros */
 

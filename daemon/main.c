@@ -821,6 +821,18 @@ int main(int argc, char **argv)
 	if (lvl >= LOG_LVL_DEBUG)
 		ev.trace = on_trace;
 	ev.arg = cfg->upstream_url;
+	/* The shared cache's and token's thread starts with the cluster; the
+	 * upstream's first token request waits for it if the token is shared. */
+	if ((cfg->cluster_shared_cache || cfg->cluster_share_token) &&
+	    (deps.l2 = l2_new(cfg)) == NULL) {
+		log_error("[cluster] out of memory");
+		goto out;
+	}
+	if (cfg->cluster_share_token) {
+		ev.broker.ask = l2_token_ask;
+		ev.broker.got = l2_token_got;
+		ev.broker.arg = deps.l2;
+	}
 	if ((deps.up = upstream_new(cfg, &ev, err, sizeof(err))) == NULL) {
 		log_error("%s", err);
 		goto out;
@@ -863,12 +875,13 @@ int main(int argc, char **argv)
 		log_error("[cluster] %s", err);
 		goto out;
 	}
-	if (cfg->cluster_shared_cache) {
-		if ((deps.l2 = l2_new(cfg, deps.cluster, err, sizeof(err))) == NULL) {
+	if (deps.l2 != NULL) {
+		if (l2_start(deps.l2, deps.cluster, deps.up, err, sizeof(err)) < 0) {
 			log_error("[cluster] %s", err);
 			goto out;
 		}
-		flights_set_l2(deps.flights, deps.l2);
+		if (cfg->cluster_shared_cache)
+			flights_set_l2(deps.flights, deps.l2);
 	}
 	if (cfg->tls_cert != NULL && (deps.tls = tls_new(cfg, err, sizeof(err))) == NULL) {
 		log_error("[server] %s", err);

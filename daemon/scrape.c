@@ -270,7 +270,26 @@ static void cluster(struct prom *p, const struct front_deps *d)
 		 "Account requests made here and told to the other instances (out), or made "
 		 "there and spent from the rate limits here (in).",
 		 "out", ci.shared_out, "in", ci.shared_in);
-	if (d->l2 != NULL) {
+	if (d->l2 != NULL && d->cfg->cluster_share_token) {
+		struct l2_info li;
+		struct prom_labels l;
+		const char *const name = P "cluster_shared_token_total";
+
+		l2_info(d->l2, &li);
+		prom_head(p, name, "counter",
+			  "Shared upstream token: taken from another instance (taken), waits for "
+			  "another's request (wait), got here and stored for the others (stored).");
+		prom_labels_init(&l);
+		prom_label(&l, "result", "taken");
+		prom_u64(p, name, &l, li.token_shared);
+		prom_labels_init(&l);
+		prom_label(&l, "result", "wait");
+		prom_u64(p, name, &l, li.token_waits);
+		prom_labels_init(&l);
+		prom_label(&l, "result", "stored");
+		prom_u64(p, name, &l, li.token_stored);
+	}
+	if (d->l2 != NULL && d->cfg->cluster_shared_cache) {
 		struct l2_info li;
 		struct prom_labels l;
 		const char *const name = P "cluster_shared_cache_total";

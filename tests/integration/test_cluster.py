@@ -574,8 +574,9 @@ URL_PASSWORD = "pw-in-url-93f0"
     ({"redis": "unix:/run/redis/redis.sock", "prefix": "my lab"}, "[cluster] prefix"),
     ({"shared_cache": "yes"}, "[cluster] shared_cache needs [cluster] redis"),
     ({"redis": "unix:/run/redis/redis.sock", "shared_cache": "maybe"}, "shared_cache"),
+    ({"share_token": "yes"}, "[cluster] share_token needs [cluster] redis"),
 ], ids=["user-password", "password", "http", "relative-socket", "no-port", "prefix-space",
-        "shared-without-redis", "shared-not-boolean"])
+        "shared-without-redis", "shared-not-boolean", "token-without-redis"])
 def test_bad_cluster_settings_are_refused_naming_the_key(tmp_path, kv, key):
     path = config_file(tmp_path, kv)
     for args in (["--config", path, "--check-config"], ["--config", path]):
@@ -955,3 +956,54 @@ def test_a_damaged_value_in_redis_is_never_served(redis, mock, daemon_factory, t
     assert shared(b)["errors"] >= 1 and shared(b)["hits"] == 0, shared(b)
     assert key not in redis.keys(), "the damaged value stayed"
     assert any("not one kaleidod wrote" in ln for ln in b.log().splitlines())
+
+
+# ---------------------------------------------------------------- shared token
+def grants(mock):
+    return len(mock.tokens()["grants"])
+
+
+def test_share_token_one_grant_for_three_instances(redis, mock, daemon_factory, tmp_path):
+    cfg = {"cluster": {"redis": redis.spec, "share_token": "yes"}}
+    ds = [daemon_factory(mock, name=n, cache_file=str(tmp_path / (n + ".db")), config=cfg,
+                         env={"KALEIDOD_REDIS_PASSWORD": ""}).start()
+          for n in ("kdA", "kdB", "kdC")]
+    for d in ds:
+        wait_until_state(d, "up")
+    # Every instance reaches the API with a token...
+    for i, d in enumerate(ds):
+        r = Sdk(d.port).get("/records/r%d" % i)
+        assert r.status == 200, (d.name, r)
+        wait_for(lambda: health(d)[1]["upstream"]["auth"]["state"] == "ok", timeout=WAIT,
+                 what="%s's token" % d.name)
+    # ... and the API granted one.
+    assert grants(mock) == 1, mock.tokens()["grants"]
+    taken = sum(cluster(d)["shared_token"]["taken"] for d in ds)
+    stored = sum(cluster(d)["shared_token"]["stored"] for d in ds)
+    assert (taken, stored) == (2, 1), [cluster(d)["shared_token"] for d in ds]
+    tok = mock.tokens()["access"][0]
+    pfx = cluster(ds[0])["prefix"]
+    assert tok.encode() in redis.command("GET", pfx + ":token")
+    for d in ds:
+        assert tok not in d.log(), "%s logged the shared token" % d.name
+
+    # The token revoked: the first instance to get a 401 asks the API, the
+    # others take its new token.  Every request succeeds.
+    mock.revoke()
+    for i, d in enumerate(ds):
+        r = Sdk(d.port).get("/records/s%d" % i)
+        assert r.status == 200, (d.name, r)
+    assert grants(mock) == 2, mock.tokens()["grants"]
+
+
+def test_share_token_with_redis_down_each_instance_logs_in_alone(redis_factory, mock,
+                                                                 daemon_factory, tmp_path):
+    redis = redis_factory(start=False)
+    cfg = {"cluster": {"redis": redis.spec, "share_token": "yes"}}
+    ds = [daemon_factory(mock, name=n, cache_file=str(tmp_path / (n + ".db")), config=cfg,
+                         env={"KALEIDOD_REDIS_PASSWORD": ""}).start()
+          for n in ("kdA", "kdB")]
+    for i, d in enumerate(ds):
+        r = Sdk(d.port).get("/records/r%d" % i)
+        assert r.status == 200, (d.name, r)
+    assert grants(mock) == 2, mock.tokens()["grants"]
