@@ -35,6 +35,7 @@
 static void add_cluster(const struct front_deps *d, cJSON *o)
 {
 	struct cluster_info ci;
+	struct l2_info li;
 	cJSON *cl = cJSON_AddObjectToObject(o, "cluster");
 
 	cluster_info(d->cluster, &ci);
@@ -58,20 +59,19 @@ static void add_cluster(const struct front_deps *d, cJSON *o)
 	cJSON_AddNumberToObject(cl, "shared_out", (double)ci.shared_out);
 	cJSON_AddNumberToObject(cl, "shared_in", (double)ci.shared_in);
 	cJSON_AddNumberToObject(cl, "failed_logins_in", (double)ci.failures_in);
-	if (d->l2 != NULL && d->cfg->cluster_share_token) {
-		struct l2_info li;
+	if (d->l2 == NULL)
+		return;
+	l2_info(d->l2, &li);
+	if (d->cfg->cluster_share_token) {
 		cJSON *st = cJSON_AddObjectToObject(cl, "shared_token");
 
-		l2_info(d->l2, &li);
 		cJSON_AddNumberToObject(st, "taken", (double)li.token_shared);
 		cJSON_AddNumberToObject(st, "waits", (double)li.token_waits);
 		cJSON_AddNumberToObject(st, "stored", (double)li.token_stored);
 	}
-	if (d->l2 != NULL && d->cfg->cluster_shared_cache) {
-		struct l2_info li;
+	if (d->cfg->cluster_shared_cache) {
 		cJSON *sc = cJSON_AddObjectToObject(cl, "shared_cache");
 
-		l2_info(d->l2, &li);
 		cJSON_AddNumberToObject(sc, "lookups", (double)li.lookups);
 		cJSON_AddNumberToObject(sc, "hits", (double)li.hits);
 		cJSON_AddNumberToObject(sc, "fetches", (double)li.fetches);

@@ -521,16 +521,26 @@ static void token_got(struct l2 *l, struct l2_ticket *j)
 	job_free(&j);
 }
 
-static void queue_job(struct l2 *l, struct l2_ticket *j)
+/* Queues j for the thread: 1, or 0 when stopping (j stays the caller's). */
+static int enqueue(struct l2 *l, struct l2_ticket *j)
 {
+	int stop;
+
 	pthread_mutex_lock(&l->lock);
-	if (!l->stop) {
+	stop = l->stop;
+	if (!stop) {
 		TAILQ_INSERT_TAIL(&l->ready, j, link);
 		pthread_cond_signal(&l->cond);
-		j = NULL;
 	}
 	pthread_mutex_unlock(&l->lock);
-	if (j != NULL && j->kind == J_TOKEN_ASK)
+	return !stop;
+}
+
+static void queue_job(struct l2 *l, struct l2_ticket *j)
+{
+	if (enqueue(l, j))
+		return;
+	if (j->kind == J_TOKEN_ASK)
 		token_reply(l, NULL);
 	job_free(&j);
 }
@@ -656,7 +666,6 @@ void l2_lookup(struct l2 *l, const char *key, int family, const char *path, l2_a
 	struct l2_ticket *j = calloc(1, sizeof(*j));
 	unsigned char d[32], rnd[16];
 	char h[65];
-	int stop;
 
 	CHECK_OBJ(l, L2_MAGIC);
 	if (j == NULL) {
@@ -689,14 +698,7 @@ void l2_lookup(struct l2 *l, const char *key, int family, const char *path, l2_a
 		return;
 	}
 	count(l, &l->info.lookups);
-	pthread_mutex_lock(&l->lock);
-	stop = l->stop;
-	if (!stop) {
-		TAILQ_INSERT_TAIL(&l->ready, j, link);
-		pthread_cond_signal(&l->cond);
-	}
-	pthread_mutex_unlock(&l->lock);
-	if (stop)
+	if (!enqueue(l, j))
 		answer(l, j, L2_ALONE, NULL);
 }
 
@@ -709,14 +711,7 @@ void l2_store(struct l2 *l, struct l2_ticket **tp, struct entry *e)
 	CHECK_OBJ(j, JOB_MAGIC);
 	j->kind = J_STORE;
 	j->e = e != NULL ? entry_ref(e) : NULL;
-	pthread_mutex_lock(&l->lock);
-	if (!l->stop) {
-		TAILQ_INSERT_TAIL(&l->ready, j, link);
-		pthread_cond_signal(&l->cond);
-		j = NULL;
-	}
-	pthread_mutex_unlock(&l->lock);
-	job_free(&j); /* stopping: the lease runs out by itself */
+	queue_job(l, j); /* stopping: the lease runs out by itself */
 }
 
 void l2_info(struct l2 *l, struct l2_info *out)
