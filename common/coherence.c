@@ -5,6 +5,7 @@
 #include "coherence.h"
 
 #include <errno.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -143,6 +144,35 @@ int coh_message(struct coh *c, const char *msg, size_t len, struct coh_action *o
 		return 0;
 	}
 	return -1;
+}
+
+unsigned long long coh_gen_count(const char *g)
+{
+	unsigned long long n = 0;
+
+	if (g == NULL || check_gen(g, strlen(g)) < 0)
+		return 0;
+	for (; *g >= '0' && *g <= '9'; g++)
+		n = n > (ULLONG_MAX - 9) / 10 ? ULLONG_MAX :
+						n * 10 + (unsigned long long)(*g - '0');
+	return n;
+}
+
+uint32_t coh_rewound(const struct coh *c, const char *epoch, const char *const *gens)
+{
+	uint32_t all = c->n >= 32 ? UINT32_MAX : (1u << c->n) - 1, out = 0;
+
+	CHECK_OBJ(c, COH_MAGIC);
+	if (c->epoch == NULL || epoch == NULL || strcmp(c->epoch, epoch) != 0)
+		return 0; /* a new epoch: everything is dropped anyway */
+	for (int i = 0; i <= c->n; i++) {
+		if (coh_gen_count(gens[i]) >= coh_gen_count(c->known[i]))
+			continue;
+		if (i == c->n)
+			return all;
+		out |= 1u << i;
+	}
+	return out;
 }
 
 int coh_catchup(struct coh *c, const char *epoch, const char *const *gens, uint32_t *drop,

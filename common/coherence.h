@@ -59,6 +59,17 @@ struct coh_action {
 int coh_message(struct coh *c, const char *msg, size_t len, struct coh_action *out);
 
 /*
+ * Before coh_catchup(), with the same arguments: the families whose count
+ * went back under the same epoch (all of them if the prefix purges' did):
+ * a Redis restored from a snapshot, or a replica promoted while behind.
+ * What such a Redis holds under those generations may predate writes this
+ * instance heard of, so the caller bumps them again.  0 when none did.
+ */
+uint32_t coh_rewound(const struct coh *c, const char *epoch, const char *const *gens);
+/* A generation's count ("12:9f3a01c2": 12), or 0 (NULL, or not one). */
+unsigned long long coh_gen_count(const char *gen);
+
+/*
  * After a (re)connection: the epoch and every generation as Redis holds them
  * now (gens[i] the text of index i's, NULL when absent: 0).  Sets in *drop
  * the families to invalidate and *purge_all when prefix purges were missed

@@ -185,12 +185,13 @@ struct keeper_purge *admin_purge_start(const struct front_deps *d, const char *b
 			goto out;
 		}
 	}
+	/* The cluster first, as a write does (front.c): a purge that then
+	 * fails only costs the others a refetch. */
+	cluster_purged(d->cluster, req.kind, req.what);
 	t = keeper_purge_start(d->keeper, req.kind, req.what, park, unpark, arg, parked);
 	if (t == NULL) {
 		*status = 500;
 		*why = "out of memory";
-	} else {
-		cluster_purged(d->cluster, req.kind, req.what);
 	}
 out:
 	purgereq_clear(&req);

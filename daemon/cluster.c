@@ -82,6 +82,8 @@ struct cluster {
 
 	/* the thread's alone */
 	struct coh *coh;
+	unsigned long long mine[CONFIG_MAX_FAMILIES + 1]; /* highest count we published */
+	char *epoch_seen;                                 /* the epoch mine[] counts in */
 	redisContext *cmd, *sub;
 	int backoff_ms;
 	int64_t next_try, ping_sent, last_heard, logged_at, down_at;
@@ -252,7 +254,8 @@ static int join(struct cluster *c, char *why, size_t len, int *dropped)
 	const char *gens[CONFIG_MAX_FAMILIES + 1];
 	char epoch[33];
 	redisReply *r;
-	uint32_t drop;
+	uint32_t drop, rewound;
+	const char *ep;
 	int n = coh_count(c->coh), purge_all;
 
 	argv[0] = "SUBSCRIBE";
@@ -283,10 +286,31 @@ static int join(struct cluster *c, char *why, size_t len, int *dropped)
 	for (int i = 0; i < n; i++)
 		gens[i] = r->element[i + 1]->type == REDIS_REPLY_STRING ? r->element[i + 1]->str :
 									  NULL;
-	*dropped = coh_catchup(
-		c->coh, r->element[0]->type == REDIS_REPLY_STRING ? r->element[0]->str : NULL, gens,
-		&drop, &purge_all);
+	ep = r->element[0]->type == REDIS_REPLY_STRING ? r->element[0]->str : NULL;
+	rewound = coh_rewound(c->coh, ep, gens);
+	for (int i = 0; i < n; i++)
+		if (c->mine[i] > coh_gen_count(gens[i]))
+			rewound |= i < c->nfam ? 1u << i : all_families(c);
+	if (ep == NULL || c->epoch_seen == NULL || strcmp(ep, c->epoch_seen) != 0)
+		rewound = 0; /* a new epoch: everything goes anyway */
+	if (ep != NULL && (c->epoch_seen == NULL || strcmp(ep, c->epoch_seen) != 0)) {
+		free(c->epoch_seen);
+		c->epoch_seen = strdup(ep);
+		memset(c->mine, 0, sizeof(c->mine));
+	}
+	*dropped = coh_catchup(c->coh, ep, gens, &drop, &purge_all);
 	freeReplyObject(r);
+	if (rewound != 0) {
+		/* Bumped again before anything is read under them: the
+		 * shared cache's values from before are invisible then. */
+		log_warnx("cluster: redis %s went back in time (restored from a snapshot, or a "
+			  "replica promoted while behind): %d families' generations are moved on "
+			  "again",
+			  c->redis, __builtin_popcount(rewound));
+		pthread_mutex_lock(&c->lock);
+		c->pend_fam |= rewound;
+		pthread_mutex_unlock(&c->lock);
+	}
 	if (purge_all) {
 		drop = all_families(c);
 		*dropped = c->nfam;
@@ -409,6 +433,11 @@ static int publish(struct cluster *c, int idx, const char *verb, const char *wha
 	 * announcement included, which comes in order with the others'. */
 	log_debug("cluster: published %s %s (generation %s)", verb, what,
 		  r->type == REDIS_REPLY_STRING ? r->str : "?");
+	/* ... but the count is remembered at once: a Redis that comes back
+	 * below it went back in time (join()), even if our announcement
+	 * never came round before it went. */
+	if (r->type == REDIS_REPLY_STRING && coh_gen_count(r->str) > c->mine[idx])
+		c->mine[idx] = coh_gen_count(r->str);
 	freeReplyObject(r);
 	pthread_mutex_lock(&c->lock);
 	c->published++;
@@ -1025,6 +1054,7 @@ void cluster_free(struct cluster **cp)
 		free(c->password);
 	}
 	coh_free(&c->coh);
+	free(c->epoch_seen);
 	free(c->redis);
 	free(c->prefix);
 	free(c->chan);

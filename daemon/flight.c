@@ -458,6 +458,15 @@ static void on_l2(void *arg, enum l2_answer a, struct entry *e, struct l2_ticket
 	struct flight *fl = arg;
 
 	CHECK_OBJ(fl, FLIGHT_MAGIC);
+	/* Redis keeps only the answer for requests that do not carry the
+	 * fields it varies on (answered() keeps no other); this fetch's
+	 * waiters may carry them: then the API answers them. */
+	if (a == L2_HIT && entry_vary(e) != NULL &&
+	    (objtab_fetch_request(fl->f) == NULL ||
+	     policy_vary_carried(entry_vary(e), hdr_field, (void *)objtab_fetch_request(fl->f)))) {
+		entry_unref(&e);
+		a = L2_ALONE;
+	}
 	if (a == L2_HIT) {
 		/* As if the API had answered, gzip copy included: kept here
 		 * too (the entry's expiry is the one the fetcher gave it). */

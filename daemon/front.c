@@ -696,8 +696,12 @@ static unsigned long long invalidate_after_write(struct req *r, const char *meth
 	for (int i = 0; mask != 0 && i < policy_family_count(f->d.policy); i++) {
 		if (!(mask & (1u << i)))
 			continue;
-		seq = keeper_invalidate(f->d.keeper, i);
+		/* The cluster first: from here the shared cache neither reads
+		 * nor fills the family here until Redis has the bump, so a
+		 * fetch begun after the local invalidation cannot bring the
+		 * pre-write list back from Redis. */
 		cluster_invalidated(f->d.cluster, i);
+		seq = keeper_invalidate(f->d.keeper, i);
 		stats_inc(f->d.stats, i, STATS_INVALIDATIONS);
 		log_debug("%s %.*s invalidated %s", method, path_len(r->target), r->target,
 			  policy_family_name(f->d.policy, i));

@@ -17,6 +17,7 @@
  */
 #include "l2.h"
 
+#include <errno.h>
 #include <gnutls/crypto.h>
 #include <gnutls/gnutls.h>
 #include <inttypes.h>
@@ -47,9 +48,10 @@
 #define IO_TIMEOUT_MS 250 /* a command; then the link is dropped and fetches go alone */
 #define BACKOFF_MIN_MS 100
 #define BACKOFF_MAX_MS 5000
-#define LEASE_MS 5000    /* one instance's fetch of a key; then another may try */
-#define POLL_MS 10       /* a waiting lookup asks again this often */
-#define WAIT_MAX_MS 6000 /* past the lease: the holder is gone, fetch alone */
+#define LEASE_MS 10000      /* one instance's fetch of a key; then another may try */
+#define POLL_MS 10          /* a waiting lookup asks again this often */
+#define WAIT_MAX_MS 11000   /* past the lease: the holder is gone, fetch alone */
+#define MAX_EX (30 * 86400) /* no value stays longer (s) */
 #define LOG_EVERY_MS 60000
 #define MAX_VALUE (32u << 20) /* larger answers are not shared */
 #define TOKEN_LEASE_MS 10000  /* one instance's token request; then another may ask */
@@ -63,17 +65,29 @@ static const char look_script[] =
 	"  local vf, vp, x = string.match(v, '^([^|]*)|([^|]*)|(%d+)|') "
 	"  if vf == f and vp == p and tonumber(x) > tonumber(ARGV[1]) then return {1, f, p, v} end "
 	"end "
+	"local l = redis.call('GET', KEYS[4]) "
+	"if l == ARGV[3] then return {2, f, p} end " /* ours: a retried lookup */
+	"if l == 'pass' then return {4, f, p} end "
 	"if redis.call('SET', KEYS[4], ARGV[3], 'NX', 'PX', ARGV[2]) then return {2, f, p} end "
 	"return {3, f, p}";
 
-static const char keep_script[] =
-	"local kept = 0 "
-	"if ARGV[5] and (redis.call('GET', KEYS[1]) or '') == ARGV[1] "
-	"   and (redis.call('GET', KEYS[2]) or '') == ARGV[2] then "
-	"  redis.call('SET', KEYS[3], ARGV[5], 'EX', ARGV[4]) kept = 1 "
-	"end "
-	"if redis.call('GET', KEYS[4]) == ARGV[3] then redis.call('DEL', KEYS[4]) end "
-	"return kept";
+/* Nothing to keep (ARGV[5] absent): the lease becomes "pass" for a
+ * moment, so that the instances waiting on it ask the API at once
+ * instead of taking the lease in turn for an answer nobody can share. */
+static const char keep_script[] = "local kept = 0 "
+				  "if ARGV[5] and (redis.call('GET', KEYS[1]) or '') == ARGV[1] "
+				  "   and (redis.call('GET', KEYS[2]) or '') == ARGV[2] then "
+				  "  redis.call('SET', KEYS[3], ARGV[5], 'EX', ARGV[4]) kept = 1 "
+				  "end "
+				  "if redis.call('GET', KEYS[4]) == ARGV[3] then "
+				  "  if ARGV[5] then redis.call('DEL', KEYS[4]) "
+				  "  else redis.call('SET', KEYS[4], 'pass', 'PX', 2000) end "
+				  "end "
+				  "return kept";
+
+/* A value this instance could not take goes, unless it changed since. */
+static const char drop_script[] =
+	"if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end return 1";
 
 /* share_token: a token another instance got, unless it is the one the
  * asker holds (ARGV[1], its SHA-1) or about to expire; else the lease;
@@ -241,7 +255,11 @@ static redisReply *call(struct l2 *l, int argc, const char **argv, const size_t 
 	if (!link_up(l))
 		return NULL;
 	r = rlink_must(l->ctx, why, sizeof(why), argc, argv, lens);
-	if (r == NULL && !fresh && l->ctx->err != 0) {
+	/* Only a link found closed is retried: after a timeout Redis may
+	 * have run the command, and it would wait twice as long. */
+	if (r == NULL && !fresh &&
+	    (l->ctx->err == REDIS_ERR_EOF ||
+	     (l->ctx->err == REDIS_ERR_IO && (errno == EPIPE || errno == ECONNRESET)))) {
 		redisFree(l->ctx);
 		l->ctx = NULL;
 		if (link_up(l))
@@ -280,6 +298,8 @@ static void lookup(struct l2 *l, struct l2_ticket *j)
 			       j->token };
 	redisReply *r;
 	struct entry *e = NULL;
+	char *bad = NULL;
+	size_t bad_len = 0;
 	long long verdict;
 
 	if (!cluster_settled(l->c, j->family)) {
@@ -301,30 +321,47 @@ static void lookup(struct l2 *l, struct l2_ticket *j)
 		return;
 	}
 	verdict = r->element[0]->integer;
-	if (verdict == 1 && r->elements == 4 && r->element[3]->type == REDIS_REPLY_STRING)
+	if (verdict == 1 && r->elements == 4 && r->element[3]->type == REDIS_REPLY_STRING) {
 		e = l2v_decode(r->element[3]->str, r->element[3]->len, l->max_body, j->key,
 			       j->family, j->path);
+		if (e == NULL && (bad = malloc(r->element[3]->len + 1)) != NULL) {
+			bad_len = r->element[3]->len;
+			memcpy(bad, r->element[3]->str, bad_len);
+		}
+	}
 	freeReplyObject(r);
+	if (verdict == 1 && e == NULL && bad == NULL) {
+		answer(l, j, L2_ALONE, NULL); /* not even memory to drop it */
+		return;
+	}
 	if (verdict == 1) {
 		if (e != NULL) {
 			answer(l, j, L2_HIT, e);
 			return;
 		}
-		/* Not a value this code wrote: it goes, and this fetch asks
-		 * the API (with no lease: the next lookup takes one). */
-		const char *del[] = { "DEL", j->vkey };
+		/* Not a value this instance can take (damaged, or a body over
+		 * its max_entry_size): it goes, unless replaced meanwhile, and
+		 * this fetch asks the API (no lease: the next lookup takes one). */
+		const char *del[] = { "EVAL", drop_script, "1", j->vkey, bad };
+		size_t lens[] = { 4, strlen(drop_script), 1, strlen(j->vkey), bad_len };
 
 		count(l, &l->info.errors);
-		if ((r = call(l, 2, del, NULL)) != NULL)
+		if ((r = call(l, 5, del, lens)) != NULL)
 			freeReplyObject(r);
-		log_warnx("[cluster] shared cache: a value in Redis for %s is not one kaleidod "
-			  "wrote; removed",
+		free(bad);
+		log_warnx("[cluster] shared cache: the value in Redis for %s is not one this "
+			  "instance can take (damaged, or larger than its [cache] max_entry_size); "
+			  "removed",
 			  j->path);
 		answer(l, j, L2_ALONE, NULL);
 		return;
 	}
 	if (verdict == 2) {
 		answer(l, j, L2_FETCH, NULL);
+		return;
+	}
+	if (verdict == 4) { /* the holder got nothing the cluster can share */
+		answer(l, j, L2_ALONE, NULL);
 		return;
 	}
 	/* Another instance fetches it: wait for its answer, but not past
@@ -367,7 +404,9 @@ static void keep(struct l2 *l, struct l2_ticket *j)
 	 * generation would not yet say what this instance knows. */
 	if (j->e != NULL && cluster_settled(l->c, j->family) &&
 	    entry_expires_at(j->e) > clock_wall()) {
-		ex = (unsigned)(entry_expires_at(j->e) - clock_wall()) + l->stale_window;
+		int64_t left = entry_expires_at(j->e) - clock_wall() + (int64_t)l->stale_window;
+
+		ex = left > MAX_EX ? MAX_EX : (unsigned)left;
 		v = l2v_encode(j->fgen, j->pgen, j->e, MAX_VALUE, &vlen);
 	}
 	snprintf(exs, sizeof(exs), "%u", ex);
@@ -603,10 +642,8 @@ static struct l2_ticket *next_job(struct l2 *l)
 		int64_t now = now_ms(), due = INT64_MAX;
 		struct timespec ts;
 
-		if ((j = TAILQ_FIRST(&l->ready)) != NULL) {
-			TAILQ_REMOVE(&l->ready, j, link);
-			break;
-		}
+		/* A waiting lookup that is due goes first: a steady stream of
+		 * new ones must not starve it past its lease. */
 		TAILQ_FOREACH(j, &l->waiting, link)
 		{
 			if (j->due_ms <= now)
@@ -616,6 +653,10 @@ static struct l2_ticket *next_job(struct l2 *l)
 		}
 		if (j != NULL) {
 			TAILQ_REMOVE(&l->waiting, j, link);
+			break;
+		}
+		if ((j = TAILQ_FIRST(&l->ready)) != NULL) {
+			TAILQ_REMOVE(&l->ready, j, link);
 			break;
 		}
 		if (due == INT64_MAX) {

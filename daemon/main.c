@@ -934,13 +934,13 @@ out:
 	front_quiesce(front);
 	/* Logins still queued are answered (no one stays parked on them). */
 	gateway_stop(deps.gw);
+	/* Lookups waiting on another instance's lease go to the API now,
+	 * while it can still answer them. */
+	l2_stop(deps.l2);
 	if (deps.up != NULL && rc == 0)
 		drain(deps.up, DRAIN_SECONDS);
 	if (deps.up != NULL)
 		upstream_shutdown(deps.up);
-	/* Lookups waiting on another instance's lease go to the (stopped)
-	 * API now, so that their flights end. */
-	l2_stop(deps.l2);
 	/* Writes waiting for their invalidations to reach the file are
 	 * answered now: no connection may stay suspended. */
 	if (deps.keeper != NULL)

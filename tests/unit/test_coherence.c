@@ -159,13 +159,37 @@ static void test_catchup(void **state)
 	coh_free(&c);
 }
 
+/* A Redis that went back (a snapshot restored, a replica behind) under the
+ * same epoch: the families whose count is lower than one already seen, all
+ * of them when the purges' is; a new epoch, a count that moved on, or a
+ * first catch-up is no rewind. */
+static void test_rewound(void **state)
+{
+	struct coh *c = made();
+	const char *first[4] = { "7:aa", "3:bb", NULL, "2:cc" };
+	const char *back[4] = { "5:dd", "3:bb", NULL, "2:cc" };
+	const char *same_count[4] = { "7:ee", "3:bb", "1:ff", "2:cc" };
+	const char *purges_back[4] = { "7:aa", "3:bb", NULL, "1:00" };
+	uint32_t drop;
+	int all;
+
+	(void)state;
+	assert_int_equal(coh_rewound(c, "e1", first), 0); /* nothing known yet */
+	coh_catchup(c, "e1", first, &drop, &all);
+	assert_int_equal(coh_rewound(c, "e1", first), 0);
+	assert_int_equal(coh_rewound(c, "e1", back), 1u << 0);
+	assert_int_equal(coh_rewound(c, "e2", back), 0); /* new epoch: dropped anyway */
+	assert_int_equal(coh_rewound(c, "e1", same_count), 0);
+	assert_int_equal(coh_rewound(c, "e1", purges_back), 7u);
+	coh_free(&c);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-		cmocka_unit_test(test_names),
-		cmocka_unit_test(test_messages),
-		cmocka_unit_test(test_malformed),
-		cmocka_unit_test(test_catchup),
+		cmocka_unit_test(test_names),     cmocka_unit_test(test_messages),
+		cmocka_unit_test(test_malformed), cmocka_unit_test(test_catchup),
+		cmocka_unit_test(test_rewound),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
