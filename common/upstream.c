@@ -845,7 +845,8 @@ static int broker_answered(struct upstream *u, double now)
 		u->brk_went = 1;
 		return 0;
 	}
-	auth_finish(u->auth, now, 200, body, strlen(body), NULL);
+	if (auth_finish(u->auth, now, 200, body, strlen(body), NULL) == 0)
+		u->force_auth = 0; /* a 401 while it was asked is answered by this token */
 	wipe_string(&body);
 	wipe_form(u);
 	report_auth(u, now);
@@ -896,7 +897,7 @@ static void token_start(struct upstream *u, double now)
 			/* Another instance may hold a token, or be getting one. */
 			u->tok_form = form;
 			u->brk_asked = 1;
-			u->events.broker.ask(u->events.broker.arg, u->logged_token);
+			u->events.broker.ask(u->events.broker.arg, u, u->logged_token);
 			return;
 		}
 	}

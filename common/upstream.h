@@ -112,16 +112,15 @@ struct up_sink {
 /* Told on the worker whenever the token state changes (a grant, a refresh,
  * a failure); retry_in is auth_next_due().  For the daemon's log. */
 /*
- * A token source shared with other instances ([cluster] share_token).
- * When a grant is due, the worker calls ask() (which must not block)
- * instead of asking the API, with the last token it held (NULL: none),
- * which the broker must not hand back.  The answer comes through
+ * A token source shared with other instances ([cluster] share_token). * When a grant is due, the worker calls ask() (which must not block)
+ * instead of asking the API, with itself (for the answer) and the last
+ * token it held (NULL: none), which the broker must not hand back.  The answer comes through
  * upstream_broker_answer(): a token answer to adopt, or "ask the API
  * yourself", after which got() says what came of it (NULL: no token).
  * Both are called on the worker; the token strings are secrets.
  */
 struct up_broker {
-	void (*ask)(void *arg, const char *held);
+	void (*ask)(void *arg, struct upstream *u, const char *held);
 	void (*got)(void *arg, const char *token, double expires_at);
 	void *arg;
 };

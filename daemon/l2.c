@@ -54,9 +54,6 @@
 #define MAX_EX (30 * 86400) /* no value stays longer (s) */
 #define LOG_EVERY_MS 60000
 #define MAX_VALUE (32u << 20) /* larger answers are not shared */
-#define TOKEN_LEASE_MS 10000  /* one instance's token request; then another may ask */
-#define TOKEN_WAIT_MS 12000   /* past the lease: ask the API alone */
-
 static const char look_script[] =
 	"local f = redis.call('GET', KEYS[1]) or '' "
 	"local p = redis.call('GET', KEYS[2]) or '' "
@@ -89,24 +86,39 @@ static const char keep_script[] = "local kept = 0 "
 static const char drop_script[] =
 	"if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end return 1";
 
-/* share_token: a token another instance got, unless it is the one the
- * asker holds (ARGV[1], its SHA-1) or about to expire; else the lease;
- * else "wait".  The value is "EXPIRES\nTOKEN". */
+/*
+ * share_token: the token another instance got (KEYS[1]), with what is left
+ * of it in ms (Redis's clock, not the hosts'), unless it is the one the
+ * asker holds (ARGV[1], its SHA-1: it failed or is due), which is dropped;
+ * else the lease (ours already: a retried ask), unless the last holder
+ * failed ("fail": ask alone at once); else "wait".
+ */
 static const char token_look_script[] =
-	"local v = redis.call('GET', KEYS[1]) "
-	"if v then "
-	"  local x, t = string.match(v, '^(%d+)\\n(.+)$') "
-	"  if x and tonumber(x) > tonumber(ARGV[2]) + 30 and redis.sha1hex(t) ~= ARGV[1] then "
-	"    return {1, v} end "
+	"local t = redis.call('GET', KEYS[1]) "
+	"if t then "
+	"  if redis.sha1hex(t) == ARGV[1] then redis.call('DEL', KEYS[1]) "
+	"  else "
+	"    local left = redis.call('PTTL', KEYS[1]) "
+	"    if left > 30000 then return {1, t, left} end "
+	"  end "
 	"end "
-	"if redis.call('SET', KEYS[2], ARGV[4], 'NX', 'PX', ARGV[3]) then return {2} end "
+	"local l = redis.call('GET', KEYS[2]) "
+	"if l == ARGV[3] then return {2} end "
+	"if l == 'fail' then return {4} end "
+	"if redis.call('SET', KEYS[2], ARGV[3], 'NX', 'PX', ARGV[2]) then return {2} end "
 	"return {3}";
 
-/* The token got (ARGV[2], for ARGV[3] s), if any; the lease given back if ours. */
+/* The token got (ARGV[2], kept ARGV[3] s), stored only while the lease is
+ * still ours (else another instance took over, and may have stored a
+ * newer one); no token: "fail" for a moment, so the waiters go at once. */
 static const char token_keep_script[] =
-	"if ARGV[2] then redis.call('SET', KEYS[1], ARGV[2], 'EX', ARGV[3]) end "
-	"if redis.call('GET', KEYS[2]) == ARGV[1] then redis.call('DEL', KEYS[2]) end "
-	"return 1";
+	"if redis.call('GET', KEYS[2]) ~= ARGV[1] then return 0 end "
+	"if ARGV[2] then "
+	"  redis.call('SET', KEYS[1], ARGV[2], 'EX', ARGV[3]) redis.call('DEL', KEYS[2]) "
+	"  return 1 "
+	"end "
+	"redis.call('SET', KEYS[2], 'fail', 'PX', 2000) "
+	"return 0";
 
 enum job_kind { J_LOOKUP, J_STORE, J_TOKEN_ASK, J_TOKEN_GOT };
 
@@ -121,18 +133,19 @@ struct l2_ticket {
 	int64_t first_ms, due_ms;
 	int waited;
 	char fgen[COH_GEN_MAX + 1], pgen[COH_GEN_MAX + 1];
-	char token[33];  /* the lease's value: ours alone */
-	struct entry *e; /* J_STORE: to keep, or NULL */
-	char held[41];   /* J_TOKEN_ASK: SHA-1 of the token not to hand back; "" none */
-	char *secret;    /* J_TOKEN_GOT: the token got, or NULL; wiped */
-	int64_t expires; /* J_TOKEN_GOT: its expiry, wall seconds */
+	char token[33];      /* the lease's value: ours alone */
+	struct entry *e;     /* J_STORE: to keep, or NULL */
+	struct upstream *up; /* J_TOKEN_ASK: where the answer goes */
+	char held[41];       /* J_TOKEN_ASK: SHA-1 of the token not to hand back; "" none */
+	char *secret;        /* J_TOKEN_GOT: the token got, or NULL; wiped */
+	int64_t expires;     /* J_TOKEN_GOT: its expiry, wall seconds */
 };
 TAILQ_HEAD(jobq, l2_ticket);
 
 struct l2 {
 	unsigned magic;
 	struct cluster *c;
-	struct upstream *up; /* share_token: where the broker's answers go */
+	int tok_lease_ms; /* a login's longest (connect_timeout + timeout) and a margin */
 	char *tok_key, *tok_lkey;
 	char tok_lease[33];    /* the token lease this instance holds; "" none */
 	unsigned stale_window; /* kept this long past expiry */
@@ -437,28 +450,26 @@ static void hex(char *out, const unsigned char *in, size_t n);
 
 /* --- the shared token --------------------------------------------------------- */
 
-/* The token answer a value "EXPIRES\nTOKEN" makes, as the API's endpoint
- * would give it (no refresh token: each instance refreshes by asking the
- * cluster again).  NULL when it is not one, or ENOMEM. */
-static char *token_answer(const char *v, size_t len)
+/* The token answer for t (len bytes) with left_ms to live, as the API's
+ * endpoint would give it (no refresh token: each instance renews by asking
+ * the cluster again).  NULL when t is not a token a header can carry (then
+ * the asker logs in itself), or ENOMEM. */
+static char *token_answer(const char *t, size_t len, long long left_ms)
 {
-	const char *nl = memchr(v, '\n', len);
-	long long x = 0;
 	char *tok, *out = NULL;
 	cJSON *o;
 
-	if (nl == NULL || nl == v || (size_t)(nl - v) > 19)
+	if (len == 0 || len > 8192 || left_ms <= 0)
 		return NULL;
-	for (const char *p = v; p < nl; p++) {
-		if (*p < '0' || *p > '9')
+	for (size_t i = 0; i < len; i++)
+		if (t[i] <= ' ' || t[i] > '~')
 			return NULL;
-		x = x * 10 + (*p - '0');
-	}
-	if (x <= clock_wall() || (tok = strndup(nl + 1, len - (size_t)(nl + 1 - v))) == NULL)
+	if ((tok = strndup(t, len)) == NULL)
 		return NULL;
+	/* Redis drops it a minute before it expires (token_got) */
 	if ((o = cJSON_CreateObject()) != NULL && cJSON_AddStringToObject(o, "access_token", tok) &&
 	    cJSON_AddStringToObject(o, "token_type", "Bearer") &&
-	    cJSON_AddNumberToObject(o, "expires_in", (double)(x - clock_wall())))
+	    cJSON_AddNumberToObject(o, "expires_in", (double)(left_ms / 1000 + 60)))
 		out = cJSON_PrintUnformatted(o);
 	/* the tree holds the token too: wiped before it is freed */
 	if (o != NULL && o->child != NULL && o->child->valuestring != NULL)
@@ -469,56 +480,54 @@ static char *token_answer(const char *v, size_t len)
 	return out;
 }
 
-static void token_reply(struct l2 *l, const char *body)
+static void token_reply(struct l2_ticket *j, const char *body)
 {
-	if (l->up != NULL)
-		upstream_broker_answer(l->up, body);
+	upstream_broker_answer(j->up, body);
 }
 
 static void token_ask(struct l2 *l, struct l2_ticket *j)
 {
-	char now[24], lease[16];
-	const char *argv[] = { "EVAL",      token_look_script, "2", l->tok_key,
-			       l->tok_lkey, j->held,           now, lease,
-			       j->token };
+	char lease[16];
+	const char *argv[] = { "EVAL",      token_look_script, "2",   l->tok_key,
+			       l->tok_lkey, j->held,           lease, j->token };
 	redisReply *r;
 	char *body = NULL;
+	long long verdict = 0;
 
-	snprintf(now, sizeof(now), "%" PRId64, clock_wall());
-	snprintf(lease, sizeof(lease), "%d", TOKEN_LEASE_MS);
-	if ((r = call(l, 9, argv, NULL)) == NULL) {
-		token_reply(l, NULL);
+	if (j->first_ms == 0)
+		j->first_ms = now_ms(); /* the wait counts from the first try */
+	snprintf(lease, sizeof(lease), "%d", l->tok_lease_ms);
+	if ((r = call(l, 8, argv, NULL)) == NULL) {
+		token_reply(j, NULL);
 		job_free(&j);
 		return;
 	}
 	if (r->type == REDIS_REPLY_ARRAY && r->elements >= 1 &&
-	    r->element[0]->type == REDIS_REPLY_INTEGER) {
-		long long verdict = r->element[0]->integer;
-
-		if (verdict == 1 && r->elements == 2 && r->element[1]->type == REDIS_REPLY_STRING &&
-		    (body = token_answer(r->element[1]->str, r->element[1]->len)) != NULL) {
-			count(l, &l->info.token_shared);
-		} else if (verdict == 3 && now_ms() - j->first_ms < TOKEN_WAIT_MS) {
-			/* another instance is asking the API: its token, soon */
-			if (!j->waited) {
-				j->waited = 1;
-				count(l, &l->info.token_waits);
-			}
-			freeReplyObject(r);
-			j->due_ms = now_ms() + POLL_MS;
-			pthread_mutex_lock(&l->lock);
-			TAILQ_INSERT_TAIL(&l->waiting, j, link);
-			pthread_mutex_unlock(&l->lock);
-			return;
-		} else if (verdict == 2) {
-			snprintf(l->tok_lease, sizeof(l->tok_lease), "%s", j->token);
-		}
-	}
-	if (r->type == REDIS_REPLY_ARRAY && r->elements == 2 &&
-	    r->element[1]->type == REDIS_REPLY_STRING)
+	    r->element[0]->type == REDIS_REPLY_INTEGER)
+		verdict = r->element[0]->integer;
+	if (verdict == 1 && r->elements == 3 && r->element[1]->type == REDIS_REPLY_STRING &&
+	    r->element[2]->type == REDIS_REPLY_INTEGER) {
+		body = token_answer(r->element[1]->str, r->element[1]->len, r->element[2]->integer);
 		explicit_bzero(r->element[1]->str, r->element[1]->len);
+		if (body != NULL)
+			count(l, &l->info.token_shared);
+	}
 	freeReplyObject(r);
-	token_reply(l, body); /* NULL: ask the API */
+	if (verdict == 3 && now_ms() - j->first_ms < l->tok_lease_ms + 2000) {
+		/* another instance is asking the API: its token, soon */
+		if (!j->waited) {
+			j->waited = 1;
+			count(l, &l->info.token_waits);
+		}
+		j->due_ms = now_ms() + POLL_MS;
+		pthread_mutex_lock(&l->lock);
+		TAILQ_INSERT_TAIL(&l->waiting, j, link);
+		pthread_mutex_unlock(&l->lock);
+		return;
+	}
+	if (verdict == 2)
+		snprintf(l->tok_lease, sizeof(l->tok_lease), "%s", j->token);
+	token_reply(j, body); /* NULL: ask the API */
 	if (body != NULL) {
 		explicit_bzero(body, strlen(body));
 		free(body);
@@ -528,35 +537,30 @@ static void token_ask(struct l2 *l, struct l2_ticket *j)
 
 static void token_got(struct l2 *l, struct l2_ticket *j)
 {
-	char ex[24], *v = NULL;
+	char ex[24];
 	const char *argv[8] = { "EVAL",     token_keep_script, "2",
 				l->tok_key, l->tok_lkey,       l->tok_lease };
 	int argc = 6;
 	int64_t left = j->expires - clock_wall();
 	redisReply *r;
 
-	if (j->secret != NULL && left > 60 &&
-	    asprintf(&v, "%" PRId64 "\n%s", j->expires, j->secret) >= 0) {
+	if (l->tok_lease[0] == '\0') {
+		job_free(&j); /* asked the API without a lease: nothing to give back */
+		return;
+	}
+	if (j->secret != NULL && left > 60) {
 		/* gone from Redis a minute before it expires */
 		snprintf(ex, sizeof(ex), "%" PRId64, left - 60);
-		argv[argc++] = v;
-	} else {
-		v = NULL;
-		snprintf(ex, sizeof(ex), "1");
-	}
-	/* ARGV: lease, [value, ex]; the value's absence skips the SET */
-	if (v != NULL)
+		argv[argc++] = j->secret;
 		argv[argc++] = ex;
+	}
+	/* ARGV: lease[, token, ex]; no token marks the lease "fail" */
 	if ((r = call(l, argc, argv, NULL)) != NULL) {
-		if (v != NULL)
+		if (r->type == REDIS_REPLY_INTEGER && r->integer == 1)
 			count(l, &l->info.token_stored);
 		freeReplyObject(r);
 	}
 	l->tok_lease[0] = '\0';
-	if (v != NULL) {
-		explicit_bzero(v, strlen(v));
-		free(v);
-	}
 	job_free(&j);
 }
 
@@ -580,7 +584,7 @@ static void queue_job(struct l2 *l, struct l2_ticket *j)
 	if (enqueue(l, j))
 		return;
 	if (j->kind == J_TOKEN_ASK)
-		token_reply(l, NULL);
+		token_reply(j, NULL);
 	job_free(&j);
 }
 
@@ -593,14 +597,13 @@ static struct l2_ticket *token_job(enum job_kind kind)
 		return NULL;
 	INIT_OBJ(j, JOB_MAGIC);
 	j->kind = kind;
-	j->first_ms = now_ms();
 	if (getrandom(rnd, sizeof(rnd), 0) != (ssize_t)sizeof(rnd))
 		memset(rnd, 0, sizeof(rnd));
 	hex(j->token, rnd, sizeof(rnd));
 	return j;
 }
 
-void l2_token_ask(void *arg, const char *held)
+void l2_token_ask(void *arg, struct upstream *up, const char *held)
 {
 	struct l2 *l = arg;
 	struct l2_ticket *j = token_job(J_TOKEN_ASK);
@@ -608,9 +611,10 @@ void l2_token_ask(void *arg, const char *held)
 
 	CHECK_OBJ(l, L2_MAGIC);
 	if (j == NULL) {
-		token_reply(l, NULL);
+		upstream_broker_answer(up, NULL);
 		return;
 	}
+	j->up = up;
 	if (held != NULL && gnutls_hash_fast(GNUTLS_DIG_SHA1, held, strlen(held), d) == 0)
 		hex(j->held, d, sizeof(d));
 	queue_job(l, j);
@@ -775,6 +779,7 @@ struct l2 *l2_new(const struct config *cfg)
 		return NULL;
 	INIT_OBJ(l, L2_MAGIC);
 	l->stale_window = cfg->stale_while_revalidate;
+	l->tok_lease_ms = (int)(cfg->connect_timeout + cfg->timeout) * 1000 + 5000;
 	l->max_body = cfg->max_entry_size;
 	l->backoff_ms = BACKOFF_MIN_MS;
 	TAILQ_INIT(&l->ready);
@@ -787,14 +792,13 @@ struct l2 *l2_new(const struct config *cfg)
 	return l;
 }
 
-int l2_start(struct l2 *l, struct cluster *c, struct upstream *up, char *err, size_t errlen)
+int l2_start(struct l2 *l, struct cluster *c, char *err, size_t errlen)
 {
 	int rc;
 
 	CHECK_OBJ(l, L2_MAGIC);
 	AN(c);
 	l->c = c;
-	l->up = up;
 	if (asprintf(&l->tok_key, "%s:token", cluster_key_prefix(c)) < 0 ||
 	    asprintf(&l->tok_lkey, "%s:token:lease", cluster_key_prefix(c)) < 0) {
 		errbuf_set(err, errlen, "shared cache: out of memory");
@@ -839,7 +843,7 @@ void l2_stop(struct l2 *l)
 			continue;
 		}
 		if (j->kind == J_TOKEN_ASK)
-			token_reply(l, NULL);
+			token_reply(j, NULL);
 		job_free(&j);
 	}
 }

@@ -57,8 +57,7 @@ typedef void (*l2_answer_fn)(void *arg, enum l2_answer a, struct entry *e, struc
 struct l2 *l2_new(const struct config *cfg);
 /* Starts the thread, talking to c's Redis; the broker's answers go to up.
  * 0, or -1 with a message in err. */
-struct upstream;
-int l2_start(struct l2 *l, struct cluster *c, struct upstream *up, char *err, size_t errlen);
+int l2_start(struct l2 *l, struct cluster *c, char *err, size_t errlen);
 /* Stops the thread, answers what is queued (L2_ALONE) and drops stores
  * not yet made; later lookups are answered L2_ALONE at once, stores
  * dropped.  For shutdown, before waiting for the flights to end.  l may be
@@ -83,7 +82,8 @@ void l2_store(struct l2 *l, struct l2_ticket **t, struct entry *e);
  * the asker takes a lease and asks the API, and what it got is stored for
  * the others, who wait for it meanwhile.  Never blocks.
  */
-void l2_token_ask(void *arg, const char *held);
+struct upstream;
+void l2_token_ask(void *arg, struct upstream *up, const char *held);
 void l2_token_got(void *arg, const char *token, double expires_at);
 
 struct l2_info {

@@ -876,7 +876,7 @@ int main(int argc, char **argv)
 		goto out;
 	}
 	if (deps.l2 != NULL) {
-		if (l2_start(deps.l2, deps.cluster, deps.up, err, sizeof(err)) < 0) {
+		if (l2_start(deps.l2, deps.cluster, err, sizeof(err)) < 0) {
 			log_error("[cluster] %s", err);
 			goto out;
 		}

@@ -964,8 +964,10 @@ def grants(mock):
 
 
 def test_share_token_one_grant_for_three_instances(redis, mock, daemon_factory, tmp_path):
+    from test_coalescing import Clients
     cfg = {"cluster": {"redis": redis.spec, "share_token": "yes"}}
-    ds = [daemon_factory(mock, name=n, cache_file=str(tmp_path / (n + ".db")), config=cfg,
+    ds = [daemon_factory(mock, name=n, cache_file=str(tmp_path / (n + ".db")),
+                         config=dict(cfg, log={"level": "debug"}) if n == "kdA" else cfg,
                          env={"KALEIDOD_REDIS_PASSWORD": ""}).start()
           for n in ("kdA", "kdB", "kdC")]
     for d in ds:
@@ -978,35 +980,59 @@ def test_share_token_one_grant_for_three_instances(redis, mock, daemon_factory, 
                  what="%s's token" % d.name)
     # ... and the API granted one.
     assert grants(mock) == 1, mock.tokens()["grants"]
-    taken = sum(cluster(d)["shared_token"]["taken"] for d in ds)
-    stored = sum(cluster(d)["shared_token"]["stored"] for d in ds)
-    assert (taken, stored) == (2, 1), [cluster(d)["shared_token"] for d in ds]
+    tokens = lambda: [cluster(d)["shared_token"] for d in ds]
+    assert (sum(t["taken"] for t in tokens()), sum(t["stored"] for t in tokens())) == (2, 1), \
+        tokens()
     tok = mock.tokens()["access"][0]
     pfx = cluster(ds[0])["prefix"]
-    assert tok.encode() in redis.command("GET", pfx + ":token")
+    assert redis.command("GET", pfx + ":token") == tok.encode()
+    # kdA logs at debug level, with libcurl's trace of every exchange
     for d in ds:
         assert tok not in d.log(), "%s logged the shared token" % d.name
 
-    # The token revoked: the first instance to get a 401 asks the API, the
-    # others take its new token.  Every request succeeds.
+    # The token revoked, requests on all three at once: the first instance
+    # to get a 401 logs in, the others wait for its token or find it.
+    taken0 = sum(t["taken"] for t in tokens())
     mock.revoke()
-    for i, d in enumerate(ds):
-        r = Sdk(d.port).get("/records/s%d" % i)
-        assert r.status == 200, (d.name, r)
+    clients = [Clients(Sdk(d.port), ["/records/s%d-%d" % (i, k) for k in range(4)])
+               for i, d in enumerate(ds)]
+    results = [r for c in clients for r in c.join()]
+    assert {r.status for r in results} == {200}, results[:3]
     assert grants(mock) == 2, mock.tokens()["grants"]
+    assert sum(t["taken"] for t in tokens()) == taken0 + 2, tokens()
+    new = mock.tokens()["access"][-1]
+    assert redis.command("GET", pfx + ":token") == new.encode()
+    for d in ds:
+        assert new not in d.log(), "%s logged the shared token" % d.name
 
 
 def test_share_token_with_redis_down_each_instance_logs_in_alone(redis_factory, mock,
                                                                  daemon_factory, tmp_path):
     redis = redis_factory(start=False)
     cfg = {"cluster": {"redis": redis.spec, "share_token": "yes"}}
-    ds = [daemon_factory(mock, name=n, cache_file=str(tmp_path / (n + ".db")), config=cfg,
-                         env={"KALEIDOD_REDIS_PASSWORD": ""}).start()
-          for n in ("kdA", "kdB")]
-    for i, d in enumerate(ds):
+    a, b = [daemon_factory(mock, name=n, cache_file=str(tmp_path / (n + ".db")), config=cfg,
+                           env={"KALEIDOD_REDIS_PASSWORD": ""}).start()
+            for n in ("kdA", "kdB")]
+    for i, d in enumerate((a, b)):
         r = Sdk(d.port).get("/records/r%d" % i)
         assert r.status == 200, (d.name, r)
+        assert cluster(d)["shared_token"] == {"taken": 0, "waits": 0, "stored": 0}
     assert grants(mock) == 2, mock.tokens()["grants"]
+
+    # Redis comes: the next login is shared.
+    redis.start()
+    for d in (a, b):
+        wait_until_state(d, "up")
+    mock.revoke()
+    r = Sdk(a.port).get("/records/x")
+    assert r.status == 200, r
+    # (stored once A's login is over: a moment after its answer)
+    wait_for(lambda: cluster(a)["shared_token"]["stored"] == 1, timeout=WAIT,
+             what="A's token stored")
+    r = Sdk(b.port).get("/records/y")
+    assert r.status == 200, r
+    assert cluster(b)["shared_token"]["taken"] == 1, cluster(b)
+    assert grants(mock) == 3, mock.tokens()["grants"]
 
 
 def test_a_redis_restored_from_a_snapshot_never_serves_what_a_write_replaced(redis, mock,
