@@ -783,14 +783,23 @@ static size_t on_token_write(char *data, size_t size, size_t nmemb, void *arg)
 	return membuf_append(&u->tok_body, data, len) == 0 ? len : 0;
 }
 
+/* A string that held a secret (a token, a form with the client secret):
+ * wiped, then freed. */
+static void wipe_string(char **s)
+{
+	if (*s != NULL) {
+		explicit_bzero(*s, strlen(*s));
+		free(*s);
+		*s = NULL;
+	}
+}
+
 static void forget_token(struct upstream *u)
 {
 	if (u->logged_token == NULL)
 		return;
 	log_forget_secret(u->logged_token);
-	explicit_bzero(u->logged_token, strlen(u->logged_token));
-	free(u->logged_token);
-	u->logged_token = NULL;
+	wipe_string(&u->logged_token);
 }
 
 static void report_auth(struct upstream *u, double now)
@@ -812,17 +821,6 @@ static void report_auth(struct upstream *u, double now)
 		return;
 	auth_status(u->auth, &st);
 	u->events.auth_changed(u->events.arg, &st, auth_next_due(u->auth, now));
-}
-
-static void wipe_form(struct upstream *u);
-
-static void wipe_string(char **s)
-{
-	if (*s != NULL) {
-		explicit_bzero(*s, strlen(*s));
-		free(*s);
-		*s = NULL;
-	}
 }
 
 /* The broker's answer, once it is in: a token taken (1), or the form
@@ -848,7 +846,7 @@ static int broker_answered(struct upstream *u, double now)
 	if (auth_finish(u->auth, now, 200, body, strlen(body), NULL) == 0)
 		u->force_auth = 0; /* a 401 while it was asked is answered by this token */
 	wipe_string(&body);
-	wipe_form(u);
+	wipe_string(&u->tok_form);
 	report_auth(u, now);
 	return 1;
 }
@@ -905,8 +903,7 @@ static void token_start(struct upstream *u, double now)
 	u->tok_easy = curl_easy_init();
 	if (u->tok_easy == NULL) {
 		auth_finish(u->auth, now, 0, NULL, 0, "out of memory");
-		explicit_bzero(form, strlen(form));
-		free(form);
+		wipe_string(&form);
 		broker_got(u, 0);
 		return;
 	}
@@ -934,16 +931,6 @@ static void token_start(struct upstream *u, double now)
 	curl_multi_add_handle(u->multi, u->tok_easy);
 }
 
-/* The token request's form holds the client secret: wiped, then freed. */
-static void wipe_form(struct upstream *u)
-{
-	if (u->tok_form != NULL) {
-		explicit_bzero(u->tok_form, strlen(u->tok_form));
-		free(u->tok_form);
-		u->tok_form = NULL;
-	}
-}
-
 static void token_done(struct upstream *u, CURLcode rc, double now)
 {
 	unsigned gen0 = u->logged_gen;
@@ -957,7 +944,7 @@ static void token_done(struct upstream *u, CURLcode rc, double now)
 	curl_easy_cleanup(u->tok_easy);
 	curl_slist_free_all(h);
 	u->tok_easy = NULL;
-	wipe_form(u);
+	wipe_string(&u->tok_form);
 	if (rc != CURLE_OK) {
 		snprintf(why, sizeof(why), "%s: %s", curl_easy_strerror(rc),
 			 u->tok_err[0] ? u->tok_err : "no detail");
@@ -1590,9 +1577,9 @@ static void shutdown_all(struct upstream *u)
 		curl_easy_cleanup(u->tok_easy);
 		curl_slist_free_all(h);
 		u->tok_easy = NULL;
-		wipe_form(u); /* a token request still out at shutdown */
 	}
-	wipe_form(u); /* or one the broker was asked about */
+	/* a token request still out at shutdown, or one the broker was asked about */
+	wipe_string(&u->tok_form);
 }
 
 /* Hands freed slots to the oldest queued transfers the 429 windows let
