@@ -20,6 +20,7 @@ struct coh {
 	int n;                                    /* families; index n is the purges' generation */
 	char *names[COH_MAX + 1];                 /* ours */
 	char known[COH_MAX + 1][COH_GEN_MAX + 1]; /* "": none yet */
+	unsigned long long bumped[COH_MAX + 1];   /* our highest published count, this epoch */
 	char *epoch;                              /* NULL: no catch-up yet in this process */
 	char origin[COH_ORIGIN_LEN + 1];
 };
@@ -166,13 +167,23 @@ uint32_t coh_rewound(const struct coh *c, const char *epoch, const char *const *
 	if (c->epoch == NULL || epoch == NULL || strcmp(c->epoch, epoch) != 0)
 		return 0; /* a new epoch: everything is dropped anyway */
 	for (int i = 0; i <= c->n; i++) {
-		if (coh_gen_count(gens[i]) >= coh_gen_count(c->known[i]))
+		unsigned long long seen = coh_gen_count(c->known[i]);
+
+		if (coh_gen_count(gens[i]) >= (c->bumped[i] > seen ? c->bumped[i] : seen))
 			continue;
 		if (i == c->n)
 			return all;
 		out |= 1u << i;
 	}
 	return out;
+}
+
+void coh_bumped(struct coh *c, int i, const char *gen)
+{
+	CHECK_OBJ(c, COH_MAGIC);
+	ASSERT(i >= 0 && i <= c->n);
+	if (coh_gen_count(gen) > c->bumped[i])
+		c->bumped[i] = coh_gen_count(gen);
 }
 
 int coh_catchup(struct coh *c, const char *epoch, const char *const *gens, uint32_t *drop,
@@ -203,6 +214,7 @@ int coh_catchup(struct coh *c, const char *epoch, const char *const *gens, uint3
 	if (epoch != NULL && (c->epoch == NULL || strcmp(c->epoch, epoch) != 0)) {
 		char *e = strdup(epoch);
 
+		memset(c->bumped, 0, sizeof(c->bumped)); /* counts of another epoch */
 		if (e != NULL) {
 			free(c->epoch);
 			c->epoch = e;

@@ -58,9 +58,15 @@ struct coh_action {
  */
 int coh_message(struct coh *c, const char *msg, size_t len, struct coh_action *out);
 
+/* This instance bumped generation i to gen (the publishing script's
+ * answer).  Only its count is kept, for coh_rewound(): what we know of the
+ * generation still moves only with the channel. */
+void coh_bumped(struct coh *c, int i, const char *gen);
+
 /*
  * Before coh_catchup(), with the same arguments: the families whose count
- * went back under the same epoch (all of them if the prefix purges' did):
+ * went back under the same epoch, below one seen or bumped here (all of
+ * them if the prefix purges' did):
  * a Redis restored from a snapshot, or a replica promoted while behind.
  * What such a Redis holds under those generations may predate writes this
  * instance heard of, so the caller bumps them again.  0 when none did.

@@ -82,8 +82,6 @@ struct cluster {
 
 	/* the thread's alone */
 	struct coh *coh;
-	unsigned long long mine[CONFIG_MAX_FAMILIES + 1]; /* highest count we published */
-	char *epoch_seen;                                 /* the epoch mine[] counts in */
 	redisContext *cmd, *sub;
 	int backoff_ms;
 	int64_t next_try, ping_sent, last_heard, logged_at, down_at;
@@ -288,16 +286,6 @@ static int join(struct cluster *c, char *why, size_t len, int *dropped)
 									  NULL;
 	ep = r->element[0]->type == REDIS_REPLY_STRING ? r->element[0]->str : NULL;
 	rewound = coh_rewound(c->coh, ep, gens);
-	for (int i = 0; i < n; i++)
-		if (c->mine[i] > coh_gen_count(gens[i]))
-			rewound |= i < c->nfam ? 1u << i : all_families(c);
-	if (ep == NULL || c->epoch_seen == NULL || strcmp(ep, c->epoch_seen) != 0)
-		rewound = 0; /* a new epoch: everything goes anyway */
-	if (ep != NULL && (c->epoch_seen == NULL || strcmp(ep, c->epoch_seen) != 0)) {
-		free(c->epoch_seen);
-		c->epoch_seen = strdup(ep);
-		memset(c->mine, 0, sizeof(c->mine));
-	}
 	*dropped = coh_catchup(c->coh, ep, gens, &drop, &purge_all);
 	freeReplyObject(r);
 	if (rewound != 0) {
@@ -436,8 +424,8 @@ static int publish(struct cluster *c, int idx, const char *verb, const char *wha
 	/* ... but the count is remembered at once: a Redis that comes back
 	 * below it went back in time (join()), even if our announcement
 	 * never came round before it went. */
-	if (r->type == REDIS_REPLY_STRING && coh_gen_count(r->str) > c->mine[idx])
-		c->mine[idx] = coh_gen_count(r->str);
+	if (r->type == REDIS_REPLY_STRING)
+		coh_bumped(c->coh, idx, r->str);
 	freeReplyObject(r);
 	pthread_mutex_lock(&c->lock);
 	c->published++;
@@ -1054,7 +1042,6 @@ void cluster_free(struct cluster **cp)
 		free(c->password);
 	}
 	coh_free(&c->coh);
-	free(c->epoch_seen);
 	free(c->redis);
 	free(c->prefix);
 	free(c->chan);

@@ -181,6 +181,11 @@ static void test_rewound(void **state)
 	assert_int_equal(coh_rewound(c, "e2", back), 0); /* new epoch: dropped anyway */
 	assert_int_equal(coh_rewound(c, "e1", same_count), 0);
 	assert_int_equal(coh_rewound(c, "e1", purges_back), 7u);
+	/* a count this instance published but never heard back counts too */
+	coh_bumped(c, 1, "4:ab");
+	assert_int_equal(coh_rewound(c, "e1", first), 1u << 1);
+	coh_catchup(c, "e2", first, &drop, &all); /* another epoch forgets it */
+	assert_int_equal(coh_rewound(c, "e2", first), 0);
 	coh_free(&c);
 }
 
