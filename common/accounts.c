@@ -22,6 +22,7 @@
 #include "accounts.h"
 #include "check.h"
 #include "errbuf.h"
+#include "secret.h"
 
 #define MAX_PATHS 16
 #define LINE_MAX_LEN 4096
@@ -93,9 +94,7 @@ static void account_free(struct account *a)
 	CHECK_OBJ(a, ACCOUNT_MAGIC);
 	usage_unref(&a->u);
 	free(a->name);
-	if (a->hash != NULL)
-		explicit_bzero(a->hash, strlen(a->hash));
-	free(a->hash);
+	secret_free(&a->hash);
 	free(a->comment);
 	free(a->cert);
 	free(a->paths_text);
@@ -899,13 +898,11 @@ static char *read_locked(int fd, const char *path, struct accounts **as, size_t 
 		return NULL;
 	}
 	if (parse_text(copy, path, as, err, errlen) < 0) {
-		explicit_bzero(copy, strlen(copy));
-		free(copy);
+		secret_free(&copy);
 		free(text);
 		return NULL;
 	}
-	explicit_bzero(copy, strlen(copy));
-	free(copy);
+	secret_free(&copy);
 	return text;
 }
 

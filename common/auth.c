@@ -27,6 +27,7 @@
 #include <curl/curl.h>
 
 #include "auth.h"
+#include "secret.h"
 
 #define DEFAULT_LIFETIME 3600.0
 #define LIFETIME_MIN 1.0
@@ -62,15 +63,6 @@ struct auth {
 	double failing_since; /* wall clock */
 	unsigned long grants, refreshes, failures;
 };
-
-static void secret_free(char **p)
-{
-	if (*p == NULL)
-		return;
-	explicit_bzero(*p, strlen(*p));
-	free(*p);
-	*p = NULL;
-}
 
 static int token_chars_ok(const char *t)
 {

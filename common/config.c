@@ -42,6 +42,7 @@
 #include "config.h"
 #include "errbuf.h"
 #include "log.h"
+#include "secret.h"
 
 #define FAMILY_PREFIX "family."
 #define FAMILY_NAME_MAX 32
@@ -262,15 +263,6 @@ static void *field(void *base, size_t off)
 static const void *cfield(const void *base, size_t off)
 {
 	return (const char *)base + off;
-}
-
-static void free_secret_string(char **s)
-{
-	if (*s != NULL) {
-		explicit_bzero(*s, strlen(*s));
-		free(*s);
-		*s = NULL;
-	}
 }
 
 static void free_list(char **list, int *n)
@@ -770,7 +762,7 @@ static int set_value(struct config *cfg, void *base, const struct ckey *k, const
 			}
 			free(cfg->client_secret_source);
 			cfg->client_secret_source = src;
-			free_secret_string(dst);
+			secret_free(dst);
 		} else {
 			free(*dst);
 		}
@@ -842,7 +834,7 @@ static int set_value(struct config *cfg, void *base, const struct ckey *k, const
 	return -1;
 
 fail:
-	free_secret_string(&copy);
+	secret_free(&copy);
 	return -1;
 }
 
@@ -907,12 +899,12 @@ void config_free(struct config **cfgp)
 	cfg = *cfgp;
 	free(cfg->upstream_url);
 	free(cfg->client_id);
-	free_secret_string(&cfg->client_secret);
+	secret_free(&cfg->client_secret);
 	free(cfg->client_secret_source);
 	free(cfg->client_secret_file);
 	/* extra headers often carry credentials of a proxy in front of the API */
 	for (i = 0; i < cfg->nheaders; i++)
-		free_secret_string(&cfg->headers[i]);
+		secret_free(&cfg->headers[i]);
 	free(cfg->listen);
 	free(cfg->server_names);
 	free(cfg->allowed_origins);
@@ -921,7 +913,7 @@ void config_free(struct config **cfgp)
 	free(cfg->audit);
 	free(cfg->cluster_redis);
 	free(cfg->cluster_prefix);
-	free_secret_string(&cfg->cluster_password);
+	secret_free(&cfg->cluster_password);
 	free(cfg->tls_cert);
 	free(cfg->tls_key);
 	free(cfg->tls_priorities);
@@ -1225,10 +1217,10 @@ static int adopt_secret(struct config *cfg, char *secret, const char *source)
 	char *src = strdup(source);
 
 	if (src == NULL) {
-		free_secret_string(&secret);
+		secret_free(&secret);
 		return -1;
 	}
-	free_secret_string(&cfg->client_secret);
+	secret_free(&cfg->client_secret);
 	free(cfg->client_secret_source);
 	cfg->client_secret = secret;
 	cfg->client_secret_source = src;
@@ -1304,7 +1296,7 @@ static int redis_password(struct config *cfg, const char *dir, char *err, size_t
 	char *path = NULL, *secret = NULL;
 	int rc;
 
-	free_secret_string(&cfg->cluster_password);
+	secret_free(&cfg->cluster_password);
 	if (v != NULL && *v != '\0') {
 		if ((cfg->cluster_password = strdup(v)) == NULL)
 			goto nomem;
@@ -1428,7 +1420,7 @@ int config_finish(struct config *cfg, char *err, size_t errlen)
 		}
 		if (asprintf(&source, "client_secret_file %s", cfg->client_secret_file) < 0) {
 			source = NULL;
-			free_secret_string(&secret);
+			secret_free(&secret);
 			errbuf_set(err, errlen, "out of memory");
 			goto fail;
 		}

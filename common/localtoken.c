@@ -15,6 +15,7 @@
 #include <sys/random.h>
 
 #include "localtoken.h"
+#include "secret.h"
 
 #define RAW_LEN 32
 
@@ -108,10 +109,7 @@ static char *form_field(const char *p, size_t len)
 /* Takes a field's value into *slot (malloc'd), replacing an earlier one. */
 static void take(char **slot, char *value)
 {
-	if (*slot != NULL) {
-		explicit_bzero(*slot, strlen(*slot));
-		free(*slot);
-	}
+	secret_free(slot);
 	*slot = value;
 }
 

@@ -40,6 +40,7 @@
 #include "kdbuild.h"
 #include "log.h"
 #include "membuf.h"
+#include "secret.h"
 #include "throttle.h"
 
 #define RING_CAP (256 * 1024) /* per direction, per transfer */
@@ -783,23 +784,12 @@ static size_t on_token_write(char *data, size_t size, size_t nmemb, void *arg)
 	return membuf_append(&u->tok_body, data, len) == 0 ? len : 0;
 }
 
-/* A string that held a secret (a token, a form with the client secret):
- * wiped, then freed. */
-static void wipe_string(char **s)
-{
-	if (*s != NULL) {
-		explicit_bzero(*s, strlen(*s));
-		free(*s);
-		*s = NULL;
-	}
-}
-
 static void forget_token(struct upstream *u)
 {
 	if (u->logged_token == NULL)
 		return;
 	log_forget_secret(u->logged_token);
-	wipe_string(&u->logged_token);
+	secret_free(&u->logged_token);
 }
 
 static void report_auth(struct upstream *u, double now)
@@ -845,8 +835,8 @@ static int broker_answered(struct upstream *u, double now)
 	}
 	if (auth_finish(u->auth, now, 200, body, strlen(body), NULL) == 0)
 		u->force_auth = 0; /* a 401 while it was asked is answered by this token */
-	wipe_string(&body);
-	wipe_string(&u->tok_form);
+	secret_free(&body);
+	secret_free(&u->tok_form);
 	report_auth(u, now);
 	return 1;
 }
@@ -869,7 +859,7 @@ void upstream_broker_answer(struct upstream *u, const char *body)
 	char *copy = body != NULL ? strdup(body) : NULL;
 
 	pthread_mutex_lock(&u->qlock);
-	wipe_string(&u->brk_body);
+	secret_free(&u->brk_body);
 	u->brk_body = copy; /* NULL on ENOMEM too: then the API is asked */
 	u->brk_ready = 1;
 	pthread_mutex_unlock(&u->qlock);
@@ -903,7 +893,7 @@ static void token_start(struct upstream *u, double now)
 	u->tok_easy = curl_easy_init();
 	if (u->tok_easy == NULL) {
 		auth_finish(u->auth, now, 0, NULL, 0, "out of memory");
-		wipe_string(&form);
+		secret_free(&form);
 		broker_got(u, 0);
 		return;
 	}
@@ -944,7 +934,7 @@ static void token_done(struct upstream *u, CURLcode rc, double now)
 	curl_easy_cleanup(u->tok_easy);
 	curl_slist_free_all(h);
 	u->tok_easy = NULL;
-	wipe_string(&u->tok_form);
+	secret_free(&u->tok_form);
 	if (rc != CURLE_OK) {
 		snprintf(why, sizeof(why), "%s: %s", curl_easy_strerror(rc),
 			 u->tok_err[0] ? u->tok_err : "no detail");
@@ -1579,7 +1569,7 @@ static void shutdown_all(struct upstream *u)
 		u->tok_easy = NULL;
 	}
 	/* a token request still out at shutdown, or one the broker was asked about */
-	wipe_string(&u->tok_form);
+	secret_free(&u->tok_form);
 }
 
 /* Hands freed slots to the oldest queued transfers the 429 windows let
@@ -1734,7 +1724,7 @@ void upstream_free(struct upstream **up)
 	histo_free(&u->dur);
 	throttle_free(&u->thr);
 	forget_token(u);
-	wipe_string(&u->brk_body);
+	secret_free(&u->brk_body);
 	free(u->url);
 	free(u->client_id);
 	for (int i = 0; i < REFUSERS; i++)

@@ -38,6 +38,7 @@
 #include "objtab.h"
 #include "policy.h"
 #include "redislink.h"
+#include "secret.h"
 
 #define CLUSTER_MAGIC 0xc1a57e42u
 #define IO_TIMEOUT_MS 1000 /* a connect or a command; then the link is dropped */
@@ -115,23 +116,6 @@ static int64_t now_ms(void)
 
 	clock_gettime(CLOCK_MONOTONIC, &ts);
 	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
-static void hex_random(char *out, size_t bytes)
-{
-	unsigned char b[32];
-
-	ASSERT(bytes <= sizeof(b));
-	if (getrandom(b, bytes, 0) != (ssize_t)bytes) {
-		/* getrandom(2) does not fail for 32 bytes once the pool is up;
-		 * the clock still makes an instance's name its own */
-		uint64_t t = (uint64_t)now_ms() ^ ((uint64_t)getpid() << 32);
-
-		for (size_t i = 0; i < bytes; i++)
-			b[i] = (unsigned char)(t >> (8 * (i % 8)));
-	}
-	for (size_t i = 0; i < bytes; i++)
-		snprintf(out + 2 * i, 3, "%02x", b[i]);
 }
 
 /* A number below span, from xorshift64 seeded by getrandom: the jitter that
@@ -262,7 +246,7 @@ static int join(struct cluster *c, char *why, size_t len, int *dropped)
 		return -1;
 	freeReplyObject(r);
 	/* the epoch names this Redis's generations; set once, by whoever is first */
-	hex_random(epoch, 16);
+	rlink_random_hex(epoch, 16);
 	argv[0] = "SET";
 	argv[1] = c->epoch_key;
 	argv[2] = epoch;
@@ -924,8 +908,7 @@ char *cluster_default_prefix(const struct config *cfg)
 	if (n < 0)
 		return NULL;
 	if (gnutls_hash_fast(GNUTLS_DIG_SHA256, in, (size_t)n, d) == 0) {
-		for (int i = 0; i < 8; i++)
-			snprintf(hex + 2 * i, 3, "%02x", d[i]);
+		rlink_hex(hex, d, 8);
 		if (asprintf(&out, "kaleidod:%s", hex) < 0)
 			out = NULL;
 	}
@@ -963,7 +946,7 @@ struct cluster *cluster_new(const struct config *cfg, struct policy *policy, str
 		errbuf_set(err, errlen, "[cluster] redis: cannot read %s", cfg->cluster_redis);
 		goto fail;
 	}
-	hex_random(c->origin, COH_ORIGIN_LEN / 2);
+	rlink_random_hex(c->origin, COH_ORIGIN_LEN / 2);
 	if (getrandom(&c->rng, sizeof(c->rng), 0) != (ssize_t)sizeof(c->rng) || c->rng == 0)
 		c->rng = (uint64_t)now_ms() | 1;
 	for (int i = 0; i < c->nfam; i++)
@@ -1036,11 +1019,9 @@ void cluster_free(struct cluster **cp)
 		free(c->pend_pfx[i]);
 	for (int i = 0; i <= CONFIG_MAX_FAMILIES; i++)
 		free(c->gen_keys[i]);
-	if (c->password != NULL) {
+	if (c->password != NULL)
 		log_forget_secret(c->password);
-		explicit_bzero(c->password, strlen(c->password));
-		free(c->password);
-	}
+	secret_free(&c->password);
 	coh_free(&c->coh);
 	free(c->redis);
 	free(c->prefix);

@@ -1,22 +1,24 @@
 /*
- * l2: the shared cache level in Redis.  See l2.h.
+ * l2: the shared cache level and the shared token in Redis.  See l2.h.
  *
  * A request is a job on one queue; the thread takes them in order, and a
- * lookup that finds the lease taken waits on a second list, due again
- * after POLL_MS.  A lookup the thread answers L2_FETCH becomes the fetch's
- * ticket, and comes back as a store.  Two scripts do the work, so that what
- * is read and what is written are judged against the generations in one
- * atomic step:
+ * job that finds a lease taken waits on a second list, due again after
+ * POLL_MS.  A lookup the thread answers L2_FETCH becomes the fetch's
+ * ticket, and comes back as a store.  Scripts do the work, so that what is
+ * read and what is written are judged in one atomic step:
  *
  *   look:  the value if its generations are current and it is not
- *          expired (1); else the lease if free (2); else "wait" (3);
+ *          expired (1); else the lease if free or ours (2); else ask
+ *          alone if the holder had nothing to share (4); else "wait" (3);
  *   keep:  the value SET ... EX if the generations the fetch began
- *          under are still current; the lease deleted if still ours.
+ *          under are still current; the lease deleted if still ours;
+ *   token_look, token_keep: the same for the upstream token.
  *
  * The values themselves are l2value.h's.
  */
 #include "l2.h"
 
+#include <cjson/cJSON.h>
 #include <errno.h>
 #include <gnutls/crypto.h>
 #include <gnutls/gnutls.h>
@@ -27,7 +29,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/queue.h>
-#include <sys/random.h>
 #include <time.h>
 
 #include "check.h"
@@ -39,8 +40,8 @@
 #include "errbuf.h"
 #include "l2value.h"
 #include "log.h"
-#include <cjson/cJSON.h>
 #include "redislink.h"
+#include "secret.h"
 #include "upstream.h"
 
 #define L2_MAGIC 0x12ca4e01u
@@ -189,16 +190,27 @@ static void job_free(struct l2_ticket **jp)
 	*jp = NULL;
 	CHECK_OBJ(j, JOB_MAGIC);
 	entry_unref(&j->e);
-	if (j->secret != NULL) {
-		explicit_bzero(j->secret, strlen(j->secret));
-		free(j->secret);
-	}
+	secret_free(&j->secret);
 	free(j->key);
 	free(j->path);
 	free(j->vkey);
 	free(j->lkey);
 	FINI_OBJ(j);
 	free(j);
+}
+
+/* j goes back on the waiting list, due again in POLL_MS; waits counts the
+ * jobs that had to wait, once each. */
+static void wait_again(struct l2 *l, struct l2_ticket *j, unsigned long long *waits)
+{
+	if (!j->waited) {
+		j->waited = 1;
+		count(l, waits);
+	}
+	j->due_ms = now_ms() + POLL_MS;
+	pthread_mutex_lock(&l->lock);
+	TAILQ_INSERT_TAIL(&l->waiting, j, link);
+	pthread_mutex_unlock(&l->lock);
 }
 
 /* The answer, once; the job is the ticket of an L2_FETCH, else freed. */
@@ -282,8 +294,6 @@ static redisReply *call(struct l2 *l, int argc, const char **argv, const size_t 
 		drop_link(l, why);
 	return r;
 }
-
-/* --- values ----------------------------------------------------------------- */
 
 /* --- the work ---------------------------------------------------------------- */
 
@@ -383,14 +393,7 @@ static void lookup(struct l2 *l, struct l2_ticket *j)
 		answer(l, j, L2_ALONE, NULL);
 		return;
 	}
-	if (!j->waited) {
-		j->waited = 1;
-		count(l, &l->info.waits);
-	}
-	j->due_ms = now_ms() + POLL_MS;
-	pthread_mutex_lock(&l->lock);
-	TAILQ_INSERT_TAIL(&l->waiting, j, link);
-	pthread_mutex_unlock(&l->lock);
+	wait_again(l, j, &l->info.waits);
 }
 
 static void keep(struct l2 *l, struct l2_ticket *j)
@@ -399,18 +402,20 @@ static void keep(struct l2 *l, struct l2_ticket *j)
 	size_t vlen = 0;
 	unsigned ex = 0;
 	char *v = NULL;
-	const char *argv[9] = { "EVAL",
-				keep_script,
-				"4",
-				cluster_gen_key(l->c, j->family),
-				cluster_gen_key(l->c, -1),
-				j->vkey,
-				j->lkey,
-				j->fgen,
-				j->pgen };
-	const char *args[12];
+	/* ARGV: fgen, pgen, token, ex[, value] */
+	const char *argv[12] = { "EVAL",
+				 keep_script,
+				 "4",
+				 cluster_gen_key(l->c, j->family),
+				 cluster_gen_key(l->c, -1),
+				 j->vkey,
+				 j->lkey,
+				 j->fgen,
+				 j->pgen,
+				 j->token,
+				 exs };
 	size_t lens[12];
-	int argc = 0;
+	int argc = 11;
 	redisReply *r;
 
 	/* Not while an invalidation of ours is unpublished: Redis's
@@ -423,21 +428,14 @@ static void keep(struct l2 *l, struct l2_ticket *j)
 		v = l2v_encode(j->fgen, j->pgen, j->e, MAX_VALUE, &vlen);
 	}
 	snprintf(exs, sizeof(exs), "%u", ex);
-	for (; argc < 9; argc++) {
-		args[argc] = argv[argc];
-		lens[argc] = strlen(argv[argc]);
-	}
-	args[argc] = j->token;
-	lens[argc++] = strlen(j->token);
-	args[argc] = exs;
-	lens[argc++] = strlen(exs);
+	for (int i = 0; i < argc; i++)
+		lens[i] = strlen(argv[i]);
 	if (v != NULL) {
-		args[argc] = v;
+		argv[argc] = v;
 		lens[argc++] = vlen;
 	}
-	/* ARGV: fgen, pgen, token, ex[, value] */
 	/* failed: the lease runs out by itself */
-	r = call(l, argc, args, lens);
+	r = call(l, argc, argv, lens);
 	free(v);
 	if (r == NULL)
 		return;
@@ -445,8 +443,6 @@ static void keep(struct l2 *l, struct l2_ticket *j)
 		count(l, &l->info.stored);
 	freeReplyObject(r);
 }
-
-static void hex(char *out, const unsigned char *in, size_t n);
 
 /* --- the shared token --------------------------------------------------------- */
 
@@ -475,8 +471,7 @@ static char *token_answer(const char *t, size_t len, long long left_ms)
 	if (o != NULL && o->child != NULL && o->child->valuestring != NULL)
 		explicit_bzero(o->child->valuestring, strlen(o->child->valuestring));
 	cJSON_Delete(o);
-	explicit_bzero(tok, strlen(tok));
-	free(tok);
+	secret_free(&tok);
 	return out;
 }
 
@@ -515,23 +510,13 @@ static void token_ask(struct l2 *l, struct l2_ticket *j)
 	freeReplyObject(r);
 	if (verdict == 3 && now_ms() - j->first_ms < l->tok_lease_ms + 2000) {
 		/* another instance is asking the API: its token, soon */
-		if (!j->waited) {
-			j->waited = 1;
-			count(l, &l->info.token_waits);
-		}
-		j->due_ms = now_ms() + POLL_MS;
-		pthread_mutex_lock(&l->lock);
-		TAILQ_INSERT_TAIL(&l->waiting, j, link);
-		pthread_mutex_unlock(&l->lock);
+		wait_again(l, j, &l->info.token_waits);
 		return;
 	}
 	if (verdict == 2)
 		snprintf(l->tok_lease, sizeof(l->tok_lease), "%s", j->token);
 	token_reply(j, body); /* NULL: ask the API */
-	if (body != NULL) {
-		explicit_bzero(body, strlen(body));
-		free(body);
-	}
+	secret_free(&body);
 	job_free(&j);
 }
 
@@ -588,25 +573,23 @@ static void queue_job(struct l2 *l, struct l2_ticket *j)
 	job_free(&j);
 }
 
-static struct l2_ticket *token_job(enum job_kind kind)
+/* A job with a lease value of its own; NULL on ENOMEM. */
+static struct l2_ticket *new_job(enum job_kind kind)
 {
 	struct l2_ticket *j = calloc(1, sizeof(*j));
-	unsigned char rnd[16];
 
 	if (j == NULL)
 		return NULL;
 	INIT_OBJ(j, JOB_MAGIC);
 	j->kind = kind;
-	if (getrandom(rnd, sizeof(rnd), 0) != (ssize_t)sizeof(rnd))
-		memset(rnd, 0, sizeof(rnd));
-	hex(j->token, rnd, sizeof(rnd));
+	rlink_random_hex(j->token, (sizeof(j->token) - 1) / 2);
 	return j;
 }
 
 void l2_token_ask(void *arg, struct upstream *up, const char *held)
 {
 	struct l2 *l = arg;
-	struct l2_ticket *j = token_job(J_TOKEN_ASK);
+	struct l2_ticket *j = new_job(J_TOKEN_ASK);
 	unsigned char d[20];
 
 	CHECK_OBJ(l, L2_MAGIC);
@@ -616,14 +599,14 @@ void l2_token_ask(void *arg, struct upstream *up, const char *held)
 	}
 	j->up = up;
 	if (held != NULL && gnutls_hash_fast(GNUTLS_DIG_SHA1, held, strlen(held), d) == 0)
-		hex(j->held, d, sizeof(d));
+		rlink_hex(j->held, d, sizeof(d));
 	queue_job(l, j);
 }
 
 void l2_token_got(void *arg, const char *token, double expires_at)
 {
 	struct l2 *l = arg;
-	struct l2_ticket *j = token_job(J_TOKEN_GOT);
+	struct l2_ticket *j = new_job(J_TOKEN_GOT);
 
 	CHECK_OBJ(l, L2_MAGIC);
 	if (j == NULL)
@@ -699,17 +682,11 @@ static void *run(void *arg)
 
 /* --- the interface ----------------------------------------------------------- */
 
-static void hex(char *out, const unsigned char *in, size_t n)
-{
-	for (size_t i = 0; i < n; i++)
-		snprintf(out + 2 * i, 3, "%02x", in[i]);
-}
-
 void l2_lookup(struct l2 *l, const char *key, int family, const char *path, l2_answer_fn fn,
 	       void *arg)
 {
-	struct l2_ticket *j = calloc(1, sizeof(*j));
-	unsigned char d[32], rnd[16];
+	struct l2_ticket *j = new_job(J_LOOKUP);
+	unsigned char d[32];
 	char h[65];
 
 	CHECK_OBJ(l, L2_MAGIC);
@@ -718,20 +695,15 @@ void l2_lookup(struct l2 *l, const char *key, int family, const char *path, l2_a
 		fn(arg, L2_ALONE, NULL, NULL);
 		return;
 	}
-	INIT_OBJ(j, JOB_MAGIC);
-	j->kind = J_LOOKUP;
 	j->family = family;
 	j->fn = fn;
 	j->arg = arg;
 	j->first_ms = now_ms();
-	if (getrandom(rnd, sizeof(rnd), 0) != (ssize_t)sizeof(rnd))
-		memset(rnd, 0, sizeof(rnd)); /* a lease anyone could give back: harmless */
-	hex(j->token, rnd, sizeof(rnd));
 	if (gnutls_hash_fast(GNUTLS_DIG_SHA256, key, strlen(key), d) != 0) {
 		answer(l, j, L2_ALONE, NULL);
 		return;
 	}
-	hex(h, d, sizeof(d));
+	rlink_hex(h, d, sizeof(d));
 	if (asprintf(&j->vkey, "%s:l2:%s", cluster_key_prefix(l->c), h) < 0)
 		j->vkey = NULL;
 	if (asprintf(&j->lkey, "%s:l2:%s:lease", cluster_key_prefix(l->c), h) < 0)

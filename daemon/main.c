@@ -41,6 +41,7 @@
 #include "l2.h"
 #include "objtab.h"
 #include "policy.h"
+#include "secret.h"
 #include "stats.h"
 #include "tls.h"
 #include "traffic.h"
@@ -350,14 +351,6 @@ static void drain(struct upstream *up, double limit)
 	log_warnx("stopping with upstream transfers still running; their clients see an error");
 }
 
-static void wipe_free(char **p)
-{
-	if (*p != NULL)
-		explicit_bzero(*p, strlen(*p));
-	free(*p);
-	*p = NULL;
-}
-
 /* SIGHUP, for the gateway: the accounts file again (revoking the tokens
  * of removed accounts and changed secrets), the audit file reopened
  * (logrotate moved it), and the TLS certificate and key read again. */
@@ -413,12 +406,12 @@ static void reload(const struct flags *fl, const struct config *cur, struct upst
 		if ((copy = strdup(next->client_secret)) != NULL &&
 		    upstream_set_secret(up, next->client_secret) == 0) {
 			/* Compared with the secret in use, not the one read at start. */
-			wipe_free(secret);
+			secret_free(secret);
 			*secret = copy;
 			log_info("SIGHUP: new client secret (from %s); authenticating again",
 				 next->client_secret_source);
 		} else {
-			wipe_free(&copy);
+			secret_free(&copy);
 			log_error("SIGHUP: out of memory; keeping the running secret");
 		}
 	} else {
@@ -971,7 +964,7 @@ out:
 	stats_free(&deps.stats);
 	traffic_free(&deps.traffic);
 	config_free(&cfg);
-	wipe_free(&secret);
+	secret_free(&secret);
 	curl_global_cleanup();
 	return rc;
 }

@@ -3,8 +3,14 @@
  */
 #include "redislink.h"
 
+#include <stdint.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/random.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "check.h"
 
 /* The first word of Redis's answer to a failed AUTH (WRONGPASS, NOAUTH,
  * ERR...): never the rest, which a proxy in between might make an echo of
@@ -17,6 +23,32 @@ static void auth_failed(const redisReply *r, char *why, size_t len)
 		snprintf(why, len, "authentication failed: %.*s", n, r->str);
 	else
 		snprintf(why, len, "authentication failed");
+}
+
+void rlink_hex(char *out, const unsigned char *in, size_t n)
+{
+	for (size_t i = 0; i < n; i++)
+		snprintf(out + 2 * i, 3, "%02x", in[i]);
+}
+
+void rlink_random_hex(char *out, size_t bytes)
+{
+	unsigned char b[32];
+
+	ASSERT(bytes <= sizeof(b));
+	if (getrandom(b, bytes, 0) != (ssize_t)bytes) {
+		/* getrandom(2) does not fail for 32 bytes once the pool is up;
+		 * the clock still makes an instance's name its own */
+		struct timespec ts;
+		uint64_t t;
+
+		clock_gettime(CLOCK_MONOTONIC, &ts);
+		t = ((uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec) ^
+		    ((uint64_t)getpid() << 32);
+		for (size_t i = 0; i < bytes; i++)
+			b[i] = (unsigned char)(t >> (8 * (i % 8)));
+	}
+	rlink_hex(out, b, bytes);
 }
 
 static void lost(redisContext *ctx, char *why, size_t len)

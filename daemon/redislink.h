@@ -22,6 +22,13 @@ struct rlink_target {
 redisContext *rlink_dial(const struct rlink_target *t, const char *role, int timeout_ms, char *why,
 			 size_t len);
 
+/* n bytes as 2n lowercase hex digits and a NUL (out has 2n + 1 bytes). */
+void rlink_hex(char *out, const unsigned char *in, size_t n);
+/* bytes (at most 32) random bytes in hex: the nonces, names and lease
+ * values kaleidod writes to Redis.  Never fails: without getrandom(2) the
+ * clock and the pid make them, which still tells instances apart. */
+void rlink_random_hex(char *out, size_t bytes);
+
 /* A command that must not fail (argvlen NULL: strings): the reply, to
  * free, or NULL with why; a Redis error is a failure too. */
 redisReply *rlink_must(redisContext *ctx, char *why, size_t len, int argc, const char **argv,
