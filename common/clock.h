@@ -17,4 +17,22 @@ static inline int64_t clock_wall(void)
 	return (int64_t)time(NULL);
 }
 
+/* The monotonic clock, in seconds (for deadlines and rates)... */
+static inline double clock_mono(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+/* ...and in whole milliseconds (for poll timeouts and backoffs). */
+static inline int64_t clock_mono_ms(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
 #endif

@@ -35,6 +35,7 @@
 
 #include "auth.h"
 #include "check.h"
+#include "clock.h"
 #include "config.h"
 #include "hdr.h"
 #include "kdbuild.h"
@@ -187,14 +188,6 @@ struct upstream {
 };
 
 /* ---- time ---- */
-
-static double mono_now(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
 
 /* ---- ring buffers ---- */
 
@@ -589,7 +582,7 @@ static size_t on_header(char *line, size_t size, size_t nitems, void *arg)
 	size_t len = size * nitems;
 	long status = 0;
 
-	x->last_progress = mono_now();
+	x->last_progress = clock_mono();
 	if (len >= 5 && memcmp(line, "HTTP/", 5) == 0) {
 		/* A new status line: a 1xx before it, or a replay, is forgotten. */
 		hdr_clear(x->building);
@@ -669,7 +662,7 @@ static size_t on_write(char *data, size_t size, size_t nmemb, void *arg)
 	unsigned seen;
 	int mask = 0;
 
-	x->last_progress = mono_now();
+	x->last_progress = clock_mono();
 	/* A replayed 401's body, or a body without a status line before it
 	 * (the end then says the answer was not HTTP): nobody gets it. */
 	if (x->discard || !x->answered || len == 0)
@@ -711,7 +704,7 @@ static size_t on_read(char *buf, size_t size, size_t nitems, void *arg)
 	size_t max = size * nitems, n;
 	int wake = 0;
 
-	x->last_progress = mono_now();
+	x->last_progress = clock_mono();
 	if (x->body_mode == UP_BODY_BUFFERED) {
 		n = x->body_size - x->body_off < max ? x->body_size - x->body_off : max;
 		if (n > 0)
@@ -1135,7 +1128,7 @@ static int xfer_setup_easy(struct upstream *u, struct up_xfer *x)
 /* Starts a transfer that has a token available. */
 static void xfer_launch(struct upstream *u, struct up_xfer *x, const char *token, unsigned gen)
 {
-	double now = mono_now();
+	double now = clock_mono();
 
 	x->token_gen = gen;
 	x->discard = 0;
@@ -1604,7 +1597,7 @@ static void *worker(void *arg)
 	struct upstream *u = arg;
 
 	for (;;) {
-		double now = mono_now(), wait, due, paced;
+		double now = clock_mono(), wait, due, paced;
 		int stopping, running;
 
 		run_commands(u, now);
@@ -1617,10 +1610,10 @@ static void *worker(void *arg)
 			token_start(u, now);
 		drain_waiting(u, now);
 		curl_multi_perform(u->multi, &running);
-		finish_messages(u, mono_now());
-		drain_waiting(u, mono_now());
-		paced = launch_queued(u, mono_now());
-		now = mono_now();
+		finish_messages(u, clock_mono());
+		drain_waiting(u, clock_mono());
+		paced = launch_queued(u, clock_mono());
+		now = clock_mono();
 		wait = check_deadlines(u, now);
 		if (paced < wait)
 			wait = paced;
@@ -1638,7 +1631,7 @@ static void *worker(void *arg)
 	u->dead = 1;
 	pthread_mutex_unlock(&u->qlock);
 	u->draining = 1;
-	run_commands(u, mono_now());
+	run_commands(u, clock_mono());
 	return NULL;
 }
 
@@ -1779,7 +1772,7 @@ int upstream_looped(struct upstream *u, double within)
 
 double upstream_throttle_left(struct upstream *u, int scope)
 {
-	return throttle_left(u->thr, scope, mono_now());
+	return throttle_left(u->thr, scope, clock_mono());
 }
 
 void upstream_counters(struct upstream *u, struct upstream_counters *out)

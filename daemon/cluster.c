@@ -29,6 +29,7 @@
 #include <unistd.h>
 
 #include "check.h"
+#include "clock.h"
 #include "coherence.h"
 #include "config.h"
 #include "errbuf.h"
@@ -109,14 +110,6 @@ struct cluster {
 	unsigned long long shared_out, shared_in, failures_in;
 	char last_error[160];
 };
-
-static int64_t now_ms(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
 
 /* A number below span, from xorshift64 seeded by getrandom: the jitter that
  * keeps instances cut off together from coming back at once, and the
@@ -295,7 +288,7 @@ static int join(struct cluster *c, char *why, size_t len, int *dropped)
 
 static void note_down(struct cluster *c, const char *verb, const char *why)
 {
-	int64_t now = now_ms();
+	int64_t now = clock_mono_ms();
 
 	pthread_mutex_lock(&c->lock);
 	c->errors++;
@@ -359,7 +352,7 @@ static void attempt(struct cluster *c)
 	c->ever_up = 1;
 	c->dropped = dropped;
 	c->proven = 0;
-	c->last_heard = now_ms();
+	c->last_heard = clock_mono_ms();
 	/* Messages that came with the answer to SUBSCRIBE are already read. */
 	drain_sub(c);
 }
@@ -371,7 +364,7 @@ static void proven(struct cluster *c)
 	if (c->down_at != 0)
 		log_info("cluster: redis %s reachable again after %.1f s; %d families missed "
 			 "changes and were dropped",
-			 c->redis, (double)(now_ms() - c->down_at) / 1000, c->dropped);
+			 c->redis, (double)(clock_mono_ms() - c->down_at) / 1000, c->dropped);
 	c->proven = 1;
 	c->backoff_ms = BACKOFF_MIN_MS;
 	c->logged_at = c->down_at = 0;
@@ -421,7 +414,7 @@ static int publish(struct cluster *c, int idx, const char *verb, const char *wha
  * reason is logged at most once a minute. */
 static void refused(struct cluster *c, const char *why)
 {
-	int64_t now = now_ms();
+	int64_t now = clock_mono_ms();
 
 	pthread_mutex_lock(&c->lock);
 	c->errors++;
@@ -458,11 +451,11 @@ static void flush(struct cluster *c, int64_t deadline)
 	c->pub_fam = fam;
 	c->pub_pfx = npfx;
 	pthread_mutex_unlock(&c->lock);
-	for (int i = 0; i < c->nfam && rc == 0 && now_ms() < deadline; i++)
+	for (int i = 0; i < c->nfam && rc == 0 && clock_mono_ms() < deadline; i++)
 		if ((fam & (1u << i)) &&
 		    (rc = publish(c, i, "inv", coh_name(c->coh, i), why, sizeof(why))) == 0)
 			fam &= ~(1u << i);
-	for (int j = 0; j < npfx && rc == 0 && now_ms() < deadline; j++)
+	for (int j = 0; j < npfx && rc == 0 && clock_mono_ms() < deadline; j++)
 		if ((rc = publish(c, c->nfam, "purge", pfx[j], why, sizeof(why))) == 0) {
 			free(pfx[j]);
 			pfx[j] = NULL;
@@ -560,7 +553,7 @@ static int tell(struct cluster *c, const char *verb, const struct usage *u)
 static void share_usage(struct cluster *c)
 {
 	struct usage used = { 0 }, failed = { 0 };
-	int64_t now = now_ms();
+	int64_t now = clock_mono_ms();
 
 	if (c->gw == NULL || now - c->usage_at < USAGE_EVERY_MS)
 		return;
@@ -631,7 +624,7 @@ static void on_reply(struct cluster *c, redisReply *r)
 {
 	struct coh_action a;
 
-	c->last_heard = now_ms();
+	c->last_heard = clock_mono_ms();
 	if (r->type != REDIS_REPLY_ARRAY || r->elements < 1 ||
 	    r->element[0]->type != REDIS_REPLY_STRING)
 		return;
@@ -688,7 +681,7 @@ static void read_sub(struct cluster *c)
 /* A PING on the subscribed link each second; no answer in PONG_LIMIT_MS: lost. */
 static void keepalive(struct cluster *c)
 {
-	int64_t now = now_ms();
+	int64_t now = clock_mono_ms();
 	int done = 0;
 
 	if (c->ping_out) {
@@ -755,7 +748,7 @@ static void *run(void *arg)
 	pthread_setname_np(pthread_self(), "kd-cluster");
 	while (!stopping(c)) {
 		struct pollfd p[2] = { { c->efd, POLLIN, 0 }, { -1, POLLIN, 0 } };
-		int64_t now = now_ms(), wait = POLL_MS;
+		int64_t now = clock_mono_ms(), wait = POLL_MS;
 		uint64_t v;
 
 		if (c->sub == NULL && now >= c->next_try) {
@@ -784,7 +777,7 @@ static void *run(void *arg)
 	 * answers now; otherwise it is lost with the process (the others keep
 	 * their copies until the TTLs end). */
 	if (c->sub != NULL && pending(c))
-		flush(c, now_ms() + STOP_FLUSH_MS);
+		flush(c, clock_mono_ms() + STOP_FLUSH_MS);
 	hang_up(c);
 	return NULL;
 }
@@ -948,7 +941,7 @@ struct cluster *cluster_new(const struct config *cfg, struct policy *policy, str
 	}
 	rlink_random_hex(c->origin, COH_ORIGIN_LEN / 2);
 	if (getrandom(&c->rng, sizeof(c->rng), 0) != (ssize_t)sizeof(c->rng) || c->rng == 0)
-		c->rng = (uint64_t)now_ms() | 1;
+		c->rng = (uint64_t)clock_mono_ms() | 1;
 	for (int i = 0; i < c->nfam; i++)
 		c->names[i] = policy_family_name(policy, i);
 	if ((c->redis = strdup(cfg->cluster_redis)) == NULL ||

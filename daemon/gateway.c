@@ -17,6 +17,7 @@
 
 #include "accounts.h"
 #include "check.h"
+#include "clock.h"
 #include "config.h"
 #include "gateway.h"
 #include "localtoken.h"
@@ -72,21 +73,13 @@ struct gateway {
 	int nuntold;
 };
 
-static double now_mono(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
-
 /* The tokens for a, as the endpoint's answer. */
 static enum gw_login_result grant(struct gateway *g, struct account *a, struct gw_login *l)
 {
 	char access[LOCALTOKEN_LEN + 1], refresh[LOCALTOKEN_LEN + 1];
 	enum gw_login_result r = GW_LOGIN_OK;
 
-	if (tokens_issue(g->tokens, a, now_mono(), g->cfg->token_lifetime, access, refresh) < 0)
+	if (tokens_issue(g->tokens, a, clock_mono(), g->cfg->token_lifetime, access, refresh) < 0)
 		r = GW_LOGIN_FULL;
 	else if ((l->answer = localtoken_answer_with(access, refresh, g->cfg->token_lifetime)) ==
 		 NULL)
@@ -102,7 +95,7 @@ static void note_failure(struct gateway *g, const char *name, const char *ip)
 {
 	int i;
 
-	loginguard_failed(g->guard, ip, now_mono());
+	loginguard_failed(g->guard, ip, clock_mono());
 	pthread_mutex_lock(&g->lock);
 	for (i = 0; i < g->nuntold && strcmp(g->untold[i].ip, ip) != 0; i++)
 		;
@@ -198,7 +191,7 @@ struct gateway *gateway_new(const struct config *cfg, char *err, size_t errlen)
 			snprintf(err, errlen, "cannot start a login thread");
 			goto fail;
 		}
-	g->last_report = now_mono();
+	g->last_report = clock_mono();
 	return g;
 fail:
 	gateway_stop(g);
@@ -260,7 +253,7 @@ int gateway_reload(struct gateway *g, size_t *naccounts, size_t *revoked, char *
 
 void gateway_tick(struct gateway *g)
 {
-	double now = now_mono();
+	double now = clock_mono();
 	unsigned long n = 0, guessing = 0;
 	int swept = 0;
 	char last[ACCOUNTS_NAME_MAX + 1] = "";
@@ -309,7 +302,7 @@ const char *gateway_bearer(const char *x_kal_authorization, const char *authoriz
 struct account *gateway_check(struct gateway *g, const char *token)
 {
 	CHECK_OBJ(g, GATEWAY_MAGIC);
-	return tokens_check(g->tokens, token, now_mono());
+	return tokens_check(g->tokens, token, clock_mono());
 }
 
 struct gw_login *gateway_login(struct gateway *g, struct localtoken_request *req, const char *ip,
@@ -333,7 +326,7 @@ struct gw_login *gateway_login(struct gateway *g, struct localtoken_request *req
 	if (l->req.grant == LOCALTOKEN_REFRESH) {
 		char access[LOCALTOKEN_LEN + 1], refresh[LOCALTOKEN_LEN + 1];
 		int full = 0;
-		struct account *a = tokens_refresh(g->tokens, l->req.refresh_token, now_mono(),
+		struct account *a = tokens_refresh(g->tokens, l->req.refresh_token, clock_mono(),
 						   g->cfg->token_lifetime, access, refresh, &full);
 
 		l->result = full ? GW_LOGIN_FULL : a == NULL ? GW_LOGIN_DENIED : GW_LOGIN_OK;
@@ -351,7 +344,7 @@ struct gw_login *gateway_login(struct gateway *g, struct localtoken_request *req
 		return l;
 	}
 	/* Before any hash: an address that failed too often waits. */
-	if ((l->retry_after = loginguard_check(g->guard, ip, now_mono())) > 0) {
+	if ((l->retry_after = loginguard_check(g->guard, ip, clock_mono())) > 0) {
 		pthread_mutex_lock(&g->lock);
 		g->guessing++;
 		pthread_mutex_unlock(&g->lock);
@@ -429,7 +422,7 @@ void gateway_take_untold_failures(struct gateway *g, gateway_usage_fn fn, void *
 
 void gateway_failed_elsewhere(struct gateway *g, const char *ip, unsigned n)
 {
-	double now = now_mono();
+	double now = clock_mono();
 
 	CHECK_OBJ(g, GATEWAY_MAGIC);
 	for (unsigned i = 0; i < n && i < (unsigned)LOGINGUARD_BURST; i++)

@@ -166,14 +166,6 @@ struct l2 {
 	struct l2_info info;
 };
 
-static int64_t now_ms(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
 static void count(struct l2 *l, unsigned long long *field)
 {
 	pthread_mutex_lock(&l->lock);
@@ -207,7 +199,7 @@ static void wait_again(struct l2 *l, struct l2_ticket *j, unsigned long long *wa
 		j->waited = 1;
 		count(l, waits);
 	}
-	j->due_ms = now_ms() + POLL_MS;
+	j->due_ms = clock_mono_ms() + POLL_MS;
 	pthread_mutex_lock(&l->lock);
 	TAILQ_INSERT_TAIL(&l->waiting, j, link);
 	pthread_mutex_unlock(&l->lock);
@@ -229,7 +221,7 @@ static void answer(struct l2 *l, struct l2_ticket *j, enum l2_answer a, struct e
 
 static void drop_link(struct l2 *l, const char *why)
 {
-	int64_t now = now_ms();
+	int64_t now = clock_mono_ms();
 
 	count(l, &l->info.errors);
 	if (l->ctx != NULL) {
@@ -254,7 +246,7 @@ static int link_up(struct l2 *l)
 
 	if (l->ctx != NULL)
 		return 1;
-	if (now_ms() < l->next_try)
+	if (clock_mono_ms() < l->next_try)
 		return 0;
 	if ((l->ctx = rlink_dial(cluster_target(l->c), "l2", IO_TIMEOUT_MS, why, sizeof(why))) ==
 	    NULL) {
@@ -389,7 +381,7 @@ static void lookup(struct l2 *l, struct l2_ticket *j)
 	}
 	/* Another instance fetches it: wait for its answer, but not past
 	 * its lease (then it is gone, or slower than the cluster waits). */
-	if (now_ms() - j->first_ms >= WAIT_MAX_MS) {
+	if (clock_mono_ms() - j->first_ms >= WAIT_MAX_MS) {
 		answer(l, j, L2_ALONE, NULL);
 		return;
 	}
@@ -490,7 +482,7 @@ static void token_ask(struct l2 *l, struct l2_ticket *j)
 	long long verdict = 0;
 
 	if (j->first_ms == 0)
-		j->first_ms = now_ms(); /* the wait counts from the first try */
+		j->first_ms = clock_mono_ms(); /* the wait counts from the first try */
 	snprintf(lease, sizeof(lease), "%d", l->tok_lease_ms);
 	if ((r = call(l, 8, argv, NULL)) == NULL) {
 		token_reply(j, NULL);
@@ -508,7 +500,7 @@ static void token_ask(struct l2 *l, struct l2_ticket *j)
 			count(l, &l->info.token_shared);
 	}
 	freeReplyObject(r);
-	if (verdict == 3 && now_ms() - j->first_ms < l->tok_lease_ms + 2000) {
+	if (verdict == 3 && clock_mono_ms() - j->first_ms < l->tok_lease_ms + 2000) {
 		/* another instance is asking the API: its token, soon */
 		wait_again(l, j, &l->info.token_waits);
 		return;
@@ -626,7 +618,7 @@ static struct l2_ticket *next_job(struct l2 *l)
 
 	pthread_mutex_lock(&l->lock);
 	while (!l->stop) {
-		int64_t now = now_ms(), due = INT64_MAX;
+		int64_t now = clock_mono_ms(), due = INT64_MAX;
 		struct timespec ts;
 
 		/* A waiting lookup that is due goes first: a steady stream of
@@ -698,7 +690,7 @@ void l2_lookup(struct l2 *l, const char *key, int family, const char *path, l2_a
 	j->family = family;
 	j->fn = fn;
 	j->arg = arg;
-	j->first_ms = now_ms();
+	j->first_ms = clock_mono_ms();
 	if (gnutls_hash_fast(GNUTLS_DIG_SHA256, key, strlen(key), d) != 0) {
 		answer(l, j, L2_ALONE, NULL);
 		return;

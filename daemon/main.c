@@ -29,6 +29,7 @@
 #include "audit.h"
 #include "auth.h"
 #include "cache.h"
+#include "clock.h"
 #include "cluster.h"
 #include "config.h"
 #include "front.h"
@@ -333,17 +334,19 @@ static void on_auth_changed(void *arg, const struct auth_status *st, double retr
 	last = st->state;
 }
 
-/* Waits up to limit seconds for the transfers in flight to end. */
+/* Waits up to limit seconds for the transfers in flight to end (on the
+ * clock, not by counting naps: a loaded host makes each nap longer). */
 static void drain(struct upstream *up, double limit)
 {
 	struct upstream_counters c;
 	struct timespec step = { 0, 20 * 1000 * 1000 };
+	double end = clock_mono() + limit;
 
-	for (double waited = 0; waited < limit; waited += 0.02) {
+	for (int first = 1; clock_mono() < end; first = 0) {
 		upstream_counters(up, &c);
 		if (c.active == 0)
 			return;
-		if (waited == 0)
+		if (first)
 			log_info("waiting up to %.0f s for %llu upstream transfers", limit,
 				 c.active);
 		nanosleep(&step, NULL);

@@ -36,6 +36,7 @@
 #include <unistd.h>
 
 #include "check.h"
+#include "clock.h"
 
 #define SERVE_MAGIC 0x53525645u /* "SRVE" */
 #define TICK_MS 1000
@@ -69,14 +70,6 @@ int serve_thread(void)
 	return my_thread;
 }
 
-static int64_t now_ms(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
 static void wake(struct sthread *t)
 {
 	uint64_t one = 1;
@@ -100,7 +93,7 @@ static void *loop(void *arg)
 {
 	struct sthread *t = arg;
 	struct serve *s = t->s;
-	int64_t next_tick = now_ms() + TICK_MS;
+	int64_t next_tick = clock_mono_ms() + TICK_MS;
 	int quiesced = 0;
 	char name[16];
 
@@ -114,7 +107,7 @@ static void *loop(void *arg)
 		struct pollfd pfd[2] = { { .fd = t->epfd, .events = POLLIN },
 					 { .fd = t->wake, .events = POLLIN } };
 		MHD_UNSIGNED_LONG_LONG to;
-		int64_t now = now_ms();
+		int64_t now = clock_mono_ms();
 		int ms = now >= next_tick ? 0 : (int)(next_tick - now);
 
 		if (!quiesced && atomic_load(&s->quiesce)) {
@@ -130,7 +123,7 @@ static void *loop(void *arg)
 		}
 		/* Accepts, reads, answers, times out: never waits. */
 		MHD_run(t->d);
-		now = now_ms();
+		now = clock_mono_ms();
 		atomic_store_explicit(&t->beat_ms, now, memory_order_relaxed);
 		if (now >= next_tick) {
 			if (s->p.tick != NULL)
@@ -143,7 +136,7 @@ static void *loop(void *arg)
 
 double serve_stalled(struct serve *s)
 {
-	int64_t now = now_ms(), worst = 0;
+	int64_t now = clock_mono_ms(), worst = 0;
 
 	for (unsigned i = 0; i < s->p.threads; i++) {
 		int64_t beat = atomic_load_explicit(&s->t[i].beat_ms, memory_order_relaxed);

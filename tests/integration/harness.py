@@ -547,6 +547,22 @@ def sql_one(path, query, args=()):
     return rows[0][0] if rows else None
 
 
+def row(d, path, column="count(*)"):
+    """column of d's cache file row for path (no query), or None."""
+    return sql_one(d.cache_file, "SELECT %s FROM entries WHERE path = ?" % column, (path,))
+
+
+def get_stored(d, s, path):
+    """GET path with Sdk s and wait until its answer is in the cache file.
+    The row's expires_at is then the daemon's own (whole-second) expiry,
+    which a test waits past with past(); a HIT right after a MISS only shows
+    the entry was kept if the wall second did not turn in between."""
+    r = s.get(path)
+    assert r.status == 200, r
+    wait_for(lambda: row(d, path), timeout=10, what="%s to be written to the file" % path)
+    return r
+
+
 def cache_warnings(daemon):
     """The daemon's warning and error lines that mention its cache."""
     return [line for line in daemon.log().splitlines()

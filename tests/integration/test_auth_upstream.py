@@ -42,7 +42,10 @@ def test_one_upstream_grant_for_100_requests_from_10_concurrent_sdk_clients(daem
 
 
 def test_token_refreshed_before_expiry_without_any_401(mock_factory, daemon_factory):
-    m = mock_factory("--expires-in", "4")
+    # A 10 s token is refreshed 1 s before it ends (10 %): the margin for
+    # the refresh's round trip and a GET already on its way with the old
+    # token, which a 4 s token's 0.4 s did not always leave under load.
+    m = mock_factory("--expires-in", "10")
     d = daemon_factory(m).start()
     s = Sdk(d.port)
     statuses = []
@@ -51,7 +54,7 @@ def test_token_refreshed_before_expiry_without_any_401(mock_factory, daemon_fact
         statuses.append(s.get("/workspaces/active").status)
         return m.stats()["token"]["refresh_token"] >= 1
 
-    wait_for(refreshed, timeout=15, interval=0.1, what="a refresh_token grant upstream")
+    wait_for(refreshed, timeout=25, interval=0.1, what="a refresh_token grant upstream")
     assert set(statuses) == {200}, statuses
     st = m.stats()
     assert st["unauthorized"] == 0, st

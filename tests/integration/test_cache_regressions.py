@@ -46,7 +46,8 @@ import sqlite3
 import threading
 import time
 
-from harness import STOP_TIMEOUT, Sdk, cache_warnings, past, sql, sql_one, wait_for
+from harness import (STOP_TIMEOUT, Sdk, cache_warnings, get_stored, past, row, sql, sql_one,
+                     wait_for)
 
 
 def xc(r):
@@ -69,19 +70,6 @@ def bg(fn):
     t = threading.Thread(target=run)
     t.start()
     return t, out
-
-
-def row(d, path, column="count(*)"):
-    """column of the file's row for path (no query), or None."""
-    return sql_one(d.cache_file, "SELECT %s FROM entries WHERE path = ?" % column, (path,))
-
-
-def get_stored(d, s, path):
-    """GET path and wait until its answer is in the cache file."""
-    r = s.get(path)
-    assert r.status == 200, r
-    wait_for(lambda: row(d, path), timeout=10, what="%s to be written to the file" % path)
-    return r
 
 
 def settle(d, s, paths):
@@ -559,8 +547,11 @@ def test_refresh_after_a_failed_store_keeps_headers_with_their_body(daemon_facto
     s = Sdk(d.port)
     s.auth()
     n = mock.count("GET /programs")
-    after = s.get("/programs")
-    assert after.status == 200 and xc(after) == "HIT", after
+    # From the file, never from the API: version 2's 2 s may be over by
+    # now (a restart under load takes a while), and the copy kept is what
+    # is looked at, fresh (HIT) or not (STALE, within stale_if_error).
+    after = s.get("/programs", headers=[("Cache-Control", "only-if-cached")])
+    assert after.status == 200 and xc(after) in ("HIT", "STALE"), after
     assert mock.count("GET /programs") == n
     assert after.header("ETag") == etag2, after
     assert "(gen 1)" not in after.body.decode(), \

@@ -119,12 +119,14 @@ FAILURES = [
 @pytest.mark.parametrize("kind,kw,status", FAILURES, ids=[f[0] for f in FAILURES])
 def test_failure_reaches_every_waiter_and_next_request_tries_again(daemon_factory, mock,
                                                                     kind, kw, status):
-    d = daemon_factory(mock, config={"upstream": {"timeout": "2"}}).start()
+    # "hang" never answers (kaleidod's 2 s timeout ends it); the others are
+    # held until released, then fail: their timeout is long enough for the
+    # test to see all ten waiting before it releases them, even under load.
+    d = daemon_factory(mock, config={"upstream": {"timeout": "2" if kind == "hang" else "30"}})
+    d.start()
     s = Sdk(d.port)
     s.auth()
     base = fam_stats(d, "programs")["requests"]
-    # "hang" never answers (kaleidod's 2 s timeout ends it); the others are
-    # held until released, then fail.
     mock.fault("/programs", kind, wait=(kind != "hang"), **kw)
     clients = Clients(s, ["/programs"] * 10)
     try:

