@@ -3,7 +3,8 @@
  * Wall seconds date what the cache keeps (stored_at, expires_at, the file's
  * rows), because they must survive a restart and agree with the API's Date.
  * Everything that measures an interval (timeouts, waits, the request log's
- * duration) uses CLOCK_MONOTONIC directly, so a clock step cannot stretch it.
+ * duration) uses CLOCK_MONOTONIC (clock_mono(), clock_mono_ms()), so a
+ * clock step cannot stretch it.
  */
 #ifndef KD_CLOCK_H
 #define KD_CLOCK_H

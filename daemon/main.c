@@ -342,10 +342,12 @@ static void drain(struct upstream *up, double limit)
 	struct timespec step = { 0, 20 * 1000 * 1000 };
 	double end = clock_mono() + limit;
 
-	for (int first = 1; clock_mono() < end; first = 0) {
+	for (int first = 1;; first = 0) {
 		upstream_counters(up, &c);
 		if (c.active == 0)
 			return;
+		if (clock_mono() >= end)
+			break;
 		if (first)
 			log_info("waiting up to %.0f s for %llu upstream transfers", limit,
 				 c.active);

@@ -3,6 +3,13 @@ daemon (socket-activated, readiness through sd_notify), speak HTTP to them,
 and wait for conditions with a deadline instead of sleeping.
 
 Processes are stopped by their own PID only (SIGTERM, bounded wait, SIGKILL).
+
+Two rules keep the suite true on a loaded machine (both cores busy, the
+daemon under a sanitizer): prove an order, not a duration (a 504 that came
+while the mock still held the request is kaleidod's own; no "took < N s");
+and remember the cache's clock has whole seconds, so a 1 s entry lives
+between 0 and 1 s: wait for its row (get_stored) and past() its own
+expires_at instead of expecting a HIT right after the MISS.
 """
 
 import hashlib

@@ -119,10 +119,10 @@ FAILURES = [
 @pytest.mark.parametrize("kind,kw,status", FAILURES, ids=[f[0] for f in FAILURES])
 def test_failure_reaches_every_waiter_and_next_request_tries_again(daemon_factory, mock,
                                                                     kind, kw, status):
-    # "hang" never answers (kaleidod's 2 s timeout ends it); the others are
-    # held until released, then fail: their timeout is long enough for the
-    # test to see all ten waiting before it releases them, even under load.
-    d = daemon_factory(mock, config={"upstream": {"timeout": "2" if kind == "hang" else "30"}})
+    # "hang" never answers (kaleidod's 8 s timeout ends it, long enough for
+    # all ten to join the one fetch, even under load); the others are held
+    # until released, then fail, with time for the test to see all ten.
+    d = daemon_factory(mock, config={"upstream": {"timeout": "8" if kind == "hang" else "30"}})
     d.start()
     s = Sdk(d.port)
     s.auth()

@@ -73,7 +73,7 @@ def test_stale_while_revalidate_serves_at_once_and_refreshes_once(daemon_factory
     # The refresh's answer in the file (stored a second or more after the
     # first: it began after that one expired).  Counted before the next
     # GET, which may itself find the 1 s entry expired again and refresh.
-    wait_for(lambda: row(d, "/programs", "stored_at") > stored, timeout=10,
+    wait_for(lambda: (row(d, "/programs", "stored_at") or 0) > stored, timeout=10,
              what="the refreshed entry to be stored")
     assert mock.count("GET /programs") == 2
     fam = d.stats()["families"]["programs"]
