@@ -27,6 +27,19 @@ static inline double clock_mono(void)
 	return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
 }
 
+/* An absolute CLOCK_MONOTONIC time ms from now, for a
+ * pthread_cond_timedwait() on a condition set to that clock. */
+static inline void clock_mono_deadline(struct timespec *ts, int64_t ms)
+{
+	clock_gettime(CLOCK_MONOTONIC, ts);
+	ts->tv_sec += (time_t)(ms / 1000);
+	ts->tv_nsec += (long)(ms % 1000) * 1000000L;
+	if (ts->tv_nsec >= 1000000000L) {
+		ts->tv_sec++;
+		ts->tv_nsec -= 1000000000L;
+	}
+}
+
 /* ...and in whole milliseconds (for poll timeouts and backoffs). */
 static inline int64_t clock_mono_ms(void)
 {

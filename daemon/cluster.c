@@ -973,13 +973,7 @@ struct cluster *cluster_new(const struct config *cfg, struct policy *policy, str
 		goto fail;
 	}
 	c->started = 1;
-	clock_gettime(CLOCK_MONOTONIC, &until);
-	until.tv_sec += FIRST_CONTACT_MS / 1000;
-	until.tv_nsec += (FIRST_CONTACT_MS % 1000) * 1000000L;
-	if (until.tv_nsec >= 1000000000L) {
-		until.tv_sec++;
-		until.tv_nsec -= 1000000000L;
-	}
+	clock_mono_deadline(&until, FIRST_CONTACT_MS);
 	pthread_mutex_lock(&c->lock);
 	while (!c->first_done && pthread_cond_timedwait(&c->first, &c->lock, &until) == 0)
 		;

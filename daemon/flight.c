@@ -96,13 +96,7 @@ int flights_drain(struct flights *fs, double seconds)
 	struct timespec ts;
 	int idle;
 
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	ts.tv_sec += (time_t)seconds;
-	ts.tv_nsec += (long)((seconds - (double)(time_t)seconds) * 1e9);
-	if (ts.tv_nsec >= 1000000000L) {
-		ts.tv_sec++;
-		ts.tv_nsec -= 1000000000L;
-	}
+	clock_mono_deadline(&ts, (int64_t)(seconds * 1000));
 	pthread_mutex_lock(&fs->lock);
 	while (fs->live > 0 && pthread_cond_timedwait(&fs->idle, &fs->lock, &ts) == 0)
 		;

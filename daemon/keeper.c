@@ -194,12 +194,6 @@ static void jobq_push(struct jobq *q, struct job *j)
 	pthread_mutex_unlock(&q->lock);
 }
 
-static void deadline(struct timespec *ts, int seconds)
-{
-	clock_gettime(CLOCK_MONOTONIC, ts);
-	ts->tv_sec += seconds;
-}
-
 /* The next job, or NULL after waiting up to a tick (or once stopping and
  * empty: *stop is set then). */
 static struct job *jobq_pop(struct jobq *q, int *stop)
@@ -210,7 +204,7 @@ static struct job *jobq_pop(struct jobq *q, int *stop)
 	if (STAILQ_EMPTY(&q->jobs) && !q->stopping) {
 		struct timespec ts;
 
-		deadline(&ts, TICK_SECONDS);
+		clock_mono_deadline(&ts, (int64_t)TICK_SECONDS * 1000);
 		pthread_cond_timedwait(&q->cond, &q->lock, &ts);
 	}
 	if ((j = STAILQ_FIRST(&q->jobs)) != NULL)
